@@ -1,0 +1,28 @@
+# The README's commands. `make test` is what CI runs.
+CARGO ?= cargo
+LOOM_FLAGS := --cfg racegate_loom
+
+.PHONY: run test loom lint bench ci
+
+## Run the regression gate on the bundled scenarios.
+run:
+	$(CARGO) run --release --quiet -- run scenarios/
+
+## Every unit, integration and doc test.
+test:
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
+loom:
+	RUSTFLAGS="$(LOOM_FLAGS)" $(CARGO) test -p racegate-core --release --target-dir target/loom \
+		--test 'loom_*' -- --nocapture --test-threads=1
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench --workspace
+
+ci: lint test loom run
