@@ -1,4 +1,5 @@
 //! The seed's unit test plan (1.1 state machine, 1.2 queuing), by name and intent.
+#![cfg(not(racegate_loom))]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};

@@ -1,1 +1,46 @@
+//! Scenario replay for racegate: the fake transport, the three endpoints, the oracle, and the
+//! runner that replays a scenario file in tokio virtual time.
+//!
+//! ```
+//! use std::path::Path;
+//! use racegate_replay::{EndpointKind, Verdict, replay, scenario};
+//!
+//! let text = r#"
+//! name = "first chat lands during auth"
+//! [server]
+//! auth_ms = 180
+//! services_ms = 240
+//! register_ms = 90
+//! [[user]]
+//! id = "101463487227881885914"
+//! [[user.send]]
+//! at_ms = 5
+//! text = "hello"
+//! "#;
+//! let s = scenario::parse(text, Path::new("inline.toml")).unwrap();
+//! let bug = replay(&s, EndpointKind::Unfixed).unwrap();
+//! assert_eq!(bug.verdict, Verdict::Fail);
+//! assert_eq!(bug.violations[0].invariant.name(), "message-lost");
+//! let fix = replay(&s, EndpointKind::StateMachine).unwrap();
+//! assert_eq!(fix.verdict, Verdict::Pass);
+//! ```
+//!
+//! Modules, in the order a run uses them:
+//! [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
+//! one here), [`backend`] (the server's phases, manager, router), [`endpoint`] (`unfixed`,
+//! `partial`, `state-machine`), [`trace`] (the timeline), [`oracle`] (invariants over a trace),
+//! [`runner`] (virtual-time replay), [`report`] (table, JSON, JUnit).
 
+pub mod backend;
+pub mod endpoint;
+pub mod oracle;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod trace;
+pub mod transport;
+
+pub use endpoint::EndpointKind;
+pub use oracle::{Invariant, Violation};
+pub use runner::{RunOutcome, replay};
+pub use scenario::{Scenario, ScenarioError, Verdict};

@@ -1,0 +1,176 @@
+//! The server around the endpoints: phases with injected delays and failures, the connection
+//! manager the notifier uses, the global message router, and the shared "current user".
+//!
+//! These are the production server's components as the endpoints meet them. The harness owns
+//! every delay here (turmoil's idea: race points are typed hooks, not sleeps sprinkled in the
+//! code under test), so a scenario file decides when each phase ends and which one fails.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use crate::scenario::{Phase, ServerConfig};
+use crate::trace::{AgentEvent, EventKind, Frame, Recorder};
+
+/// A boxed, sendable future.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How the manager hands a frame to one registered connection. Each endpoint supplies its own:
+/// straight to the socket, guarded by a readiness check, or through the state machine.
+pub type Pusher = Arc<dyn Fn(Frame) -> BoxFuture + Send + Sync>;
+
+/// Waits `ms` of (virtual) time; zero does not yield, so a zero-length phase adds no
+/// interleaving of its own.
+pub async fn pause(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    /// user → how to reach the connection. Ordered: iteration order is determinism.
+    manager: IndexMap<String, Pusher>,
+    /// Handlers registered in the global router (the production router is per message type,
+    /// not per connection, so the first registration serves everyone).
+    router_handlers: usize,
+    /// The production server's module-level "current user context".
+    current_user: Option<String>,
+}
+
+/// The simulated server one run's endpoints share.
+pub struct Backend {
+    /// Phase timings and limits.
+    pub config: ServerConfig,
+    /// The run's timeline.
+    pub recorder: Recorder,
+    failures: IndexMap<String, Phase>,
+    shared: Mutex<Shared>,
+}
+
+impl Backend {
+    /// A backend with these timings; `failures` says which user fails at which phase.
+    pub fn new(
+        config: ServerConfig,
+        failures: IndexMap<String, Phase>,
+        recorder: Recorder,
+    ) -> Self {
+        Backend {
+            config,
+            recorder,
+            failures,
+            shared: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        match self.shared.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Records `kind` for `user` now.
+    pub fn record(&self, user: &str, kind: EventKind) {
+        self.recorder.record(user, kind);
+    }
+
+    /// Runs one setup phase for `user`: waits its duration, then succeeds or fails as injected.
+    pub async fn phase(&self, user: &str, phase: Phase) -> Result<(), Phase> {
+        let ms = match phase {
+            Phase::Auth => self.config.auth_ms,
+            Phase::Services => self.config.services_ms,
+            Phase::Register => self.config.register_ms,
+        };
+        pause(ms).await;
+        match self.failures.get(user) {
+            Some(failing) if *failing == phase => Err(phase),
+            Some(_) | None => Ok(()),
+        }
+    }
+
+    /// Makes `user`'s connection reachable by the notifier.
+    pub fn register(&self, user: &str, pusher: Pusher) {
+        self.lock().manager.insert(user.to_string(), pusher);
+        self.record(user, EventKind::Registered);
+    }
+
+    /// Removes `user`'s connection from the manager.
+    pub fn unregister(&self, user: &str) {
+        if self.lock().manager.shift_remove(user).is_some() {
+            self.record(user, EventKind::Unregistered);
+        }
+    }
+
+    /// Sends `frame` to whatever connection is registered for `user`. `Err` when none is.
+    pub async fn send_to_user(&self, user: &str, frame: Frame) -> Result<(), Frame> {
+        let pusher = self.lock().manager.get(user).cloned();
+        match pusher {
+            Some(push) => {
+                push(frame).await;
+                Ok(())
+            }
+            None => Err(frame),
+        }
+    }
+
+    /// The notifier: issues push `id` for `user` through the manager. A user with no registered
+    /// connection gets an explicit rejection, the same in every endpoint.
+    pub async fn notify(&self, user: &str, id: String, text: String) {
+        self.record(user, EventKind::PushIssued { id: id.clone() });
+        let frame = Frame::Push {
+            id: id.clone(),
+            text,
+            user: user.to_string(),
+        };
+        if self.send_to_user(user, frame).await.is_err() {
+            self.record(
+                user,
+                EventKind::Rejected {
+                    id,
+                    reason: "no connection registered for this user".into(),
+                },
+            );
+        }
+    }
+
+    /// Registers a handler in the global router.
+    pub fn add_router_handler(&self) {
+        self.lock().router_handlers += 1;
+    }
+
+    /// True once any connection has registered a handler.
+    pub fn router_has_handler(&self) -> bool {
+        self.lock().router_handlers > 0
+    }
+
+    /// Sets the shared current-user context.
+    pub fn set_current_user(&self, user: &str) {
+        self.lock().current_user = Some(user.to_string());
+    }
+
+    /// Reads the shared current-user context.
+    pub fn current_user(&self) -> Option<String> {
+        self.lock().current_user.clone()
+    }
+
+    /// One agent run for chat `run`: five events `event_gap_ms` apart, each through `send`.
+    pub async fn agent_run<F, Fut>(&self, run: &str, as_user: &str, mut send: F)
+    where
+        F: FnMut(Frame) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        for kind in AgentEvent::RUN {
+            pause(self.config.event_gap_ms).await;
+            send(Frame::Event {
+                kind,
+                run: run.to_string(),
+                user: as_user.to_string(),
+            })
+            .await;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The three endpoints, one lifecycle.
+//!
+//! Each endpoint serves one connection over any [`ServerSocket`]: accept, authenticate, create
+//! services, register handlers, then process messages, with the [`Backend`] supplying every
+//! delay and failure. `unfixed`, `partial` and `state_machine` are parallel files with the same
+//! structure; each opens by naming the race it has or the fix it makes.
+
+mod kind;
+mod partial;
+mod state_machine;
+mod unfixed;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use kind::{EndpointKind, UnknownEndpoint};
+
+use crate::backend::{Backend, pause};
+use crate::trace::{EventKind, Frame};
+use crate::transport::{ServerSocket, TransportError};
+
+/// One endpoint implementation: serves a connection from upgrade to end.
+pub trait Endpoint {
+    /// Serves `socket`, whose upgrade carried `user` as its token.
+    fn serve<S: ServerSocket>(
+        backend: Arc<Backend>,
+        socket: Arc<S>,
+        user: String,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl EndpointKind {
+    /// Serves one connection with this endpoint.
+    pub async fn serve<S: ServerSocket>(self, backend: Arc<Backend>, socket: Arc<S>, user: String) {
+        match self {
+            EndpointKind::Unfixed => unfixed::Unfixed::serve(backend, socket, user).await,
+            EndpointKind::Partial => partial::Partial::serve(backend, socket, user).await,
+            EndpointKind::StateMachine => {
+                state_machine::StateMachine::serve(backend, socket, user).await
+            }
+        }
+    }
+}
+
+/// Records a transport error if it is a lifecycle violation (a plain disconnect is not).
+fn transport_error(backend: &Backend, user: &str, op: &'static str, err: &TransportError) {
+    if err.is_lifecycle_violation() {
+        backend.record(
+            user,
+            EventKind::TransportError {
+                op,
+                error: err.message.clone(),
+            },
+        );
+    }
+}
+
+/// Records that the endpoint considers the connection to be in `state`.
+fn state(backend: &Backend, user: &str, state: &'static str) {
+    backend.record(user, EventKind::State { state });
+}
+
+/// The id a chat or push frame is tracked by, if any.
+fn tracked_id(frame: &Frame) -> Option<&str> {
+    match frame {
+        Frame::Ack { id, .. } | Frame::Push { id, .. } => Some(id),
+        Frame::Event { run, .. } => Some(run),
+        Frame::Ping | Frame::Error { .. } => None,
+    }
+}
+
+/// The heartbeat both legacy endpoints run: a ping every `heartbeat_ms` while `live`. `guarded`
+/// is the partial fix's `is_connected_and_ready()` check before each ping.
+async fn legacy_heartbeat<S: ServerSocket>(
+    backend: Arc<Backend>,
+    socket: Arc<S>,
+    user: String,
+    live: Arc<AtomicBool>,
+    guarded: bool,
+) {
+    let every = backend.config.heartbeat_ms;
+    while live.load(Ordering::Acquire) {
+        pause(every).await;
+        if !live.load(Ordering::Acquire) {
+            return;
+        }
+        if guarded && !socket.is_connected_and_ready() {
+            continue;
+        }
+        match socket.send(&Frame::Ping).await {
+            Ok(()) => {}
+            Err(e) if !e.is_lifecycle_violation() => return,
+            Err(e) => {
+                transport_error(&backend, &user, "send", &e);
+                // The heartbeat's failure handler treats the socket as dead and closes it, under
+                // the feet of whatever else is using it.
+                match socket.close(1011).await {
+                    Ok(()) => backend.record(&user, EventKind::ServerClose { code: 1011 }),
+                    Err(e) => transport_error(&backend, &user, "close", &e),
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The legacy routing path both `unfixed` and `partial` share: the global router, the shared
+/// user context, and events sent through the manager to whichever connection that context names.
+async fn legacy_route<S: ServerSocket>(
+    backend: &Arc<Backend>,
+    socket: &S,
+    user: &str,
+    context: Option<String>,
+    id: String,
+) {
+    if !backend.router_has_handler() {
+        // The production log line, and the message is gone: nobody tells the client.
+        backend.record(
+            user,
+            EventKind::Dropped {
+                id,
+                reason: "no handler registered for message type 'chat'".into(),
+            },
+        );
+        return;
+    }
+    // A connection still in setup has no context of its own yet: the shared one stands in.
+    let as_user = context
+        .or_else(|| backend.current_user())
+        .unwrap_or_default();
+    backend.record(
+        user,
+        EventKind::Handled {
+            id: id.clone(),
+            as_user: as_user.clone(),
+        },
+    );
+    let ack = Frame::Ack {
+        id: id.clone(),
+        user: as_user.clone(),
+    };
+    if let Err(e) = socket.send(&ack).await {
+        transport_error(backend, user, "send", &e);
+        return;
+    }
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        let b = backend.clone();
+        backend
+            .agent_run(&id, &as_user, |frame| {
+                let b = b.clone();
+                let target = as_user.clone();
+                async move {
+                    if let Err(frame) = b.send_to_user(&target, frame).await {
+                        let run = tracked_id(&frame).unwrap_or_default().to_string();
+                        b.record(
+                            &target,
+                            EventKind::Dropped {
+                                id: run,
+                                reason: "agent event for a user with no connection".into(),
+                            },
+                        );
+                    }
+                }
+            })
+            .await;
+    });
+}
+
+/// How a legacy endpoint's reader ended.
+enum ReaderEnd {
+    /// The client (or a server-side close) ended the connection.
+    Disconnected,
+    /// The reader stopped reading; the connection lingers with nobody listening.
+    GaveUp,
+}
+
+/// Locks a std mutex, ignoring poison (a panicked task must not hide the run's trace).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}

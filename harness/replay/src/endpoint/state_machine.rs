@@ -1,0 +1,347 @@
+//! `state-machine`: the fix.
+//!
+//! What it changes from `unfixed`: every use of the connection, inbound or outbound, goes through
+//! its [`ConnectionStateMachine`], whose readiness check and enqueue are one step. The notifier can
+//! still find the connection from its upgrade on, but what it sends is held, with early chats,
+//! until `ProcessingReady`, then flushed in order before anything later. The user context belongs
+//! to the connection. A failed setup rolls back (unregister, drop services and handlers: once
+//! each, newest first), rejects what was held, visibly, and closes with the phase's code (1008
+//! auth, 1011 services or registration); an overflowing queue closes with 1013.
+
+use std::sync::Arc;
+
+use racegate_core::{ConnectionState, ConnectionStateMachine, EnqueueError, Payload, QueueLimits};
+use tokio::sync::mpsc;
+
+use super::{Endpoint, state, tracked_id, transport_error};
+use crate::backend::{Backend, Pusher, pause};
+use crate::scenario::Phase;
+use crate::trace::{EventKind, Frame};
+use crate::transport::{ErrorKind, Inbound, ServerSocket};
+
+/// The fixed endpoint.
+pub struct StateMachine;
+
+/// What one connection's machine carries: chats in, frames out, in one FIFO.
+#[derive(Debug)]
+enum Item {
+    Chat { id: String, text: String },
+    Out(Frame),
+}
+
+impl Payload for Item {
+    fn byte_len(&self) -> usize {
+        match self {
+            Item::Chat { id, text } => id.len() + text.len(),
+            Item::Out(Frame::Push { id, text, .. }) => id.len() + text.len(),
+            Item::Out(_) => 16,
+        }
+    }
+}
+
+/// The sink runs under the machine's lock: it only moves items onto the two channels.
+type Sink = Box<dyn FnMut(Item) + Send>;
+type Machine = ConnectionStateMachine<Item, Sink>;
+
+/// One connection: its machine, its socket, its own user.
+struct Conn<S> {
+    backend: Arc<Backend>,
+    socket: Arc<S>,
+    user: String,
+    machine: Machine,
+}
+
+impl Endpoint for StateMachine {
+    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
+        let (chat_tx, chat_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let sink: Sink = Box::new(move |item| {
+            // A closed channel means the connection is over; end() accounts for the rest.
+            let _ = match item {
+                Item::Chat { id, text } => chat_tx.send((id, text)).map_err(drop),
+                Item::Out(frame) => out_tx.send(frame).map_err(drop),
+            };
+        });
+        let limits = QueueLimits {
+            max_messages: backend.config.queue_capacity,
+            max_bytes: backend.config.queue_bytes,
+        };
+        let conn = Arc::new(Conn {
+            backend: backend.clone(),
+            socket,
+            user,
+            machine: ConnectionStateMachine::new(limits, sink),
+        });
+        let b = &*backend;
+        let user = conn.user.as_str();
+        state(b, user, "connecting");
+
+        // FIX: reachable from the upgrade on, but only through the machine.
+        b.register(user, machine_pusher(conn.clone()));
+        conn.cleanup("unregister", {
+            let (b, u) = (backend.clone(), conn.user.clone());
+            move || b.unregister(&u)
+        });
+
+        if let Err(e) = conn.socket.accept().await {
+            transport_error(b, user, "accept", &e);
+            // A handshake that failed leaves nothing to close.
+            conn.fail(None, "handshake failed").await;
+            return;
+        }
+        if !conn.advance(ConnectionState::Accepted) {
+            return;
+        }
+        // FIX: the reader starts once accepted; what it reads is held until ready.
+        let reader = tokio::spawn(read_loop(conn.clone()));
+
+        if b.phase(user, Phase::Auth).await.is_err() {
+            conn.fail(Some(Phase::Auth.close_code()), "authentication failed")
+                .await;
+            return;
+        }
+        conn.cleanup("auth_session", || {});
+        if !conn.advance(ConnectionState::Authenticated) {
+            return;
+        }
+
+        if b.phase(user, Phase::Services).await.is_err() {
+            conn.fail(
+                Some(Phase::Services.close_code()),
+                "service creation failed",
+            )
+            .await;
+            return;
+        }
+        conn.cleanup("services", || {});
+        if !conn.advance(ConnectionState::ServicesReady) {
+            return;
+        }
+
+        if b.phase(user, Phase::Register).await.is_err() {
+            conn.fail(
+                Some(Phase::Register.close_code()),
+                "handler registration failed",
+            )
+            .await;
+            return;
+        }
+        conn.cleanup("handlers", || {});
+        // The consumers exist before the flush that feeds them.
+        tokio::spawn(write_loop(conn.clone(), out_rx));
+        tokio::spawn(handle_loop(conn.clone(), chat_rx));
+        if !conn.advance(ConnectionState::ProcessingReady) {
+            return;
+        }
+        if b.config.heartbeat_ms > 0 {
+            tokio::spawn(heartbeat(conn.clone()));
+        }
+        let _ = reader.await;
+    }
+}
+
+impl<S: ServerSocket> Conn<S> {
+    /// Moves forward; false if the connection already ended (a reader saw a close or overflow).
+    fn advance(&self, to: ConnectionState) -> bool {
+        match self.machine.advance(to) {
+            Ok(_) => {
+                state(&self.backend, &self.user, to.name());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Registers a setup rollback action, recording it and, when it runs, that it ran.
+    fn cleanup(&self, name: &'static str, undo: impl FnOnce() + Send + 'static) {
+        let (b, u) = (self.backend.clone(), self.user.clone());
+        self.backend
+            .record(&self.user, EventKind::CleanupRegistered { name });
+        let _ = self.machine.register_cleanup(move || {
+            undo();
+            b.record(&u, EventKind::CleanupRan { name });
+        });
+    }
+
+    /// Ends the connection in `Failed`, closing with `code` if there is a socket to close. The
+    /// machine runs the rollback; everything it held is rejected visibly. Later callers find it
+    /// already ended.
+    async fn fail(&self, code: Option<u16>, reason: &str) {
+        self.fail_with(code, reason, None).await;
+    }
+
+    /// [`fail`](Self::fail), also rejecting `newest`, the item that caused it (after the held
+    /// ones, which are older).
+    async fn fail_with(&self, code: Option<u16>, reason: &str, newest: Option<Item>) {
+        let Ok(ended) = self.machine.fail() else {
+            if let Some(item) = newest {
+                self.reject(item, reason).await;
+            }
+            return;
+        };
+        state(&self.backend, &self.user, "failed");
+        self.reject_all(ended.undelivered, reason).await;
+        if let Some(item) = newest {
+            self.reject(item, reason).await;
+        }
+        if let Some(code) = code {
+            match self.socket.close(code).await {
+                Ok(()) => self
+                    .backend
+                    .record(&self.user, EventKind::ServerClose { code }),
+                Err(e) => transport_error(&self.backend, &self.user, "close", &e),
+            }
+        }
+        self.backend
+            .record(&self.user, EventKind::Terminal { state: "failed" });
+    }
+
+    /// The client went away: end in `Closed`; rollback if it never became ready.
+    async fn closed_by_client(&self) {
+        let Ok(ended) = self.machine.close() else {
+            return;
+        };
+        state(&self.backend, &self.user, "closed");
+        if ended.from.is_ready() {
+            self.backend.unregister(&self.user);
+        }
+        self.reject_all(ended.undelivered, "client closed during setup")
+            .await;
+        self.backend
+            .record(&self.user, EventKind::Terminal { state: "closed" });
+    }
+
+    async fn reject_all(&self, items: Vec<Item>, reason: &str) {
+        for item in items {
+            self.reject(item, reason).await;
+        }
+    }
+
+    /// Rejects one item visibly: recorded, and for a chat an error frame to its client.
+    async fn reject(&self, item: Item, reason: &str) {
+        let id = match &item {
+            Item::Chat { id, .. } => id.clone(),
+            Item::Out(frame) => match tracked_id(frame) {
+                Some(id) => id.to_string(),
+                None => return,
+            },
+        };
+        self.backend.record(
+            &self.user,
+            EventKind::Rejected {
+                id: id.clone(),
+                reason: reason.to_string(),
+            },
+        );
+        if matches!(item, Item::Chat { .. }) && self.socket.is_connected_and_ready() {
+            let frame = Frame::Error {
+                message: format!("message {id} rejected: {reason}"),
+            };
+            if let Err(e) = self.socket.send(&frame).await {
+                transport_error(&self.backend, &self.user, "send", &e);
+            }
+        }
+    }
+
+    /// Offers `item` to the machine; overflow fails the connection with 1013.
+    async fn offer(&self, item: Item) {
+        match self.machine.deliver_or_enqueue(item) {
+            Ok(_) => {}
+            Err(EnqueueError::Full { message, .. }) => {
+                self.fail_with(Some(1013), "pre-ready queue full", Some(message))
+                    .await;
+            }
+            Err(EnqueueError::Closed { message, state }) => {
+                self.reject(message, &format!("connection {state}")).await;
+            }
+        }
+    }
+}
+
+/// The manager's way to this connection: through the machine, held until ready.
+fn machine_pusher<S: ServerSocket>(conn: Arc<Conn<S>>) -> Pusher {
+    Arc::new(move |frame| {
+        let conn = conn.clone();
+        Box::pin(async move { conn.offer(Item::Out(frame)).await })
+    })
+}
+
+async fn read_loop<S: ServerSocket>(conn: Arc<Conn<S>>) {
+    loop {
+        if conn.machine.state().is_terminal() {
+            return;
+        }
+        match conn.socket.receive().await {
+            Ok(Inbound::Chat { id, text }) => conn.offer(Item::Chat { id, text }).await,
+            Ok(Inbound::Disconnect(_)) => break,
+            Err(e) if matches!(e.kind, ErrorKind::Disconnected(_)) => break,
+            Err(e) => {
+                transport_error(&conn.backend, &conn.user, "receive", &e);
+                break;
+            }
+        }
+    }
+    conn.closed_by_client().await;
+}
+
+/// Chats, in order, once ready: ack, then one agent run through the machine.
+async fn handle_loop<S: ServerSocket>(
+    conn: Arc<Conn<S>>,
+    mut chats: mpsc::UnboundedReceiver<(String, String)>,
+) {
+    while let Some((id, _text)) = chats.recv().await {
+        let b = &conn.backend;
+        b.record(
+            &conn.user,
+            EventKind::Handled {
+                id: id.clone(),
+                as_user: conn.user.clone(),
+            },
+        );
+        conn.offer(Item::Out(Frame::Ack {
+            id: id.clone(),
+            user: conn.user.clone(),
+        }))
+        .await;
+        let run_conn = conn.clone();
+        tokio::spawn(async move {
+            let c = run_conn.clone();
+            run_conn
+                .backend
+                .agent_run(&id, &run_conn.user, |frame| {
+                    let c = c.clone();
+                    async move { c.offer(Item::Out(frame)).await }
+                })
+                .await;
+        });
+    }
+}
+
+/// Frames, in the machine's order, onto the socket.
+async fn write_loop<S: ServerSocket>(
+    conn: Arc<Conn<S>>,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if conn.machine.state().is_terminal() {
+            // The connection ended with this frame in flight: say so rather than send into a
+            // closed socket.
+            conn.reject(Item::Out(frame), "connection ended").await;
+            continue;
+        }
+        if let Err(e) = conn.socket.send(&frame).await {
+            transport_error(&conn.backend, &conn.user, "send", &e);
+            conn.reject(Item::Out(frame), "send failed").await;
+        }
+    }
+}
+
+async fn heartbeat<S: ServerSocket>(conn: Arc<Conn<S>>) {
+    loop {
+        pause(conn.backend.config.heartbeat_ms).await;
+        if conn.machine.state().is_terminal() {
+            return;
+        }
+        conn.offer(Item::Out(Frame::Ping)).await;
+    }
+}

@@ -1,0 +1,393 @@
+//! The oracle: a pure function from a recorded trace to the invariants it violates.
+//!
+//! It knows nothing about endpoints. It reads what clients sent and saw, what the notifier
+//! issued, and what the server recorded about its lifecycle, and names each broken rule with the
+//! user and the virtual time where it broke. An empty list is a pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::trace::{AgentEvent, EventKind, Frame, TraceEvent};
+
+/// A rule a connection lifecycle must keep. The names are the ones every output uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    /// The transport was used before accept or after close (Starlette raised).
+    AcceptFirst,
+    /// A chat or push was neither delivered nor explicitly rejected.
+    MessageLost,
+    /// Chats were acknowledged, or pushes delivered, out of the order they were sent (or twice).
+    OutOfOrder,
+    /// A chat was handled before its connection reached `ProcessingReady`.
+    BeforeReady,
+    /// A client received a frame meant for, or produced for, another user.
+    CrossUser,
+    /// An acknowledged chat's five agent events were missing or out of order.
+    EventOrder,
+    /// A connection that ended before ready left a registration or an unrun cleanup behind.
+    Leak,
+    /// A connection reached no terminal state by the end of the run.
+    Stuck,
+}
+
+impl Invariant {
+    /// Every invariant.
+    pub const ALL: [Invariant; 8] = [
+        Invariant::AcceptFirst,
+        Invariant::MessageLost,
+        Invariant::OutOfOrder,
+        Invariant::BeforeReady,
+        Invariant::CrossUser,
+        Invariant::EventOrder,
+        Invariant::Leak,
+        Invariant::Stuck,
+    ];
+
+    /// The kebab-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Invariant::AcceptFirst => "accept-first",
+            Invariant::MessageLost => "message-lost",
+            Invariant::OutOfOrder => "out-of-order",
+            Invariant::BeforeReady => "before-ready",
+            Invariant::CrossUser => "cross-user",
+            Invariant::EventOrder => "event-order",
+            Invariant::Leak => "leak",
+            Invariant::Stuck => "stuck",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One broken rule, where and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Which rule.
+    pub invariant: Invariant,
+    /// Whose connection.
+    pub user: String,
+    /// Virtual milliseconds since the run began.
+    pub at_ms: u64,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} user={} at {} ms: {}",
+            self.invariant, self.user, self.at_ms, self.detail
+        )
+    }
+}
+
+/// What the oracle tracks for one user's connection and client.
+#[derive(Default)]
+struct Conn {
+    server_seen: bool,
+    state: &'static str,
+    ready_reached: bool,
+    terminal: Option<&'static str>,
+    registered: bool,
+    cleanups: IndexMap<&'static str, (u64, usize)>,
+    sends: Vec<(String, u64)>,
+    unsent: Vec<(String, u64, String)>,
+    pushes: Vec<(String, u64)>,
+    acks: Vec<(String, u64)>,
+    pushes_received: Vec<(String, u64)>,
+    runs: IndexMap<String, Vec<(AgentEvent, u64)>>,
+    rejected: BTreeSet<String>,
+    dropped: BTreeMap<String, String>,
+    last_ms: u64,
+}
+
+/// Checks every invariant over `trace`. Violations come sorted by time, then invariant, then user.
+pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut conns: IndexMap<&str, Conn> = IndexMap::new();
+    // Which user sent each chat or was issued each push: "for another user" means this.
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let end_ms = trace.last().map_or(0, |e| e.at_ms);
+
+    for ev in trace {
+        let user = ev.user.as_str();
+        let at = ev.at_ms;
+        let c = conns.entry(user).or_default();
+        c.last_ms = at;
+        let mut violate = |invariant, detail: String| {
+            out.push(Violation {
+                invariant,
+                user: user.to_string(),
+                at_ms: at,
+                detail,
+            })
+        };
+        match &ev.kind {
+            EventKind::ClientConnect
+            | EventKind::ClientOpen
+            | EventKind::ClientClosed { .. }
+            | EventKind::ClientClose
+            | EventKind::ServerClose { .. } => {}
+            EventKind::ClientSend { id } => {
+                owner.insert(id, user);
+                c.sends.push((id.clone(), at));
+            }
+            EventKind::ClientUnsent { id, reason } => {
+                owner.insert(id, user);
+                c.unsent.push((id.clone(), at, reason.clone()));
+            }
+            EventKind::PushIssued { id } => {
+                owner.insert(id, user);
+                c.pushes.push((id.clone(), at));
+            }
+            EventKind::ClientRecv { frame } => {
+                if let Some(claimed) = frame.user()
+                    && claimed != user
+                {
+                    violate(
+                        Invariant::CrossUser,
+                        format!("client received `{frame}` addressed to user {claimed}"),
+                    );
+                }
+                let about = match frame {
+                    Frame::Ack { id, .. } | Frame::Push { id, .. } => Some(id.as_str()),
+                    Frame::Event { run, .. } => Some(run.as_str()),
+                    Frame::Ping | Frame::Error { .. } => None,
+                };
+                if let Some(id) = about {
+                    match owner.get(id) {
+                        Some(o) if *o != user => violate(
+                            Invariant::CrossUser,
+                            format!("client received `{frame}` produced for user {o}'s {id}"),
+                        ),
+                        _ => {}
+                    }
+                }
+                match frame {
+                    Frame::Ack { id, .. } => c.acks.push((id.clone(), at)),
+                    Frame::Push { id, .. } => c.pushes_received.push((id.clone(), at)),
+                    Frame::Event { kind, run, .. } => {
+                        c.runs.entry(run.clone()).or_default().push((*kind, at))
+                    }
+                    Frame::Ping | Frame::Error { .. } => {}
+                }
+            }
+            EventKind::State { state } => {
+                c.server_seen = true;
+                c.state = state;
+                if *state == "processing_ready" {
+                    c.ready_reached = true;
+                }
+            }
+            EventKind::Handled { id, .. } => {
+                if c.state != "processing_ready" {
+                    let state = if c.state.is_empty() {
+                        "unknown"
+                    } else {
+                        c.state
+                    };
+                    violate(
+                        Invariant::BeforeReady,
+                        format!("{id} handled while the connection was {state}"),
+                    );
+                }
+            }
+            EventKind::Rejected { id, .. } => {
+                c.rejected.insert(id.clone());
+            }
+            EventKind::Dropped { id, reason } => {
+                c.dropped
+                    .entry(id.clone())
+                    .or_insert_with(|| reason.clone());
+            }
+            EventKind::TransportError { op, error } => {
+                violate(Invariant::AcceptFirst, format!("{op}: {error}"));
+            }
+            EventKind::Registered => c.registered = true,
+            EventKind::Unregistered => c.registered = false,
+            EventKind::CleanupRegistered { name } => {
+                c.cleanups.entry(name).or_insert((at, 0));
+            }
+            EventKind::CleanupRan { name } => {
+                c.cleanups.entry(name).or_insert((at, 0)).1 += 1;
+            }
+            EventKind::Terminal { state } => {
+                if c.terminal.is_none() {
+                    c.terminal = Some(state);
+                }
+            }
+        }
+    }
+
+    for (user, c) in &conns {
+        let mut violate = |invariant, at_ms, detail: String| {
+            out.push(Violation {
+                invariant,
+                user: user.to_string(),
+                at_ms,
+                detail,
+            })
+        };
+        let lost_detail = |id: &str| match c.dropped.get(id) {
+            Some(reason) => format!("{id} dropped: {reason}"),
+            None => format!("{id} was never delivered and never rejected"),
+        };
+
+        // message-lost
+        let acked: BTreeSet<&str> = c.acks.iter().map(|(id, _)| id.as_str()).collect();
+        for (id, at) in &c.sends {
+            if !acked.contains(id.as_str()) && !c.rejected.contains(id) {
+                violate(Invariant::MessageLost, *at, lost_detail(id));
+            }
+        }
+        for (id, at, reason) in &c.unsent {
+            violate(
+                Invariant::MessageLost,
+                *at,
+                format!("{id} never sent: {reason}"),
+            );
+        }
+        let pushed: BTreeSet<&str> = c
+            .pushes_received
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        for (id, at) in &c.pushes {
+            if !pushed.contains(id.as_str()) && !c.rejected.contains(id) {
+                violate(Invariant::MessageLost, *at, lost_detail(id));
+            }
+        }
+
+        // out-of-order (and duplicates)
+        for (what, sent, got) in [
+            ("ack", &c.sends, &c.acks),
+            ("push", &c.pushes, &c.pushes_received),
+        ] {
+            let index: BTreeMap<&str, usize> = sent
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (id.as_str(), i))
+                .collect();
+            let mut last: Option<(usize, &str)> = None;
+            let mut seen = BTreeSet::new();
+            for (id, at) in got.iter() {
+                let Some(&i) = index.get(id.as_str()) else {
+                    continue; // another user's: cross-user already said so
+                };
+                if !seen.insert(i) {
+                    violate(
+                        Invariant::OutOfOrder,
+                        *at,
+                        format!("{what} {id} received twice"),
+                    );
+                    continue;
+                }
+                if let Some((prev, prev_id)) = last
+                    && i < prev
+                {
+                    violate(
+                        Invariant::OutOfOrder,
+                        *at,
+                        format!("{what} {id} received after {prev_id}, but was sent before it"),
+                    );
+                }
+                if last.is_none_or(|(p, _)| i > p) {
+                    last = Some((i, id.as_str()));
+                }
+            }
+        }
+
+        // event-order: every own run that was acknowledged or produced events
+        let own: BTreeSet<&str> = c.sends.iter().map(|(id, _)| id.as_str()).collect();
+        let mut runs: IndexMap<&str, u64> = IndexMap::new();
+        for (id, at) in &c.acks {
+            if own.contains(id.as_str()) {
+                runs.entry(id.as_str()).or_insert(*at);
+            }
+        }
+        for (run, events) in &c.runs {
+            if own.contains(run.as_str()) {
+                runs.entry(run.as_str()).or_insert(events[0].1);
+            }
+        }
+        for (run, at) in runs {
+            let got: Vec<AgentEvent> = c
+                .runs
+                .get(run)
+                .map(|events| events.iter().map(|(k, _)| *k).collect())
+                .unwrap_or_default();
+            if got != AgentEvent::RUN {
+                let at = c.runs.get(run).and_then(|e| e.last()).map_or(at, |e| e.1);
+                let names: Vec<&str> = got.iter().map(|k| k.name()).collect();
+                violate(
+                    Invariant::EventOrder,
+                    at,
+                    format!(
+                        "run {run} got [{}], expected the five events in order",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+
+        // leak and stuck: about the server side of the connection
+        if !c.server_seen {
+            continue;
+        }
+        match c.terminal {
+            None => violate(
+                Invariant::Stuck,
+                end_ms,
+                format!(
+                    "connection still {} when the run ended",
+                    if c.state.is_empty() {
+                        "unknown"
+                    } else {
+                        c.state
+                    }
+                ),
+            ),
+            Some(_) if !c.ready_reached => {
+                if c.registered {
+                    violate(
+                        Invariant::Leak,
+                        c.last_ms,
+                        "ended before ready but is still registered with the connection manager"
+                            .into(),
+                    );
+                }
+                for (name, (at, ran)) in &c.cleanups {
+                    match ran {
+                        0 => violate(
+                            Invariant::Leak,
+                            *at,
+                            format!("ended before ready but its `{name}` cleanup never ran"),
+                        ),
+                        1 => {}
+                        n => violate(
+                            Invariant::Leak,
+                            *at,
+                            format!("cleanup `{name}` ran {n} times, expected once"),
+                        ),
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    out.sort_by(|a, b| {
+        (a.at_ms, a.invariant, &a.user, &a.detail).cmp(&(b.at_ms, b.invariant, &b.user, &b.detail))
+    });
+    out
+}

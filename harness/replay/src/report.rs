@@ -1,0 +1,246 @@
+//! The gate's outputs: a table for people, JSON for tools, JUnit XML for CI.
+//!
+//! All three render the same [`RunOutcome`]s, grouped by scenario in run order, and agree on the
+//! one number that matters: mismatches between a gated verdict and its expectation.
+
+use std::fmt::Write as _;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use crate::endpoint::EndpointKind;
+use crate::oracle::Violation;
+use crate::runner::RunOutcome;
+use crate::scenario::Verdict;
+use crate::trace::TraceEvent;
+
+/// Counts over a whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Scenarios replayed.
+    pub scenarios: usize,
+    /// Scenario × endpoint runs.
+    pub runs: usize,
+    /// Gated runs whose verdict differs from `[expect]`.
+    pub mismatches: usize,
+}
+
+/// Counts `outcomes`.
+pub fn summary(outcomes: &[RunOutcome]) -> Summary {
+    let mut names: Vec<&str> = outcomes.iter().map(|o| o.scenario.as_str()).collect();
+    names.dedup();
+    Summary {
+        scenarios: names.len(),
+        runs: outcomes.len(),
+        mismatches: outcomes.iter().filter(|o| !o.matches_expectation()).count(),
+    }
+}
+
+fn by_scenario(outcomes: &[RunOutcome]) -> IndexMap<&str, Vec<&RunOutcome>> {
+    let mut grouped: IndexMap<&str, Vec<&RunOutcome>> = IndexMap::new();
+    for o in outcomes {
+        grouped.entry(o.scenario.as_str()).or_default().push(o);
+    }
+    grouped
+}
+
+fn short(user: &str) -> String {
+    const MAX: usize = 16;
+    if user.chars().count() <= MAX {
+        user.to_string()
+    } else {
+        let head: String = user.chars().take(MAX - 1).collect();
+        format!("{head}…")
+    }
+}
+
+fn cell(o: &RunOutcome) -> String {
+    let mark = match o.expected {
+        None => " ",
+        Some(e) if e == o.verdict => "✓",
+        Some(_) => "✗",
+    };
+    let first = match o.violations.first() {
+        Some(v) => format!(" {} {}@{}ms", v.invariant, short(&v.user), v.at_ms),
+        None => String::new(),
+    };
+    format!("{mark} {}{first}", o.verdict)
+}
+
+/// The human table: a row per scenario, a column per endpoint (✓ matches `[expect]`, ✗ differs,
+/// blank not gated), the first violation with its user and time, then a summary line. With
+/// `with_trace`, each run's timeline follows.
+pub fn table(outcomes: &[RunOutcome], with_trace: bool) -> String {
+    let grouped = by_scenario(outcomes);
+    let endpoints: Vec<EndpointKind> = EndpointKind::ALL
+        .into_iter()
+        .filter(|k| outcomes.iter().any(|o| o.endpoint == *k))
+        .collect();
+    let mut rows: Vec<Vec<String>> = vec![
+        std::iter::once("scenario".to_string())
+            .chain(endpoints.iter().map(|k| k.to_string()))
+            .collect(),
+    ];
+    for (name, runs) in &grouped {
+        let mut row = vec![name.to_string()];
+        for k in &endpoints {
+            row.push(
+                runs.iter()
+                    .find(|o| o.endpoint == *k)
+                    .map_or_else(|| "-".to_string(), |o| cell(o)),
+            );
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            line.push_str(c);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let mismatched: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| !o.matches_expectation())
+        .collect();
+    if !mismatched.is_empty() {
+        out.push_str("\nmismatches:\n");
+        for o in &mismatched {
+            let expected = o.expected.map_or("-", Verdict::name);
+            let _ = writeln!(
+                out,
+                "  {} [{}]: expected {expected}, got {}",
+                o.scenario, o.endpoint, o.verdict
+            );
+            for v in &o.violations {
+                let _ = writeln!(out, "    {v}");
+            }
+        }
+    }
+    let s = summary(outcomes);
+    let _ = writeln!(
+        out,
+        "\n{} scenarios, {} runs, {} mismatches: {}",
+        s.scenarios,
+        s.runs,
+        s.mismatches,
+        if s.mismatches == 0 {
+            "gate passes"
+        } else {
+            "gate FAILS"
+        }
+    );
+    if with_trace {
+        for o in outcomes {
+            let _ = writeln!(out, "\n== {} [{}]: {}", o.scenario, o.endpoint, o.verdict);
+            out.push_str(&timeline(&o.trace));
+            for v in &o.violations {
+                let _ = writeln!(out, "  ! {v}");
+            }
+        }
+    }
+    out
+}
+
+/// One event per line with its virtual time.
+pub fn timeline(trace: &[TraceEvent]) -> String {
+    let mut out = String::new();
+    for e in trace {
+        let _ = writeln!(out, "{e}");
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    scenarios: Vec<JsonScenario<'a>>,
+    summary: Summary,
+}
+
+#[derive(Serialize)]
+struct JsonScenario<'a> {
+    name: &'a str,
+    file: String,
+    results: Vec<JsonResult<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonResult<'a> {
+    endpoint: EndpointKind,
+    verdict: Verdict,
+    expected: Option<Verdict>,
+    violations: &'a [Violation],
+    simulated_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a [TraceEvent]>,
+}
+
+/// The JSON document: `{"scenarios":[{"name","file","results":[…]}],"summary":{…}}`.
+pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
+    let report = JsonReport {
+        scenarios: by_scenario(outcomes)
+            .into_iter()
+            .map(|(name, runs)| JsonScenario {
+                name,
+                file: runs[0].file.display().to_string(),
+                results: runs
+                    .iter()
+                    .map(|o| JsonResult {
+                        endpoint: o.endpoint,
+                        verdict: o.verdict,
+                        expected: o.expected,
+                        violations: &o.violations,
+                        simulated_ms: o.simulated_ms,
+                        trace: with_trace.then_some(o.trace.as_slice()),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        summary: summary(outcomes),
+    };
+    // Serialising plain data with string keys cannot fail.
+    let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// JUnit XML: one test case per scenario × endpoint, failing where the verdict differs from
+/// `[expect]`.
+pub fn junit(outcomes: &[RunOutcome]) -> Result<String, quick_junit::SerializeError> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("racegate");
+    for (name, runs) in by_scenario(outcomes) {
+        let mut suite = TestSuite::new(name);
+        for o in runs {
+            let status = if o.matches_expectation() {
+                TestCaseStatus::success()
+            } else {
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                let expected = o.expected.map_or("-", Verdict::name);
+                status.set_message(format!("expected {expected}, got {}", o.verdict));
+                status.set_type("verdict-mismatch");
+                let detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+                status.set_description(detail.join("\n"));
+                status
+            };
+            let mut case = TestCase::new(format!("{name} [{}]", o.endpoint), status);
+            case.set_classname(o.file.display().to_string());
+            if !o.violations.is_empty() {
+                let detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+                case.set_system_out(detail.join("\n"));
+            }
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string()
+}

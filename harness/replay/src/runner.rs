@@ -1,0 +1,253 @@
+//! The runner: replays a scenario's clients and notifier against one endpoint, in virtual time.
+//!
+//! It owns the time policy. Each run gets a fresh current-thread runtime with a paused clock, so
+//! every delay in the scenario costs no wall time and, with nothing else to schedule, execution
+//! order is a function of the scenario alone: the same scenario gives the same trace.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use tokio::time::{Instant, sleep_until};
+
+use crate::backend::Backend;
+use crate::endpoint::EndpointKind;
+use crate::oracle::{self, Violation};
+use crate::scenario::{Scenario, User, Verdict};
+use crate::trace::{EventKind, Frame, Recorder, TraceEvent};
+use crate::transport::fake::{self, ClientEvent, ClientSendError};
+
+/// The result of one scenario × endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The scenario's file.
+    pub file: PathBuf,
+    /// The endpoint replayed.
+    pub endpoint: EndpointKind,
+    /// `pass` when no invariant was violated.
+    pub verdict: Verdict,
+    /// What `[expect]` says, if it gates this endpoint.
+    pub expected: Option<Verdict>,
+    /// Every violation, by time.
+    pub violations: Vec<Violation>,
+    /// The timeline.
+    pub trace: Vec<TraceEvent>,
+    /// Virtual milliseconds the run covered.
+    pub simulated_ms: u64,
+}
+
+impl RunOutcome {
+    /// False when the scenario gates this endpoint and the verdict differs.
+    pub fn matches_expectation(&self) -> bool {
+        self.expected.is_none_or(|e| e == self.verdict)
+    }
+}
+
+/// Why a run could not happen at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The async runtime could not be built.
+    #[error("could not start the replay runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Replays `scenario` against `endpoint` and judges the trace.
+pub fn replay(scenario: &Scenario, endpoint: EndpointKind) -> Result<RunOutcome, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    let (trace, simulated_ms) = runtime.block_on(drive(scenario, endpoint));
+    // Dropping the runtime cancels whatever is still running (a stuck connection, a heartbeat).
+    drop(runtime);
+    let violations = oracle::check(&trace);
+    let verdict = if violations.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    Ok(RunOutcome {
+        scenario: scenario.name.clone(),
+        file: scenario.file.clone(),
+        endpoint,
+        verdict,
+        expected: scenario.expect.get(&endpoint).copied(),
+        violations,
+        trace,
+        simulated_ms,
+    })
+}
+
+/// When clients close: after every scheduled action, the longest setup and one agent run, plus
+/// the scenario's settle time.
+pub fn horizon_ms(scenario: &Scenario) -> u64 {
+    let server = &scenario.server;
+    let run = 5 * server.event_gap_ms;
+    scenario
+        .users
+        .iter()
+        .map(|u| {
+            let latest = u
+                .sends
+                .iter()
+                .chain(&u.pushes)
+                .map(|t| t.at_ms)
+                .chain(u.close_ms)
+                .max()
+                .unwrap_or(0);
+            u.connect_ms + server.setup_ms() + latest
+        })
+        .max()
+        .unwrap_or(0)
+        + run
+        + scenario.settle_ms
+}
+
+/// The id of a user's `n`th chat (1-based).
+pub fn chat_id(user: &str, n: usize) -> String {
+    format!("{user}/m{n}")
+}
+
+/// The id of a user's `n`th push (1-based).
+pub fn push_id(user: &str, n: usize) -> String {
+    format!("{user}/p{n}")
+}
+
+async fn drive(scenario: &Scenario, endpoint: EndpointKind) -> (Vec<TraceEvent>, u64) {
+    let recorder = Recorder::new();
+    let origin = Instant::now();
+    let failures: IndexMap<String, _> = scenario
+        .users
+        .iter()
+        .filter_map(|u| u.fail_at.map(|p| (u.id.clone(), p)))
+        .collect();
+    let backend = Arc::new(Backend::new(scenario.server, failures, recorder.clone()));
+    let horizon = origin + Duration::from_millis(horizon_ms(scenario));
+    // Servers get the settle time again to reach a terminal state after clients close.
+    let deadline = horizon + Duration::from_millis(scenario.settle_ms);
+
+    let mut tasks = Vec::new();
+    for user in &scenario.users {
+        tasks.push(tokio::spawn(client(
+            backend.clone(),
+            endpoint,
+            user.clone(),
+            origin,
+            horizon,
+        )));
+        for (n, push) in user.pushes.iter().enumerate() {
+            let backend = backend.clone();
+            let (id, text) = (push_id(&user.id, n + 1), push.text.clone());
+            let (user_id, at) = (user.id.clone(), user.connect_ms + push.at_ms);
+            tasks.push(tokio::spawn(async move {
+                sleep_until(origin + Duration::from_millis(at)).await;
+                backend.notify(&user_id, id, text).await;
+            }));
+        }
+    }
+    let all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, all).await;
+    // Let servers that are finishing up (not stuck) record their end before the cut.
+    sleep_until(deadline).await;
+    (recorder.snapshot(), recorder.now_ms())
+}
+
+/// One user's client: connect, wait for open, send on schedule, record what arrives, close.
+async fn client(
+    backend: Arc<Backend>,
+    endpoint: EndpointKind,
+    user: User,
+    origin: Instant,
+    horizon: Instant,
+) {
+    let at = |ms: u64| origin + Duration::from_millis(ms);
+    sleep_until(at(user.connect_ms)).await;
+    let rec = backend.recorder.clone();
+    let id = user.id.as_str();
+    rec.record(id, EventKind::ClientConnect);
+    let (socket, mut client) = fake::pair(Duration::from_millis(backend.config.accept_ms));
+    tokio::spawn(endpoint.serve(backend.clone(), socket, user.id.clone()));
+
+    let close_at = user.close_ms.map(|ms| at(user.connect_ms + ms));
+    let mut next_send = 0;
+    let mut opened: Option<Instant> = None;
+    let mut closed_by_server: Option<u16> = None;
+    let mut closed_by_client = false;
+    loop {
+        let next_send_at = opened.and_then(|o| {
+            user.sends
+                .get(next_send)
+                .map(|s| o + Duration::from_millis(s.at_ms))
+        });
+        let wake = [next_send_at, close_at, Some(horizon)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(horizon);
+        tokio::select! {
+            biased;
+            event = client.next_event() => match event {
+                Some(ClientEvent::Open) => {
+                    rec.record(id, EventKind::ClientOpen);
+                    opened = Some(Instant::now());
+                }
+                Some(ClientEvent::Frame(Frame::Ping)) => {}
+                Some(ClientEvent::Frame(frame)) => rec.record(id, EventKind::ClientRecv { frame }),
+                Some(ClientEvent::Closed(code)) => {
+                    rec.record(id, EventKind::ClientClosed { code });
+                    closed_by_server = Some(code);
+                    break;
+                }
+                None => break,
+            },
+            () = sleep_until(wake) => {
+                if Some(wake) == next_send_at {
+                    let n = next_send + 1;
+                    let chat = chat_id(id, n);
+                    match client.send_chat(&chat, &user.sends[next_send].text) {
+                        Ok(()) => rec.record(id, EventKind::ClientSend { id: chat }),
+                        Err(ClientSendError::NotOpen | ClientSendError::Closed) => break,
+                    }
+                    next_send += 1;
+                } else {
+                    if client.close() {
+                        rec.record(id, EventKind::ClientClose);
+                    }
+                    closed_by_client = true;
+                    break;
+                }
+            }
+        }
+    }
+    // Chats the schedule never reached. A client that was refused knows it (the server closed
+    // with a code): that is a visible rejection. One that never even opened does not.
+    for n in next_send..user.sends.len() {
+        let chat = chat_id(id, n + 1);
+        match (closed_by_server, closed_by_client || opened.is_some()) {
+            (Some(code), _) => rec.record(
+                id,
+                EventKind::Rejected {
+                    id: chat,
+                    reason: format!("server closed the connection with {code} before it was sent"),
+                },
+            ),
+            // The client closed first: it chose not to send.
+            (None, true) => {}
+            (None, false) => rec.record(
+                id,
+                EventKind::ClientUnsent {
+                    id: chat,
+                    reason: "the connection never opened".into(),
+                },
+            ),
+        }
+    }
+}

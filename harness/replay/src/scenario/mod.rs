@@ -1,0 +1,255 @@
+//! Scenario files: the users, timings and expected verdicts of one replay.
+//!
+//! Parsing is two steps, as a user would want the errors: [`raw`] is the file's shape exactly
+//! (serde, `deny_unknown_fields`, spans kept), then [`validate`](raw::validate) turns it into a
+//! [`Scenario`] or a [`ScenarioError`] naming the file, line and column of the offending value.
+
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::EndpointKind;
+
+/// One validated scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// Unique within a run.
+    pub name: String,
+    /// What it reproduces.
+    pub description: Option<String>,
+    /// Where it was read from (empty for scenarios built in code).
+    pub file: PathBuf,
+    /// Server phase timings and limits.
+    pub server: ServerConfig,
+    /// Clients, in file order.
+    pub users: Vec<User>,
+    /// The verdict each gated endpoint must get; endpoints left out are not gated.
+    pub expect: IndexMap<EndpointKind, Verdict>,
+    /// Quiet time after the last scheduled activity before clients close (default 1000).
+    pub settle_ms: u64,
+}
+
+/// The `[server]` table: each phase's duration, in milliseconds of virtual time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Upgrade received → `accept()` completes.
+    pub accept_ms: u64,
+    /// Accept → authenticated.
+    pub auth_ms: u64,
+    /// Authenticated → services ready.
+    pub services_ms: u64,
+    /// Services ready → handlers registered (`ProcessingReady`).
+    pub register_ms: u64,
+    /// Heartbeat interval; 0 = off.
+    pub heartbeat_ms: u64,
+    /// Gap between the five events of one agent run.
+    pub event_gap_ms: u64,
+    /// Messages a connection may hold before it is ready.
+    pub queue_capacity: usize,
+    /// Bytes a connection may hold before it is ready.
+    pub queue_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            accept_ms: 0,
+            auth_ms: 0,
+            services_ms: 0,
+            register_ms: 0,
+            heartbeat_ms: 0,
+            event_gap_ms: 5,
+            queue_capacity: 64,
+            queue_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Upgrade → `ProcessingReady` when nothing fails.
+    pub fn setup_ms(&self) -> u64 {
+        self.accept_ms + self.auth_ms + self.services_ms + self.register_ms
+    }
+}
+
+/// The setup phase at which a user's connection fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Authentication is refused: close 1008.
+    Auth,
+    /// Service creation fails: close 1011.
+    Services,
+    /// Handler registration fails: close 1011.
+    Register,
+}
+
+impl Phase {
+    /// The close code a well-behaved server sends when setup fails here.
+    pub const fn close_code(self) -> u16 {
+        match self {
+            Phase::Auth => 1008,
+            Phase::Services | Phase::Register => 1011,
+        }
+    }
+
+    /// The lowercase name used in files.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Auth => "auth",
+            Phase::Services => "services",
+            Phase::Register => "register",
+        }
+    }
+}
+
+/// One `[[user]]`: a client connection and the server-side pushes addressed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Non-empty, unique in the scenario.
+    pub id: String,
+    /// When the client opens its connection.
+    pub connect_ms: u64,
+    /// The setup phase that fails for this user, if any.
+    pub fail_at: Option<Phase>,
+    /// If set, the client closes its side this long after `connect_ms` (e.g. mid-setup).
+    pub close_ms: Option<u64>,
+    /// Chats, each `at_ms` after the client sees the connection open.
+    pub sends: Vec<Timed>,
+    /// Server notifications for this user, each `at_ms` after `connect_ms`.
+    pub pushes: Vec<Timed>,
+}
+
+/// A text at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timed {
+    /// Milliseconds, relative as documented where it is used.
+    pub at_ms: u64,
+    /// The payload.
+    pub text: String,
+}
+
+/// What an endpoint must get on a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// No invariant violated.
+    Pass,
+    /// At least one invariant violated.
+    Fail,
+}
+
+impl Verdict {
+    /// `pass` or `fail`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A scenario that could not be read, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS's words.
+        message: String,
+    },
+    /// The file is not a valid scenario; `line` and `column` are 1-based.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column of the offending value.
+        column: usize,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+    /// Two scenarios in one run share a name.
+    #[error("{}: scenario name `{name}` is already used by {}", path.display(), first.display())]
+    DuplicateName {
+        /// The second file.
+        path: PathBuf,
+        /// The name.
+        name: String,
+        /// The first file.
+        first: PathBuf,
+    },
+}
+
+/// Parses scenario text; `path` is used only in errors and [`Scenario::file`].
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    raw::parse(text, path)
+}
+
+/// Reads and parses one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse(&text, path)
+}
+
+/// Expands files and folders into scenario files: a folder contributes its `*.toml` files
+/// (not recursive), sorted by name, so a run's order never depends on the filesystem.
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| ScenarioError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(path).map_err(|e| ScenarioError::Io {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Loads every scenario under `paths`, refusing duplicate names.
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, ScenarioError> {
+    let mut seen: IndexMap<String, PathBuf> = IndexMap::new();
+    let mut out = Vec::new();
+    for file in discover(paths)? {
+        let scenario = load(&file)?;
+        if let Some(first) = seen.get(&scenario.name) {
+            return Err(ScenarioError::DuplicateName {
+                path: file,
+                name: scenario.name,
+                first: first.clone(),
+            });
+        }
+        seen.insert(scenario.name.clone(), file);
+        out.push(scenario);
+    }
+    Ok(out)
+}

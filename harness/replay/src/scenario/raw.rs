@@ -1,0 +1,750 @@
+//! The scenario file's shape exactly, and its validation into a [`Scenario`].
+//!
+//! Every raw struct denies unknown keys. Values that need checks serde cannot express (times,
+//! limits, names, ids, enum-like strings) are kept as [`Spanned`] so that an error points at the
+//! offending value itself, not at the table that holds it.
+
+use std::ops::Range;
+use std::path::Path;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::{Phase, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
+use crate::endpoint::EndpointKind;
+
+/// Quiet time after the last scheduled activity when `settle_ms` is left out.
+const DEFAULT_SETTLE_MS: u64 = 1000;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    description: Option<String>,
+    settle_ms: Option<Spanned<Value>>,
+    server: Option<RawServer>,
+    user: Option<Spanned<Vec<RawUser>>>,
+    expect: Option<RawExpect>,
+}
+
+/// `[expect]`: endpoint name → verdict, in file order. (A `Vec` of pairs rather than a map:
+/// `indexmap`'s serde support is not enabled, and validation wants the spans of both sides.)
+#[derive(Debug)]
+struct RawExpect(Vec<(Spanned<String>, Spanned<Value>)>);
+
+impl<'de> Deserialize<'de> for RawExpect {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawExpect;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table of endpoint names to \"pass\" or \"fail\"")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawExpect, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(RawExpect(out))
+            }
+        }
+
+        deserializer.deserialize_map(Entries)
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [server] table")]
+struct RawServer {
+    accept_ms: Option<Spanned<Value>>,
+    auth_ms: Option<Spanned<Value>>,
+    services_ms: Option<Spanned<Value>>,
+    register_ms: Option<Spanned<Value>>,
+    heartbeat_ms: Option<Spanned<Value>>,
+    event_gap_ms: Option<Spanned<Value>>,
+    queue_capacity: Option<Spanned<Value>>,
+    queue_bytes: Option<Spanned<Value>>,
+}
+
+/// One `[[user]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[user]] table")]
+struct RawUser {
+    id: Spanned<String>,
+    connect_ms: Option<Spanned<Value>>,
+    fail_at: Option<Spanned<Value>>,
+    close_ms: Option<Spanned<Value>>,
+    #[serde(default)]
+    send: Vec<RawTimed>,
+    #[serde(default)]
+    push: Vec<RawTimed>,
+}
+
+/// One `[[user.send]]` or `[[user.push]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with `at_ms` and `text`")]
+struct RawTimed {
+    at_ms: Spanned<Value>,
+    text: String,
+}
+
+/// Parses and validates scenario text; `path` is used only in errors and [`Scenario::file`].
+pub(super) fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    let at = Locator { text, path };
+    let raw: RawScenario = toml::from_str(text).map_err(|e| at.toml_error(&e))?;
+    validate(raw, &at)
+}
+
+/// Turns byte spans into [`ScenarioError::Invalid`]s.
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Locator<'_> {
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    /// An error at the start of `span`, or at line 1 column 1 without one.
+    fn invalid(&self, span: Option<Range<usize>>, message: String) -> ScenarioError {
+        let (line, column) = span.map_or((1, 1), |s| self.line_col(s.start));
+        ScenarioError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>, message: String) -> ScenarioError {
+        self.invalid(Some(spanned.span()), message)
+    }
+
+    /// A syntax, type, unknown-key or missing-key error found by `toml`/serde, in file terms.
+    fn toml_error(&self, e: &toml::de::Error) -> ScenarioError {
+        let span = e.span();
+        // Syntax errors put their "expected ..." on a second line; keep the message one line.
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let message = if let Some(rest) = message.strip_prefix("missing field ") {
+            format!("missing required key {rest}")
+        } else if let Some(rest) = message.strip_prefix("unknown field ") {
+            format!("unknown key {rest}")
+        } else if message.starts_with("invalid type: map, expected a sequence")
+            && let Some(header) = span
+                .as_ref()
+                .and_then(|s| self.single_table_header(s.start))
+        {
+            format!("[{header}] must be an array of tables: write [[{header}]], once per entry")
+        } else {
+            message
+        };
+        self.invalid(span, message)
+    }
+
+    /// `user` when the text at `offset` is a `[user]` header (not `[[user]]`).
+    fn single_table_header(&self, offset: usize) -> Option<&str> {
+        let rest = self.text.get(offset..)?.strip_prefix('[')?;
+        if rest.starts_with('[') {
+            return None;
+        }
+        let name = rest[..rest.find(']')?].trim();
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioError> {
+    let name = raw.name.get_ref();
+    if name.trim().is_empty() {
+        return Err(at.at(
+            &raw.name,
+            "`name` must not be empty; give the scenario a name that is unique in the run".into(),
+        ));
+    }
+    let settle_ms =
+        opt_millis(at, "settle_ms", raw.settle_ms.as_ref())?.unwrap_or(DEFAULT_SETTLE_MS);
+    let server = match &raw.server {
+        Some(s) => server(at, s)?,
+        None => ServerConfig::default(),
+    };
+    let users = users(at, raw.user.as_ref())?;
+    let expect = match &raw.expect {
+        Some(e) => expect(at, e)?,
+        None => IndexMap::new(),
+    };
+    Ok(Scenario {
+        name: name.clone(),
+        description: raw.description,
+        file: at.path.to_path_buf(),
+        server,
+        users,
+        expect,
+        settle_ms,
+    })
+}
+
+fn server(at: &Locator<'_>, raw: &RawServer) -> Result<ServerConfig, ScenarioError> {
+    let d = ServerConfig::default();
+    let ms = |key: &str, value: &Option<Spanned<Value>>, default: u64| {
+        opt_millis(at, key, value.as_ref()).map(|v| v.unwrap_or(default))
+    };
+    Ok(ServerConfig {
+        accept_ms: ms("accept_ms", &raw.accept_ms, d.accept_ms)?,
+        auth_ms: ms("auth_ms", &raw.auth_ms, d.auth_ms)?,
+        services_ms: ms("services_ms", &raw.services_ms, d.services_ms)?,
+        register_ms: ms("register_ms", &raw.register_ms, d.register_ms)?,
+        heartbeat_ms: ms("heartbeat_ms", &raw.heartbeat_ms, d.heartbeat_ms)?,
+        event_gap_ms: ms("event_gap_ms", &raw.event_gap_ms, d.event_gap_ms)?,
+        queue_capacity: limit(
+            at,
+            "queue_capacity",
+            "messages",
+            raw.queue_capacity.as_ref(),
+        )?
+        .unwrap_or(d.queue_capacity),
+        queue_bytes: limit(at, "queue_bytes", "bytes", raw.queue_bytes.as_ref())?
+            .unwrap_or(d.queue_bytes),
+    })
+}
+
+fn users(
+    at: &Locator<'_>,
+    raw: Option<&Spanned<Vec<RawUser>>>,
+) -> Result<Vec<User>, ScenarioError> {
+    const NONE: &str = "a scenario needs at least one [[user]]; add a [[user]] table with an `id`";
+    let Some(raw) = raw else {
+        return Err(at.invalid(None, NONE.into()));
+    };
+    if raw.get_ref().is_empty() {
+        return Err(at.at(raw, NONE.into()));
+    }
+    // id → line of its first occurrence.
+    let mut seen: IndexMap<&str, usize> = IndexMap::new();
+    let mut out = Vec::with_capacity(raw.get_ref().len());
+    for user in raw.get_ref() {
+        let id = user.id.get_ref();
+        if id.trim().is_empty() {
+            return Err(at.at(
+                &user.id,
+                "user `id` must not be empty; use the id the server would see for this user".into(),
+            ));
+        }
+        if let Some(first_line) = seen.get(id.as_str()) {
+            return Err(at.at(
+                &user.id,
+                format!(
+                    "user id `{id}` is already used by the [[user]] on line {first_line}; \
+                     each user id must be unique in the file"
+                ),
+            ));
+        }
+        seen.insert(id, at.line_col(user.id.span().start).0);
+        out.push(User {
+            id: id.clone(),
+            connect_ms: opt_millis(at, "connect_ms", user.connect_ms.as_ref())?.unwrap_or(0),
+            fail_at: user.fail_at.as_ref().map(|v| phase(at, v)).transpose()?,
+            close_ms: opt_millis(at, "close_ms", user.close_ms.as_ref())?,
+            sends: timed(at, &user.send)?,
+            pushes: timed(at, &user.push)?,
+        });
+    }
+    Ok(out)
+}
+
+fn timed(at: &Locator<'_>, raw: &[RawTimed]) -> Result<Vec<Timed>, ScenarioError> {
+    raw.iter()
+        .map(|t| {
+            Ok(Timed {
+                at_ms: millis(at, "at_ms", &t.at_ms)?,
+                text: t.text.clone(),
+            })
+        })
+        .collect()
+}
+
+fn phase(at: &Locator<'_>, raw: &Spanned<Value>) -> Result<Phase, ScenarioError> {
+    const ALL: [Phase; 3] = [Phase::Auth, Phase::Services, Phase::Register];
+    if let Value::String(s) = raw.get_ref()
+        && let Some(p) = ALL.into_iter().find(|p| p.name() == s)
+    {
+        return Ok(p);
+    }
+    Err(at.at(
+        raw,
+        format!(
+            "`fail_at` must be one of \"auth\", \"services\" or \"register\" (or left out), got {}",
+            raw.get_ref()
+        ),
+    ))
+}
+
+fn expect(
+    at: &Locator<'_>,
+    raw: &RawExpect,
+) -> Result<IndexMap<EndpointKind, Verdict>, ScenarioError> {
+    let mut out = IndexMap::with_capacity(raw.0.len());
+    for (key, value) in &raw.0 {
+        let Ok(kind) = key.get_ref().parse::<EndpointKind>() else {
+            let valid: Vec<&str> = EndpointKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(at.at(
+                key,
+                format!(
+                    "unknown endpoint `{}` in [expect]; expected one of {}",
+                    key.get_ref(),
+                    valid.join(", ")
+                ),
+            ));
+        };
+        let verdict = match value.get_ref() {
+            Value::String(s) if s == "pass" => Verdict::Pass,
+            Value::String(s) if s == "fail" => Verdict::Fail,
+            other => {
+                return Err(at.at(
+                    value,
+                    format!(
+                        "the verdict for `{kind}` in [expect] must be \"pass\" or \"fail\", \
+                         got {other}"
+                    ),
+                ));
+            }
+        };
+        out.insert(kind, verdict);
+    }
+    Ok(out)
+}
+
+/// A time: a non-negative integer.
+fn millis(at: &Locator<'_>, key: &str, raw: &Spanned<Value>) -> Result<u64, ScenarioError> {
+    match raw.get_ref() {
+        Value::Integer(n) if *n >= 0 => Ok(n.unsigned_abs()),
+        other => Err(at.at(
+            raw,
+            format!("`{key}` must be a non-negative integer number of milliseconds, got {other}"),
+        )),
+    }
+}
+
+fn opt_millis(
+    at: &Locator<'_>,
+    key: &str,
+    raw: Option<&Spanned<Value>>,
+) -> Result<Option<u64>, ScenarioError> {
+    raw.map(|v| millis(at, key, v)).transpose()
+}
+
+/// A queue limit: an integer of at least 1.
+fn limit(
+    at: &Locator<'_>,
+    key: &str,
+    unit: &str,
+    raw: Option<&Spanned<Value>>,
+) -> Result<Option<usize>, ScenarioError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.get_ref() {
+        Value::Integer(n) if *n >= 1 => usize::try_from(*n).map(Some).map_err(|_| {
+            at.at(
+                raw,
+                format!("`{key}` is too large for this platform, got {n}"),
+            )
+        }),
+        other => Err(at.at(
+            raw,
+            format!("`{key}` must be an integer of at least 1 ({unit}), got {other}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use indexmap::IndexMap;
+    use rstest::rstest;
+
+    use crate::endpoint::EndpointKind;
+    use crate::scenario::{Phase, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
+
+    /// Joins lines with `\n`, so a case's line numbers are its indices plus one.
+    fn lines(ls: &[&str]) -> String {
+        let mut s = ls.join("\n");
+        s.push('\n');
+        s
+    }
+
+    fn parse(ls: &[&str]) -> Result<Scenario, ScenarioError> {
+        crate::scenario::parse(&lines(ls), Path::new("scenarios/s.toml"))
+    }
+
+    /// The line, column and message of an error that must be `Invalid` in `scenarios/s.toml`.
+    fn invalid(ls: &[&str]) -> (usize, usize, String) {
+        match parse(ls) {
+            Err(ScenarioError::Invalid {
+                path,
+                line,
+                column,
+                message,
+            }) => {
+                assert_eq!(path, Path::new("scenarios/s.toml"));
+                (line, column, message)
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    const HEAD: &str = "name = \"s\"";
+
+    #[test]
+    fn a_full_file_round_trips_into_the_expected_scenario() {
+        let scenario = parse(&[
+            "name = \"staging-user-101463487227881885914\"",
+            "description = \"first chat message lands during auth\"",
+            "settle_ms = 250",
+            "",
+            "[server]",
+            "accept_ms = 1",
+            "auth_ms = 180",
+            "services_ms = 240",
+            "register_ms = 90",
+            "heartbeat_ms = 30000",
+            "event_gap_ms = 7",
+            "queue_capacity = 8",
+            "queue_bytes = 4096",
+            "",
+            "[[user]]",
+            "id = \"101463487227881885914\"",
+            "connect_ms = 10",
+            "fail_at = \"auth\"",
+            "close_ms = 150",
+            "[[user.send]]",
+            "at_ms = 5",
+            "text = \"hello\"",
+            "[[user.send]]",
+            "at_ms = 2",
+            "text = \"earlier, but second in the file\"",
+            "[[user.push]]",
+            "at_ms = 20",
+            "text = \"report ready\"",
+            "",
+            "[[user]]",
+            "id = \"second\"",
+            "fail_at = \"register\"",
+            "send = [{ at_ms = 0, text = \"hi\" }]",
+            "",
+            "[expect]",
+            "state-machine = \"pass\"",
+            "unfixed = \"fail\"",
+            "partial = \"fail\"",
+        ])
+        .expect("valid scenario");
+
+        let expected = Scenario {
+            name: "staging-user-101463487227881885914".into(),
+            description: Some("first chat message lands during auth".into()),
+            file: PathBuf::from("scenarios/s.toml"),
+            server: ServerConfig {
+                accept_ms: 1,
+                auth_ms: 180,
+                services_ms: 240,
+                register_ms: 90,
+                heartbeat_ms: 30000,
+                event_gap_ms: 7,
+                queue_capacity: 8,
+                queue_bytes: 4096,
+            },
+            users: vec![
+                User {
+                    id: "101463487227881885914".into(),
+                    connect_ms: 10,
+                    fail_at: Some(Phase::Auth),
+                    close_ms: Some(150),
+                    sends: vec![
+                        Timed {
+                            at_ms: 5,
+                            text: "hello".into(),
+                        },
+                        Timed {
+                            at_ms: 2,
+                            text: "earlier, but second in the file".into(),
+                        },
+                    ],
+                    pushes: vec![Timed {
+                        at_ms: 20,
+                        text: "report ready".into(),
+                    }],
+                },
+                User {
+                    id: "second".into(),
+                    connect_ms: 0,
+                    fail_at: Some(Phase::Register),
+                    close_ms: None,
+                    sends: vec![Timed {
+                        at_ms: 0,
+                        text: "hi".into(),
+                    }],
+                    pushes: vec![],
+                },
+            ],
+            expect: IndexMap::from([
+                (EndpointKind::StateMachine, Verdict::Pass),
+                (EndpointKind::Unfixed, Verdict::Fail),
+                (EndpointKind::Partial, Verdict::Fail),
+            ]),
+            settle_ms: 250,
+        };
+        assert_eq!(scenario, expected);
+        // File order, not `EndpointKind` order.
+        let order: Vec<_> = scenario.expect.keys().copied().collect();
+        assert_eq!(
+            order,
+            [
+                EndpointKind::StateMachine,
+                EndpointKind::Unfixed,
+                EndpointKind::Partial
+            ]
+        );
+    }
+
+    #[test]
+    fn left_out_keys_take_their_defaults() {
+        let scenario = parse(&[HEAD, "[[user]]", "id = \"a\""]).expect("valid scenario");
+        assert_eq!(scenario.description, None);
+        assert_eq!(scenario.settle_ms, 1000);
+        assert_eq!(scenario.server, ServerConfig::default());
+        assert_eq!(scenario.server.event_gap_ms, 5);
+        assert_eq!(scenario.server.queue_capacity, 64);
+        assert_eq!(scenario.server.queue_bytes, 1 << 20);
+        assert!(scenario.expect.is_empty());
+        assert_eq!(
+            scenario.users,
+            [User {
+                id: "a".into(),
+                connect_ms: 0,
+                fail_at: None,
+                close_ms: None,
+                sends: vec![],
+                pushes: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_partial_server_table_keeps_the_other_defaults() {
+        let scenario = parse(&[HEAD, "[server]", "auth_ms = 180", "[[user]]", "id = \"a\""])
+            .expect("valid scenario");
+        assert_eq!(
+            scenario.server,
+            ServerConfig {
+                auth_ms: 180,
+                ..ServerConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn zero_is_a_valid_time() {
+        let scenario = parse(&[
+            "name = \"s\"",
+            "settle_ms = 0",
+            "[[user]]",
+            "id = \"a\"",
+            "close_ms = 0",
+            "[[user.push]]",
+            "at_ms = 0",
+            "text = \"\"",
+        ])
+        .expect("valid scenario");
+        assert_eq!(scenario.settle_ms, 0);
+        assert_eq!(scenario.users[0].close_ms, Some(0));
+        assert_eq!(scenario.users[0].pushes[0].at_ms, 0);
+    }
+
+    #[test]
+    fn the_error_display_reads_file_line_column_message() {
+        let err = parse(&[HEAD, "settle_ms = -1", "[[user]]", "id = \"a\""]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "scenarios/s.toml:2:13: `settle_ms` must be a non-negative integer number of \
+             milliseconds, got -1"
+        );
+    }
+
+    #[rstest]
+    // Syntax, unknown keys, missing keys and wrong types: found by toml/serde.
+    #[case::a_syntax_error_points_at_the_bad_token(
+        &["name = \"s\"", "settle_ms = = 3"], 2, 13, "invalid string; expected `\"`, `'`"
+    )]
+    #[case::an_unterminated_string_points_at_the_string(
+        &["name = \"s", "[[user]]", "id = \"a\""], 1, 10, "invalid basic string"
+    )]
+    #[case::a_duplicate_key_is_a_syntax_error_at_the_second_key(
+        &[HEAD, "[[user]]", "id = \"a\"", "id = \"b\""], 4, 1, "duplicate key `id`"
+    )]
+    #[case::an_unknown_top_level_key_lists_the_expected_keys(
+        &[HEAD, "namee = \"t\"", "[[user]]", "id = \"a\""], 2, 1,
+        "unknown key `namee`, expected one of `name`, `description`, `settle_ms`"
+    )]
+    #[case::a_misspelled_server_key_lists_the_server_keys(
+        &[HEAD, "[server]", "acept_ms = 0", "[[user]]", "id = \"a\""], 3, 1,
+        "unknown key `acept_ms`, expected one of `accept_ms`, `auth_ms`"
+    )]
+    #[case::an_unknown_user_key_lists_the_user_keys(
+        &[HEAD, "[[user]]", "id = \"a\"", "fail = \"auth\""], 4, 1,
+        "unknown key `fail`, expected one of `id`, `connect_ms`, `fail_at`"
+    )]
+    #[case::an_unknown_send_key_lists_the_send_keys(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at = 5", "text = \"x\""], 5, 1,
+        "unknown key `at`, expected `at_ms` or `text`"
+    )]
+    #[case::an_unknown_key_in_an_inline_table_points_at_the_key(
+        &[HEAD, "[[user]]", "id = \"a\"", "push = [{ at_ms = 1, txt = \"x\" }]"], 4, 22,
+        "unknown key `txt`"
+    )]
+    #[case::a_missing_name_is_reported_at_the_start_of_the_file(
+        &["[[user]]", "id = \"a\""], 1, 1, "missing required key `name`"
+    )]
+    #[case::an_empty_file_asks_for_a_name(&[""], 1, 1, "missing required key `name`")]
+    #[case::a_missing_user_id_points_at_its_user_header(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user]]", "connect_ms = 3"], 4, 1,
+        "missing required key `id`"
+    )]
+    #[case::a_missing_at_ms_points_at_its_push_header(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.push]]", "text = \"x\""], 4, 1,
+        "missing required key `at_ms`"
+    )]
+    #[case::a_missing_text_points_at_its_inline_send(
+        &[HEAD, "[[user]]", "id = \"a\"", "send = [{ at_ms = 1 }]"], 4, 9,
+        "missing required key `text`"
+    )]
+    #[case::a_name_of_the_wrong_type_points_at_the_value(
+        &["name = 3", "[[user]]", "id = \"a\""], 1, 8, "expected a string"
+    )]
+    #[case::a_text_of_the_wrong_type_points_at_the_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at_ms = 1", "text = 5"], 6, 8,
+        "expected a string"
+    )]
+    #[case::a_server_that_is_not_a_table_says_what_it_should_be(
+        &[HEAD, "server = 3", "[[user]]", "id = \"a\""], 2, 10, "expected a [server] table"
+    )]
+    #[case::a_single_user_table_asks_for_an_array_of_tables(
+        &[HEAD, "[user]", "id = \"a\""], 2, 1, "write [[user]]"
+    )]
+    // Times.
+    #[case::a_negative_time_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at_ms = -3", "text = \"x\""], 5, 9,
+        "`at_ms` must be a non-negative integer number of milliseconds, got -3"
+    )]
+    #[case::a_fractional_time_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "connect_ms = 5.5"], 4, 14,
+        "`connect_ms` must be a non-negative integer number of milliseconds, got 5.5"
+    )]
+    #[case::a_time_written_as_a_string_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "close_ms = \"150\""], 4, 12,
+        "`close_ms` must be a non-negative integer number of milliseconds, got \"150\""
+    )]
+    #[case::a_negative_settle_time_is_rejected_at_its_value(
+        &[HEAD, "settle_ms = -1000", "[[user]]", "id = \"a\""], 2, 13,
+        "`settle_ms` must be a non-negative integer number of milliseconds, got -1000"
+    )]
+    #[case::a_negative_server_phase_is_rejected_at_its_value(
+        &[HEAD, "[server]", "auth_ms = 180", "heartbeat_ms = -1", "[[user]]", "id = \"a\""], 4, 16,
+        "`heartbeat_ms` must be a non-negative integer number of milliseconds, got -1"
+    )]
+    #[case::a_fractional_time_in_an_inline_table_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "push = [{ at_ms = 2.5, text = \"x\" }]"], 4, 19,
+        "`at_ms` must be a non-negative integer number of milliseconds, got 2.5"
+    )]
+    #[case::columns_count_characters_not_bytes(
+        &[HEAD, "[[user]]", "id = \"a\"", "push = [{ text = \"über\", at_ms = -1 }]"], 4, 34,
+        "got -1"
+    )]
+    // Queue limits.
+    #[case::a_zero_queue_capacity_is_rejected_at_its_value(
+        &[HEAD, "[server]", "queue_capacity = 0", "[[user]]", "id = \"a\""], 3, 18,
+        "`queue_capacity` must be an integer of at least 1 (messages), got 0"
+    )]
+    #[case::a_zero_queue_byte_limit_is_rejected_at_its_value(
+        &[HEAD, "[server]", "queue_bytes = 0", "[[user]]", "id = \"a\""], 3, 15,
+        "`queue_bytes` must be an integer of at least 1 (bytes), got 0"
+    )]
+    #[case::a_fractional_queue_capacity_is_rejected_at_its_value(
+        &[HEAD, "[server]", "queue_capacity = 1.5", "[[user]]", "id = \"a\""], 3, 18,
+        "got 1.5"
+    )]
+    // Names and ids.
+    #[case::an_empty_name_is_rejected_at_its_value(
+        &["name = \"\"", "[[user]]", "id = \"a\""], 1, 8, "`name` must not be empty"
+    )]
+    #[case::an_empty_user_id_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"\""], 3, 6, "user `id` must not be empty"
+    )]
+    #[case::a_duplicate_user_id_points_at_the_second_and_names_the_first_line(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user]]", "id = \"b\"", "[[user]]", "id = \"a\""],
+        7, 6, "user id `a` is already used by the [[user]] on line 3"
+    )]
+    #[case::a_scenario_without_users_is_rejected_at_the_start_of_the_file(
+        &[HEAD, "settle_ms = 5"], 1, 1, "a scenario needs at least one [[user]]"
+    )]
+    #[case::an_empty_user_array_is_rejected_at_its_value(
+        &[HEAD, "user = []"], 2, 8, "a scenario needs at least one [[user]]"
+    )]
+    // Enum-like strings.
+    #[case::an_unknown_fail_at_phase_lists_the_valid_phases(
+        &[HEAD, "[[user]]", "id = \"a\"", "fail_at = \"login\""], 4, 11,
+        "`fail_at` must be one of \"auth\", \"services\" or \"register\" (or left out), \
+         got \"login\""
+    )]
+    #[case::an_unknown_endpoint_in_expect_lists_the_valid_endpoints(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "unfixed = \"fail\"", "fixed = \"pass\""],
+        6, 1, "unknown endpoint `fixed` in [expect]; expected one of unfixed, partial, state-machine"
+    )]
+    #[case::a_bad_verdict_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "partial = \"passed\""], 5, 11,
+        "the verdict for `partial` in [expect] must be \"pass\" or \"fail\", got \"passed\""
+    )]
+    #[case::a_verdict_of_the_wrong_type_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "state-machine = true"], 5, 17,
+        "must be \"pass\" or \"fail\", got true"
+    )]
+    fn an_invalid_scenario_is_reported_at_the_offending_place(
+        #[case] text: &[&str],
+        #[case] line: usize,
+        #[case] column: usize,
+        #[case] phrase: &str,
+    ) {
+        let (l, c, message) = invalid(text);
+        assert_eq!(
+            (l, c),
+            (line, column),
+            "wrong place for {message:?} in\n{}",
+            lines(text)
+        );
+        assert!(
+            message.contains(phrase),
+            "{message:?} does not contain {phrase:?}"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The recorded timeline of one run: what every client and connection did, and when.
+//!
+//! Everything the oracle judges is here, stamped with virtual milliseconds since the run began
+//! and appended in execution order. A current-thread runtime on a paused clock executes the same
+//! way every time, so the same scenario gives the same trace, byte for byte.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// A frame the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    /// A chat was handled.
+    Ack {
+        /// The chat's id.
+        id: String,
+        /// The user the server believes it served.
+        user: String,
+    },
+    /// One of the five events of an agent run.
+    Event {
+        /// `agent_started` … `agent_completed`.
+        kind: AgentEvent,
+        /// The chat id that started the run.
+        run: String,
+        /// The user the server believes it served.
+        user: String,
+    },
+    /// A server-side notification.
+    Push {
+        /// The push's id.
+        id: String,
+        /// Its text.
+        text: String,
+        /// The user it is for.
+        user: String,
+    },
+    /// A heartbeat.
+    Ping,
+    /// A rejected frame.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+impl Frame {
+    /// The user the frame claims to be for, if it names one.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Frame::Ack { user, .. } | Frame::Event { user, .. } | Frame::Push { user, .. } => {
+                Some(user)
+            }
+            Frame::Ping | Frame::Error { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Frame::Ack { id, user } => write!(f, "ack {id} user={user}"),
+            Frame::Event { kind, run, user } => write!(f, "{kind} run={run} user={user}"),
+            Frame::Push { id, user, .. } => write!(f, "push {id} user={user}"),
+            Frame::Ping => f.write_str("ping"),
+            Frame::Error { message } => write!(f, "error {message:?}"),
+        }
+    }
+}
+
+/// The five events of one agent run, in the order they must arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// First.
+    AgentStarted,
+    /// Second.
+    AgentThinking,
+    /// Third.
+    ToolExecuting,
+    /// Fourth.
+    ToolCompleted,
+    /// Last.
+    AgentCompleted,
+}
+
+impl AgentEvent {
+    /// All five, in order.
+    pub const RUN: [AgentEvent; 5] = [
+        AgentEvent::AgentStarted,
+        AgentEvent::AgentThinking,
+        AgentEvent::ToolExecuting,
+        AgentEvent::ToolCompleted,
+        AgentEvent::AgentCompleted,
+    ];
+
+    /// The wire name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AgentEvent::AgentStarted => "agent_started",
+            AgentEvent::AgentThinking => "agent_thinking",
+            AgentEvent::ToolExecuting => "tool_executing",
+            AgentEvent::ToolCompleted => "tool_completed",
+            AgentEvent::AgentCompleted => "agent_completed",
+        }
+    }
+}
+
+impl fmt::Display for AgentEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The client sent the upgrade.
+    ClientConnect,
+    /// The client saw the handshake complete.
+    ClientOpen,
+    /// The client sent a chat.
+    ClientSend {
+        /// The chat id.
+        id: String,
+    },
+    /// A chat the client never got to send (its connection never opened): not a rejection.
+    ClientUnsent {
+        /// The chat id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The client received a frame.
+    ClientRecv {
+        /// The frame.
+        frame: Frame,
+    },
+    /// The client saw the server close.
+    ClientClosed {
+        /// The close code.
+        code: u16,
+    },
+    /// The client closed its side.
+    ClientClose,
+    /// The notifier issued a push for this user.
+    PushIssued {
+        /// The push id.
+        id: String,
+    },
+    /// The connection entered a lifecycle state (as the endpoint understands it).
+    State {
+        /// The state's name.
+        state: &'static str,
+    },
+    /// A handler processed a chat from this connection.
+    Handled {
+        /// The chat id.
+        id: String,
+        /// The user the handler acted for.
+        as_user: String,
+    },
+    /// A chat or push was refused, visibly, to its sender.
+    Rejected {
+        /// The chat or push id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server logged a chat or push and dropped it (invisible to its sender).
+    Dropped {
+        /// The chat or push id.
+        id: String,
+        /// The log line.
+        reason: String,
+    },
+    /// The transport raised an error (Starlette's text).
+    TransportError {
+        /// What was attempted: `accept`, `receive`, `send`, `close`.
+        op: &'static str,
+        /// The error text.
+        error: String,
+    },
+    /// The connection was registered with the connection manager.
+    Registered,
+    /// The connection was removed from the connection manager.
+    Unregistered,
+    /// A setup rollback action was registered.
+    CleanupRegistered {
+        /// What it undoes.
+        name: &'static str,
+    },
+    /// A setup rollback action ran.
+    CleanupRan {
+        /// What it undid.
+        name: &'static str,
+    },
+    /// The server closed the connection.
+    ServerClose {
+        /// The close code.
+        code: u16,
+    },
+    /// The server finished with the connection.
+    Terminal {
+        /// `closed` or `failed`.
+        state: &'static str,
+    },
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventKind::ClientConnect => f.write_str("client connect"),
+            EventKind::ClientOpen => f.write_str("client open"),
+            EventKind::ClientSend { id } => write!(f, "client send {id}"),
+            EventKind::ClientUnsent { id, reason } => write!(f, "client unsent {id}: {reason}"),
+            EventKind::ClientRecv { frame } => write!(f, "client recv {frame}"),
+            EventKind::ClientClosed { code } => write!(f, "client sees close {code}"),
+            EventKind::ClientClose => f.write_str("client close"),
+            EventKind::PushIssued { id } => write!(f, "push issued {id}"),
+            EventKind::State { state } => write!(f, "state {state}"),
+            EventKind::Handled { id, as_user } => write!(f, "handled {id} as user={as_user}"),
+            EventKind::Rejected { id, reason } => write!(f, "rejected {id}: {reason}"),
+            EventKind::Dropped { id, reason } => write!(f, "dropped {id}: {reason}"),
+            EventKind::TransportError { op, error } => {
+                write!(f, "transport error on {op}: {error}")
+            }
+            EventKind::Registered => f.write_str("registered"),
+            EventKind::Unregistered => f.write_str("unregistered"),
+            EventKind::CleanupRegistered { name } => write!(f, "cleanup registered {name}"),
+            EventKind::CleanupRan { name } => write!(f, "cleanup ran {name}"),
+            EventKind::ServerClose { code } => write!(f, "server close {code}"),
+            EventKind::Terminal { state } => write!(f, "terminal {state}"),
+        }
+    }
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    /// Milliseconds since the run began.
+    pub at_ms: u64,
+    /// Whose connection or client this is.
+    pub user: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>7} ms  {:<24} {}", self.at_ms, self.user, self.kind)
+    }
+}
+
+/// Appends events with their time. Cheap to clone; shared by every task of one run.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    origin: Instant,
+    events: Arc<Mutex<Vec<TraceEvent>>>,
+}
+
+impl Recorder {
+    /// A recorder whose time zero is now.
+    pub fn new() -> Self {
+        Recorder {
+            origin: Instant::now(),
+            events: Arc::default(),
+        }
+    }
+
+    /// Milliseconds since time zero.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records `kind` for `user` at the current time.
+    pub fn record(&self, user: &str, kind: EventKind) {
+        let event = TraceEvent {
+            at_ms: self.now_ms(),
+            user: user.to_string(),
+            kind,
+        };
+        tracing::debug!(target: "racegate::trace", at_ms = event.at_ms, user, "{}", event.kind);
+        self.lock().push(event);
+    }
+
+    /// Everything recorded so far.
+    pub fn snapshot(&self) -> Vec<TraceEvent> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TraceEvent>> {
+        // A panic elsewhere must not hide the trace that explains it.
+        match self.events.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,386 @@
+//! An in-memory WebSocket with Starlette's states and errors, driven by the harness.
+//!
+//! The server half implements [`ServerSocket`]; the [`FakeClient`] half is what a scenario's
+//! user does. The only delay in here is the handshake (`accept_ms`, e.g. Cloud Run latency);
+//! every other delay belongs to the server's phases or the client's schedule. All waiting is on
+//! tokio's clock, so under a paused runtime it costs no wall time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use super::{Inbound, ServerSocket, TransportError};
+use crate::trace::Frame;
+
+/// Starlette's `WebSocketState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsState {
+    /// Before the handshake.
+    Connecting,
+    /// Open.
+    Connected,
+    /// Closed.
+    Disconnected,
+}
+
+/// What the client sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The handshake completed.
+    Open,
+    /// A frame arrived.
+    Frame(Frame),
+    /// The server closed with this code.
+    Closed(u16),
+}
+
+#[derive(Debug)]
+struct State {
+    /// What the application has received from the client (Starlette's `client_state`).
+    client: WsState,
+    /// What the application has sent (Starlette's `application_state`).
+    application: WsState,
+    /// The client closed its side; the disconnect may still be queued in `inbound`.
+    peer_closed: bool,
+    /// The server closed; a receive already waiting is answered with this code.
+    server_closed: Option<u16>,
+    inbound: VecDeque<Inbound>,
+}
+
+/// The server half.
+#[derive(Debug)]
+pub struct FakeSocket {
+    state: Mutex<State>,
+    inbound_ready: Notify,
+    to_client: mpsc::UnboundedSender<ClientEvent>,
+    accept_delay: Duration,
+}
+
+/// The client half.
+#[derive(Debug)]
+pub struct FakeClient {
+    socket: Arc<FakeSocket>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+/// Why the client could not send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientSendError {
+    /// The handshake has not completed.
+    #[error("the connection is not open yet")]
+    NotOpen,
+    /// Either side closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// A connected pair: the server's socket (application state `CONNECTING`) and its client.
+pub fn pair(accept_delay: Duration) -> (Arc<FakeSocket>, FakeClient) {
+    let (to_client, events) = mpsc::unbounded_channel();
+    let socket = Arc::new(FakeSocket {
+        state: Mutex::new(State {
+            // The upgrade request itself is the client's `websocket.connect`.
+            client: WsState::Connected,
+            application: WsState::Connecting,
+            peer_closed: false,
+            server_closed: None,
+            inbound: VecDeque::new(),
+        }),
+        inbound_ready: Notify::new(),
+        to_client,
+        accept_delay,
+    });
+    let client = FakeClient {
+        socket: socket.clone(),
+        events,
+    };
+    (socket, client)
+}
+
+impl FakeSocket {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn tell_client(&self, event: ClientEvent) {
+        // The client may have stopped listening at the end of a run; nothing to report then.
+        let _ = self.to_client.send(event);
+    }
+
+    /// Starlette's `application_state`.
+    pub fn application_state(&self) -> WsState {
+        self.lock().application
+    }
+}
+
+impl ServerSocket for FakeSocket {
+    async fn accept(&self) -> Result<(), TransportError> {
+        match self.lock().application {
+            WsState::Connecting => {}
+            WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
+            WsState::Disconnected => return Err(TransportError::send_after_close()),
+        }
+        if !self.accept_delay.is_zero() {
+            tokio::time::sleep(self.accept_delay).await;
+        }
+        let mut state = self.lock();
+        match state.application {
+            WsState::Connecting => {}
+            // Another task closed (or accepted) while the handshake was in flight.
+            WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
+            WsState::Disconnected => return Err(TransportError::send_after_close()),
+        }
+        if state.peer_closed {
+            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
+            state.application = WsState::Disconnected;
+            return Err(TransportError::disconnected(1006));
+        }
+        state.application = WsState::Connected;
+        drop(state);
+        self.tell_client(ClientEvent::Open);
+        Ok(())
+    }
+
+    async fn receive(&self) -> Result<Inbound, TransportError> {
+        {
+            let state = self.lock();
+            if state.application != WsState::Connected {
+                return Err(TransportError::not_connected());
+            }
+            if state.client == WsState::Disconnected {
+                return Err(TransportError::receive_after_disconnect());
+            }
+        }
+        loop {
+            let notified = self.inbound_ready.notified();
+            {
+                let mut state = self.lock();
+                if let Some(item) = state.inbound.pop_front() {
+                    if let Inbound::Disconnect(_) = item {
+                        state.client = WsState::Disconnected;
+                    }
+                    return Ok(item);
+                }
+                if let Some(code) = state.server_closed {
+                    // A receive already waiting when the server closed gets the disconnect.
+                    state.client = WsState::Disconnected;
+                    return Ok(Inbound::Disconnect(code));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn send(&self, frame: &Frame) -> Result<(), TransportError> {
+        let mut state = self.lock();
+        match state.application {
+            WsState::Connecting => Err(TransportError::expected_accept("websocket.send")),
+            WsState::Disconnected => Err(TransportError::send_after_close()),
+            WsState::Connected if state.peer_closed => {
+                state.application = WsState::Disconnected;
+                Err(TransportError::disconnected(1006))
+            }
+            WsState::Connected => {
+                drop(state);
+                self.tell_client(ClientEvent::Frame(frame.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    async fn close(&self, code: u16) -> Result<(), TransportError> {
+        let mut state = self.lock();
+        match state.application {
+            WsState::Disconnected => Err(TransportError::send_after_close()),
+            WsState::Connecting | WsState::Connected => {
+                state.application = WsState::Disconnected;
+                state.server_closed = Some(code);
+                let tell = !state.peer_closed;
+                drop(state);
+                if tell {
+                    self.tell_client(ClientEvent::Closed(code));
+                }
+                self.inbound_ready.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.lock().application == WsState::Connected
+    }
+
+    fn is_connected_and_ready(&self) -> bool {
+        let state = self.lock();
+        state.application == WsState::Connected
+            && state.client == WsState::Connected
+            && !state.peer_closed
+    }
+}
+
+impl FakeClient {
+    /// Sends a chat; refused if the connection is not open.
+    pub fn send_chat(&self, id: &str, text: &str) -> Result<(), ClientSendError> {
+        let mut state = self.socket.lock();
+        if state.peer_closed || state.server_closed.is_some() {
+            return Err(ClientSendError::Closed);
+        }
+        if state.application == WsState::Connecting {
+            return Err(ClientSendError::NotOpen);
+        }
+        state.inbound.push_back(Inbound::Chat {
+            id: id.to_string(),
+            text: text.to_string(),
+        });
+        drop(state);
+        self.socket.inbound_ready.notify_one();
+        Ok(())
+    }
+
+    /// Closes the client's side with 1000. Returns false if it was already closed.
+    pub fn close(&self) -> bool {
+        let mut state = self.socket.lock();
+        if state.peer_closed || state.server_closed.is_some() {
+            return false;
+        }
+        state.peer_closed = true;
+        state.inbound.push_back(Inbound::Disconnect(1000));
+        drop(state);
+        self.socket.inbound_ready.notify_one();
+        true
+    }
+
+    /// The next thing the client sees; `None` once the server side is gone.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::ErrorKind;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn receive_before_accept_says_accept_first() {
+        run(async {
+            let (socket, _client) = pair(Duration::ZERO);
+            let err = socket.receive().await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                r#"WebSocket is not connected. Need to call "accept" first."#
+            );
+        });
+    }
+
+    #[test]
+    fn send_before_accept_names_the_expected_message() {
+        run(async {
+            let (socket, _client) = pair(Duration::ZERO);
+            let err = socket.send(&Frame::Ping).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::UnexpectedMessage);
+            assert!(
+                err.to_string().ends_with("but got 'websocket.send'"),
+                "{err}"
+            );
+        });
+    }
+
+    #[test]
+    fn reading_after_another_task_closed_says_accept_first() {
+        run(async {
+            let (socket, _client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.close(1011).await.unwrap();
+            assert_eq!(
+                socket.receive().await.unwrap_err(),
+                TransportError::not_connected()
+            );
+            assert_eq!(
+                socket.send(&Frame::Ping).await.unwrap_err(),
+                TransportError::send_after_close()
+            );
+            assert_eq!(
+                socket.close(1000).await.unwrap_err(),
+                TransportError::send_after_close()
+            );
+        });
+    }
+
+    #[test]
+    fn a_waiting_receive_gets_the_disconnect_when_the_server_closes() {
+        run(async {
+            let (socket, _client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            let reader = {
+                let socket = socket.clone();
+                tokio::spawn(async move { socket.receive().await })
+            };
+            tokio::task::yield_now().await;
+            socket.close(1008).await.unwrap();
+            assert_eq!(reader.await.unwrap(), Ok(Inbound::Disconnect(1008)));
+            assert_eq!(
+                socket.receive().await.unwrap_err(),
+                TransportError::not_connected()
+            );
+        });
+    }
+
+    #[test]
+    fn accept_takes_the_handshake_delay_in_virtual_time() {
+        run(async {
+            let (socket, mut client) = pair(Duration::from_millis(300));
+            let t0 = tokio::time::Instant::now();
+            socket.accept().await.unwrap();
+            assert_eq!(t0.elapsed(), Duration::from_millis(300));
+            assert_eq!(client.next_event().await, Some(ClientEvent::Open));
+            assert_eq!(
+                socket.accept().await.unwrap_err().kind,
+                ErrorKind::UnexpectedMessage
+            );
+        });
+    }
+
+    #[test]
+    fn frames_arrive_in_order_and_client_close_is_a_disconnect() {
+        run(async {
+            let (socket, client) = pair(Duration::ZERO);
+            assert_eq!(client.send_chat("a", "x"), Err(ClientSendError::NotOpen));
+            socket.accept().await.unwrap();
+            client.send_chat("a", "x").unwrap();
+            client.send_chat("b", "y").unwrap();
+            assert!(client.close());
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(socket.receive().await.unwrap());
+            }
+            assert!(matches!(&got[0], Inbound::Chat { id, .. } if id == "a"));
+            assert!(matches!(&got[1], Inbound::Chat { id, .. } if id == "b"));
+            assert_eq!(got[2], Inbound::Disconnect(1000));
+            assert_eq!(
+                socket.receive().await.unwrap_err(),
+                TransportError::receive_after_disconnect()
+            );
+            // A send to a gone peer fails like Starlette's OSError path: 1006, then closed.
+            assert_eq!(
+                socket.send(&Frame::Ping).await.unwrap_err(),
+                TransportError::disconnected(1006)
+            );
+            assert!(!socket.is_connected());
+        });
+    }
+}
