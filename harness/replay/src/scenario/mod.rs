@@ -5,6 +5,7 @@
 //! [`Scenario`] or a [`ScenarioError`] naming the file, line and column of the offending value.
 
 mod raw;
+mod write;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::EndpointKind;
+
+pub use write::to_toml;
 
 /// One validated scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]

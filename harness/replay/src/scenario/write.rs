@@ -1,0 +1,125 @@
+//! Scenarios back to TOML, for files that exploration and log import write.
+//!
+//! The output is the same format [`parse`](super::parse) reads, with every `[server]` key
+//! spelled out (so a file keeps its meaning if a default changes) and the given comment lines at
+//! the top. Parsing the output gives back an equal [`Scenario`] (bar `file`).
+
+use std::fmt::Write as _;
+
+use super::Scenario;
+
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Renders `scenario` as a scenario file; each line of `comment` becomes a `# ` line on top.
+pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
+    let mut out = String::new();
+    for line in comment.lines() {
+        if line.is_empty() {
+            out.push_str("#\n");
+        } else {
+            let _ = writeln!(out, "# {line}");
+        }
+    }
+    let _ = writeln!(out, "name = {}", quote(&scenario.name));
+    if let Some(d) = &scenario.description {
+        let _ = writeln!(out, "description = {}", quote(d));
+    }
+    let _ = writeln!(out, "settle_ms = {}", scenario.settle_ms);
+    let s = &scenario.server;
+    let _ = write!(
+        out,
+        "\n[server]\naccept_ms = {}\nauth_ms = {}\nservices_ms = {}\nregister_ms = {}\n\
+         heartbeat_ms = {}\nevent_gap_ms = {}\nqueue_capacity = {}\nqueue_bytes = {}\n",
+        s.accept_ms,
+        s.auth_ms,
+        s.services_ms,
+        s.register_ms,
+        s.heartbeat_ms,
+        s.event_gap_ms,
+        s.queue_capacity,
+        s.queue_bytes
+    );
+    for user in &scenario.users {
+        let _ = write!(
+            out,
+            "\n[[user]]\nid = {}\nconnect_ms = {}\n",
+            quote(&user.id),
+            user.connect_ms
+        );
+        if let Some(phase) = user.fail_at {
+            let _ = writeln!(out, "fail_at = {}", quote(phase.name()));
+        }
+        if let Some(ms) = user.close_ms {
+            let _ = writeln!(out, "close_ms = {ms}");
+        }
+        for (table, items) in [("send", &user.sends), ("push", &user.pushes)] {
+            for t in items {
+                let _ = write!(
+                    out,
+                    "[[user.{table}]]\nat_ms = {}\ntext = {}\n",
+                    t.at_ms,
+                    quote(&t.text)
+                );
+            }
+        }
+    }
+    if !scenario.expect.is_empty() {
+        out.push_str("\n[expect]\n");
+        for (endpoint, verdict) in &scenario.expect {
+            let _ = writeln!(out, "{endpoint} = {}", quote(verdict.name()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::endpoint::EndpointKind;
+    use crate::scenario::{Phase, ServerConfig, Timed, User, Verdict, parse};
+
+    #[test]
+    fn written_scenarios_parse_back_to_the_same_scenario() {
+        let mut expect = indexmap::IndexMap::new();
+        expect.insert(EndpointKind::Unfixed, Verdict::Fail);
+        expect.insert(EndpointKind::StateMachine, Verdict::Pass);
+        let original = Scenario {
+            name: "found \"by\" explore".into(),
+            description: Some("line one\nline two".into()),
+            file: Path::new("x.toml").into(),
+            server: ServerConfig {
+                accept_ms: 3,
+                heartbeat_ms: 7,
+                queue_capacity: 2,
+                ..ServerConfig::default()
+            },
+            users: vec![User {
+                id: "u-1".into(),
+                connect_ms: 12,
+                fail_at: Some(Phase::Services),
+                close_ms: Some(400),
+                sends: vec![Timed {
+                    at_ms: 0,
+                    text: "héllo # not a comment".into(),
+                }],
+                pushes: vec![Timed {
+                    at_ms: 9,
+                    text: String::new(),
+                }],
+            }],
+            expect,
+            settle_ms: 250,
+        };
+        let text = to_toml(&original, "found by a test\n\nsecond line");
+        assert!(
+            text.starts_with("# found by a test\n#\n# second line\n"),
+            "{text}"
+        );
+        let back = parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(back, original);
+    }
+}
