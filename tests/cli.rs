@@ -1,0 +1,293 @@
+//! The `racegate` binary end to end: output shapes, exit codes, and errors that name the place.
+//!
+//! Each test gets its own temp dir; a failing assertion prints the command, stdout and stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use rstest::rstest;
+
+struct Run {
+    cmd: String,
+    out: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    fn code(&self) -> Option<i32> {
+        self.out.status.code()
+    }
+    fn context(&self) -> String {
+        format!(
+            "command: {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.cmd,
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+    fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), Some(code), "{}", self.context());
+        self
+    }
+}
+
+fn racegate(args: &[&str]) -> Run {
+    let out = Command::cargo_bin("racegate")
+        .unwrap()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        cmd: format!("racegate {}", args.join(" ")),
+        out,
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const GOOD: &str = r#"
+name = "good"
+[server]
+auth_ms = 100
+[[user]]
+id = "u"
+[[user.send]]
+at_ms = 5
+text = "hi"
+[expect]
+unfixed = "fail"
+state-machine = "pass"
+"#;
+
+#[test]
+fn run_on_the_bundled_scenarios_passes_the_gate_with_a_table() {
+    let r = racegate(&["run"]);
+    r.expect_code(0);
+    let out = r.stdout();
+    assert!(out.starts_with("scenario"), "{}", r.context());
+    assert!(out.contains("unfixed") && out.contains("state-machine"));
+    assert!(out.contains("0 mismatches: gate passes"), "{}", r.context());
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("staging-user-101463487227881885914"))
+        .unwrap_or_else(|| panic!("{}", r.context()));
+    assert!(row.contains("fail accept-first"), "{row}");
+}
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let r = racegate(&["run", "--format", "json"]);
+    r.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    let scenarios = doc["scenarios"].as_array().unwrap();
+    assert!(scenarios.len() >= 14);
+    for s in scenarios {
+        assert!(s["name"].is_string() && s["file"].is_string(), "{s}");
+        let results = s["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3);
+        for r in results {
+            assert!(
+                ["unfixed", "partial", "state-machine"].contains(&r["endpoint"].as_str().unwrap())
+            );
+            assert!(["pass", "fail"].contains(&r["verdict"].as_str().unwrap()));
+            assert!(r["expected"].is_null() || r["expected"].is_string());
+            for v in r["violations"].as_array().unwrap() {
+                assert!(v["invariant"].is_string() && v["user"].is_string());
+                assert!(v["at_ms"].is_u64() && v["detail"].is_string());
+            }
+        }
+    }
+    let summary = &doc["summary"];
+    assert_eq!(summary["scenarios"].as_u64(), Some(scenarios.len() as u64));
+    assert_eq!(summary["runs"].as_u64(), Some(3 * scenarios.len() as u64));
+    assert_eq!(summary["mismatches"].as_u64(), Some(0));
+}
+
+#[test]
+fn junit_output_is_xml_with_a_case_per_scenario_and_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.xml");
+    racegate(&["run", "--format", "junit", "--out", file.to_str().unwrap()]).expect_code(0);
+    let xml = std::fs::read_to_string(&file).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    let suites = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testsuite"))
+        .count();
+    assert_eq!(cases.len(), 3 * suites);
+    assert!(doc.descendants().all(|n| !n.has_tag_name("failure")));
+}
+
+#[test]
+fn a_verdict_that_differs_from_expect_exits_1_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("unfixed = \"fail\"", "unfixed = \"pass\"");
+    let path = write(dir.path(), "wrong.toml", &text);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(1);
+    assert!(
+        r.stdout()
+            .contains("good [unfixed]: expected pass, got fail"),
+        "{}",
+        r.context()
+    );
+    assert!(r.stdout().contains("message-lost"), "{}", r.context());
+
+    let junit = racegate(&["run", "--format", "junit", path.to_str().unwrap()]);
+    junit.expect_code(1);
+    let xml = junit.stdout();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("failure"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn an_ungated_endpoint_is_reported_but_does_not_fail_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.toml", GOOD);
+    let r = racegate(&["run", "--format", "json", path.to_str().unwrap()]);
+    r.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    let partial = &doc["scenarios"][0]["results"][1];
+    assert_eq!(partial["endpoint"], "partial");
+    assert!(partial["expected"].is_null());
+}
+
+#[rstest]
+#[case::unknown_key("[server]\nacept_ms = 5\n", 2, 1, "acept_ms")]
+#[case::negative_time(
+    "[[user]]\nid = \"u\"\nconnect_ms = -3\n",
+    3,
+    14,
+    "non-negative integer"
+)]
+#[case::fractional_time(
+    "[[user]]\nid = \"u\"\n[[user.send]]\nat_ms = 5.5\ntext = \"x\"\n",
+    4,
+    9,
+    "non-negative integer"
+)]
+#[case::wrong_type(
+    "[server]\nauth_ms = \"slow\"\n[[user]]\nid = \"u\"\n",
+    2,
+    11,
+    "auth_ms"
+)]
+#[case::empty_user_id("[[user]]\nid = \"\"\n", 2, 6, "empty")]
+#[case::duplicate_user_id(
+    "[[user]]\nid = \"u\"\n[[user]]\nid = \"u\"\n",
+    4,
+    6,
+    "already used by the [[user]] on line 3"
+)]
+#[case::no_users("", 0, 1, "at least one [[user]]")]
+#[case::bad_expectation("[[user]]\nid = \"u\"\n[expect]\nunfixed = \"maybe\"\n", 4, 11, "pass")]
+fn a_bad_scenario_exits_2_naming_file_line_and_column(
+    #[case] body: &str,
+    #[case] line: usize,
+    #[case] column: usize,
+    #[case] phrase: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("name = \"bad\"\n{body}");
+    let path = write(dir.path(), "bad.toml", &text);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(2);
+    // The name line shifts every case by one.
+    let place = format!("{}:{}:{}:", path.display(), line + 1, column);
+    assert!(r.stderr().contains(&place), "want {place}\n{}", r.context());
+    assert!(
+        r.stderr().contains(phrase),
+        "want {phrase:?}\n{}",
+        r.context()
+    );
+    assert!(!r.stderr().contains("panicked"), "{}", r.context());
+    assert!(r.stdout().is_empty(), "{}", r.context());
+}
+
+#[test]
+fn a_missing_name_is_an_error_at_the_top_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "noname.toml", "[[user]]\nid = \"u\"\n");
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(r.stderr().contains("noname.toml:1:1:"), "{}", r.context());
+    assert!(r.stderr().contains("name"), "{}", r.context());
+}
+
+#[test]
+fn two_files_with_one_name_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.toml", GOOD);
+    write(dir.path(), "b.toml", GOOD);
+    let r = racegate(&["run", dir.path().to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(r.stderr().contains("already used"), "{}", r.context());
+}
+
+#[rstest]
+#[case::missing_path(&["run", "does/not/exist"], "does/not/exist")]
+#[case::empty_folder(&["run", "__EMPTY__"], "no scenario files")]
+#[case::unknown_endpoint(&["run", "--endpoint", "fixed"], "fixed")]
+#[case::unknown_format(&["run", "--format", "xml"], "xml")]
+fn bad_invocations_exit_2_with_a_message(#[case] args: &[&str], #[case] phrase: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().to_str().unwrap().to_string();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "__EMPTY__" { empty.as_str() } else { a })
+        .collect();
+    let r = racegate(&args);
+    r.expect_code(2);
+    assert!(r.stderr().contains(phrase), "{}", r.context());
+}
+
+#[test]
+fn one_endpoint_runs_alone_and_trace_prints_the_timeline() {
+    let r = racegate(&[
+        "run",
+        "scenarios/rollback-auth-failure.toml",
+        "--endpoint",
+        "state-machine",
+        "--trace",
+    ]);
+    r.expect_code(0);
+    let out = r.stdout();
+    assert!(!out.contains("unfixed"), "{}", r.context());
+    assert!(out.contains("== rollback-auth-failure [state-machine]: pass"));
+    assert!(out.contains("server close 1008"), "{}", r.context());
+    assert!(
+        out.contains("rejected user-bad-token/m1"),
+        "{}",
+        r.context()
+    );
+}
+
+#[test]
+fn the_same_run_prints_the_same_bytes_twice() {
+    let args = ["run", "--format", "json", "--trace"];
+    let a = racegate(&args);
+    let b = racegate(&args);
+    a.expect_code(0);
+    assert_eq!(a.stdout(), b.stdout());
+}
