@@ -36,6 +36,14 @@ const DEFAULT_PREEMPTIONS: usize = 6;
 /// Runs `model` under loom, counts its executions, prints the summary line, and returns whether
 /// every execution held.
 fn explore(name: &str, model: impl Fn() + Sync + Send + 'static) -> (usize, bool) {
+    let (n, held) = run(model);
+    let verdict = if held { "holds" } else { "violated" };
+    println!("loom model {name}: {n} interleavings, {verdict}");
+    (n, held)
+}
+
+/// Runs `model` under loom and counts its executions; true if every execution held.
+fn run(model: impl Fn() + Sync + Send + 'static) -> (usize, bool) {
     let count = StdArc::new(StdAtomicUsize::new(0));
     let mut builder = loom::model::Builder::new();
     if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
@@ -49,10 +57,7 @@ fn explore(name: &str, model: impl Fn() + Sync + Send + 'static) -> (usize, bool
         })
     }))
     .is_ok();
-    let n = count.load(StdOrdering::Relaxed);
-    let verdict = if held { "holds" } else { "violated" };
-    println!("loom model {name}: {n} interleavings, {verdict}");
-    (n, held)
+    (count.load(StdOrdering::Relaxed), held)
 }
 
 /// A setup thread walks to ready while a reader (3 messages) and a notifier (2 events) deliver: every message is
@@ -214,4 +219,59 @@ fn check_then_act_is_found_violating() {
         !held,
         "loom no longer finds the check-then-act race ({n} interleavings explored)"
     );
+}
+
+/// The same naive code as a litmus test (loom's `litmus.rs` style): instead of stopping at the
+/// first failure, count the outcomes over every interleaving. Both must be reachable: the
+/// checker explores the orders where the naive code happens to work and the ones where it
+/// strands a message, so `check_then_act` is found by search, not by luck of the first schedule.
+#[test]
+fn check_then_act_strands_a_message_in_some_interleavings_not_all() {
+    let stranded = StdArc::new(StdAtomicUsize::new(0));
+    let clean = StdArc::new(StdAtomicUsize::new(0));
+    let (s, c) = (stranded.clone(), clean.clone());
+    let (n, held) = run(move || {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let naive_queue = Arc::new(Mutex::new(Vec::new()));
+        let conn = Arc::new(ConnectionStateMachine::new(
+            QueueLimits::default(),
+            |_: Msg| {},
+        ));
+        let reader = {
+            let (conn, log, naive_queue) = (conn.clone(), log.clone(), naive_queue.clone());
+            thread::spawn(move || {
+                let m = Msg { from: 0, seq: 0 };
+                if conn.is_ready() {
+                    log.lock().unwrap().push(m);
+                } else {
+                    naive_queue.lock().unwrap().push(m);
+                }
+            })
+        };
+        conn.advance(ServicesReady).unwrap_err(); // not yet: one step at a time
+        for st in [Accepted, Authenticated, ServicesReady, ProcessingReady] {
+            conn.advance(st).unwrap();
+        }
+        let held: Vec<Msg> = naive_queue.lock().unwrap().drain(..).collect();
+        log.lock().unwrap().extend(held);
+        reader.join().unwrap();
+        let outcome = if log.lock().unwrap().len() == 1 {
+            &c
+        } else {
+            &s
+        };
+        outcome.fetch_add(1, StdOrdering::Relaxed);
+    });
+    let (stranded, clean) = (
+        stranded.load(StdOrdering::Relaxed),
+        clean.load(StdOrdering::Relaxed),
+    );
+    println!("loom litmus check_then_act: {stranded} of {n} interleavings strand a message");
+    assert!(
+        held,
+        "the litmus model records outcomes, it does not assert"
+    );
+    assert!(stranded > 0, "the race must be reachable");
+    assert!(clean > 0, "the benign orders must be explored too");
+    assert_eq!(stranded + clean, n);
 }
