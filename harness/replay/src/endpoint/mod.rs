@@ -183,3 +183,37 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+/// The legacy endpoints' failure path: close with `code` and stop. No rollback runs and nothing
+/// held is rejected: that is part of the bug.
+async fn legacy_fail<S: ServerSocket>(
+    b: &Backend,
+    socket: &S,
+    user: &str,
+    code: u16,
+    live: &AtomicBool,
+) {
+    live.store(false, Ordering::Release);
+    match socket.close(code).await {
+        Ok(()) => b.record(user, EventKind::ServerClose { code }),
+        Err(e) => transport_error(b, user, "close", &e),
+    }
+    state(b, user, "failed");
+    b.record(user, EventKind::Terminal { state: "failed" });
+}
+
+/// Sends `frame` straight onto the socket; a failure is logged and the frame dropped.
+async fn send_or_drop<S: ServerSocket>(backend: &Backend, socket: &S, user: &str, frame: &Frame) {
+    if let Err(e) = socket.send(frame).await {
+        transport_error(backend, user, "send", &e);
+        if let Some(id) = tracked_id(frame) {
+            backend.record(
+                user,
+                EventKind::Dropped {
+                    id: id.to_string(),
+                    reason: format!("send failed: {e}"),
+                },
+            );
+        }
+    }
+}

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Endpoint, ReaderEnd, legacy_heartbeat, legacy_route, lock, state, tracked_id, transport_error,
+    Endpoint, ReaderEnd, legacy_fail, legacy_heartbeat, legacy_route, lock, send_or_drop, state,
+    tracked_id, transport_error,
 };
 use crate::backend::{Backend, Pusher, pause};
 use crate::scenario::Phase;
@@ -49,7 +50,7 @@ impl Endpoint for Partial {
 
         if let Err(e) = socket.accept().await {
             transport_error(b, &user, "accept", &e);
-            fail(b, &*socket, &user, 1011, &live).await;
+            legacy_fail(b, &*socket, &user, 1011, &live).await;
             return;
         }
         state(b, &user, "accepted");
@@ -62,7 +63,7 @@ impl Endpoint for Partial {
         ));
 
         if b.phase(&user, Phase::Auth).await.is_err() {
-            fail(b, &*socket, &user, Phase::Auth.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Auth.close_code(), &live).await;
             return;
         }
         b.set_current_user(&user);
@@ -75,7 +76,7 @@ impl Endpoint for Partial {
         state(b, &user, "authenticated");
 
         if b.phase(&user, Phase::Services).await.is_err() {
-            fail(b, &*socket, &user, Phase::Services.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Services.close_code(), &live).await;
             return;
         }
         b.record(&user, EventKind::CleanupRegistered { name: "services" });
@@ -84,7 +85,7 @@ impl Endpoint for Partial {
         state(b, &user, "services_ready");
 
         if b.phase(&user, Phase::Register).await.is_err() {
-            fail(b, &*socket, &user, Phase::Register.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Register.close_code(), &live).await;
             return;
         }
         b.record(&user, EventKind::CleanupRegistered { name: "handlers" });
@@ -101,17 +102,6 @@ impl Endpoint for Partial {
             ReaderEnd::GaveUp => {}
         }
     }
-}
-
-/// Setup failed: close with `code`. No rollback runs and nothing held is rejected.
-async fn fail<S: ServerSocket>(b: &Backend, socket: &S, user: &str, code: u16, live: &AtomicBool) {
-    live.store(false, Ordering::Release);
-    match socket.close(code).await {
-        Ok(()) => b.record(user, EventKind::ServerClose { code }),
-        Err(e) => transport_error(b, user, "close", &e),
-    }
-    state(b, user, "failed");
-    b.record(user, EventKind::Terminal { state: "failed" });
 }
 
 /// The manager's way to this connection: onto the socket if `is_connected_and_ready()`,
@@ -132,18 +122,7 @@ fn guarded_pusher<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: 
                 }
                 return;
             }
-            if let Err(e) = socket.send(&frame).await {
-                transport_error(&backend, &user, "send", &e);
-                if let Some(id) = tracked_id(&frame) {
-                    backend.record(
-                        &user,
-                        EventKind::Dropped {
-                            id: id.to_string(),
-                            reason: format!("send failed: {e}"),
-                        },
-                    );
-                }
-            }
+            send_or_drop(&backend, &*socket, &user, &frame).await;
         })
     })
 }

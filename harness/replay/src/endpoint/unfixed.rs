@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Endpoint, ReaderEnd, legacy_heartbeat, legacy_route, lock, state, tracked_id, transport_error,
+    Endpoint, ReaderEnd, legacy_fail, legacy_heartbeat, legacy_route, lock, send_or_drop, state,
+    transport_error,
 };
 use crate::backend::{Backend, Pusher, pause};
 use crate::scenario::Phase;
@@ -57,13 +58,13 @@ impl Endpoint for Unfixed {
 
         if let Err(e) = socket.accept().await {
             transport_error(b, &user, "accept", &e);
-            fail(b, &*socket, &user, 1011, &live).await;
+            legacy_fail(b, &*socket, &user, 1011, &live).await;
             return;
         }
         state(b, &user, "accepted");
 
         if b.phase(&user, Phase::Auth).await.is_err() {
-            fail(b, &*socket, &user, Phase::Auth.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Auth.close_code(), &live).await;
             return;
         }
         b.set_current_user(&user);
@@ -76,7 +77,7 @@ impl Endpoint for Unfixed {
         state(b, &user, "authenticated");
 
         if b.phase(&user, Phase::Services).await.is_err() {
-            fail(b, &*socket, &user, Phase::Services.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Services.close_code(), &live).await;
             return;
         }
         b.record(&user, EventKind::CleanupRegistered { name: "services" });
@@ -85,7 +86,7 @@ impl Endpoint for Unfixed {
         state(b, &user, "services_ready");
 
         if b.phase(&user, Phase::Register).await.is_err() {
-            fail(b, &*socket, &user, Phase::Register.close_code(), &live).await;
+            legacy_fail(b, &*socket, &user, Phase::Register.close_code(), &live).await;
             return;
         }
         b.record(&user, EventKind::CleanupRegistered { name: "handlers" });
@@ -105,34 +106,12 @@ impl Endpoint for Unfixed {
     }
 }
 
-/// Setup failed: close with `code`. No rollback runs and nothing held is rejected.
-async fn fail<S: ServerSocket>(b: &Backend, socket: &S, user: &str, code: u16, live: &AtomicBool) {
-    live.store(false, Ordering::Release);
-    match socket.close(code).await {
-        Ok(()) => b.record(user, EventKind::ServerClose { code }),
-        Err(e) => transport_error(b, user, "close", &e),
-    }
-    state(b, user, "failed");
-    b.record(user, EventKind::Terminal { state: "failed" });
-}
-
 /// The manager's way to this connection: straight onto the socket, whatever its state.
 fn raw_pusher<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Pusher {
     Arc::new(move |frame| {
         let (backend, socket, user) = (backend.clone(), socket.clone(), user.clone());
         Box::pin(async move {
-            if let Err(e) = socket.send(&frame).await {
-                transport_error(&backend, &user, "send", &e);
-                if let Some(id) = tracked_id(&frame) {
-                    backend.record(
-                        &user,
-                        EventKind::Dropped {
-                            id: id.to_string(),
-                            reason: format!("send failed: {e}"),
-                        },
-                    );
-                }
-            }
+            send_or_drop(&backend, &*socket, &user, &frame).await;
         })
     })
 }
