@@ -337,9 +337,17 @@ fn expect(
     Ok(out)
 }
 
-/// A time: a non-negative integer.
+/// The longest time a scenario may name: a day of virtual time is far past any setup window,
+/// and the bound keeps every sum of times far from overflow.
+pub(crate) const MAX_MS: u64 = 86_400_000;
+
+/// A time: a non-negative integer, at most [`MAX_MS`].
 fn millis(at: &Locator<'_>, key: &str, raw: &Spanned<Value>) -> Result<u64, ScenarioError> {
     match raw.get_ref() {
+        Value::Integer(n) if *n >= 0 && n.unsigned_abs() > MAX_MS => Err(at.at(
+            raw,
+            format!("`{key}` is {n} ms; times are limited to {MAX_MS} ms (one day)"),
+        )),
         Value::Integer(n) if *n >= 0 => Ok(n.unsigned_abs()),
         other => Err(at.at(
             raw,
@@ -653,6 +661,10 @@ mod tests {
         &[HEAD, "[user]", "id = \"a\""], 2, 1, "write [[user]]"
     )]
     // Times.
+    #[case::a_time_past_one_day_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "connect_ms = 9223372036854775807"], 4, 14,
+        "limited to 86400000 ms"
+    )]
     #[case::a_negative_time_is_rejected_at_its_value(
         &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at_ms = -3", "text = \"x\""], 5, 9,
         "`at_ms` must be a non-negative integer number of milliseconds, got -3"
