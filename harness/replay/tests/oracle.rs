@@ -304,6 +304,32 @@ fn an_incomplete_or_reordered_run_is_event_order(#[case] spoil: fn(&mut Vec<Agen
     assert_eq!(invariants(&t), [Invariant::EventOrder]);
 }
 
+#[test]
+fn a_run_cut_short_by_a_close_is_fine_when_the_rest_was_rejected() {
+    let mut t = clean("a");
+    t.retain(|e| !is_event(e));
+    for (i, kind) in AgentEvent::RUN[..2].iter().enumerate() {
+        insert(&mut t, recv(305 + i as u64, "a", event(*kind, "a/m1", "a")));
+    }
+    assert_eq!(
+        invariants(&t),
+        [Invariant::EventOrder],
+        "silently cut short"
+    );
+    insert(
+        &mut t,
+        ev(
+            320,
+            "a",
+            EventKind::Rejected {
+                id: "a/m1".into(),
+                reason: "connection closed".into(),
+            },
+        ),
+    );
+    assert_eq!(check(&t), vec![], "visibly cut short");
+}
+
 fn failed_in_setup(user: &str) -> Vec<TraceEvent> {
     vec![
         ev(0, user, EventKind::ClientConnect),
