@@ -4,9 +4,11 @@ LOOM_FLAGS := --cfg racegate_loom
 
 .PHONY: run test loom lint bench ci
 
-## Run the regression gate on the bundled scenarios.
+## Run the regression gate on the bundled scenarios; also write the HTML report to $(REPORT).
+REPORT ?= target/racegate-report.html
 run:
-	$(CARGO) run --release --quiet -- run scenarios/
+	@mkdir -p $(dir $(REPORT))
+	$(CARGO) run --release --quiet -- run scenarios/ --report $(REPORT)
 
 ## Every unit, integration and doc test.
 test:

@@ -3,18 +3,27 @@
 //! Exit codes: 0 every gated verdict matched; 1 a verdict differs (or a race was found);
 //! 2 bad input (a scenario file, a flag) or an internal error.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod explore;
+mod import;
+mod load;
+mod logging;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "racegate", version, about, long_about = None)]
 struct Cli {
+    /// Log lines on standard error: `text`, or `json` shaped like Google Cloud Logging entries
+    /// (RUST_LOG then defaults to `warn,racegate=debug`: every lifecycle event).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,6 +32,14 @@ struct Cli {
 enum Command {
     /// Replay scenarios against endpoints in virtual time: the regression gate.
     Run(run::RunArgs),
+    /// Search timings for a violation; write the smallest one found as a scenario file.
+    Explore(explore::ExploreArgs),
+    /// Serve one endpoint over real WebSockets until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Many users against one endpoint on loopback, with a plain echo server as the baseline.
+    Load(load::LoadArgs),
+    /// Turn JSON log lines (Cloud Logging export shape) into a scenario file.
+    Import(import::ImportArgs),
 }
 
 /// What a command concluded, for the exit code.
@@ -35,16 +52,13 @@ pub(crate) enum Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Explore(args) => explore::explore(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Load(args) => load::load(args),
+        Command::Import(args) => import::import(args),
     };
     match result {
         Ok(Outcome::Pass) => ExitCode::SUCCESS,

@@ -18,7 +18,8 @@ use crate::trace::{AgentEvent, EventKind, Frame, TraceEvent};
 pub enum Invariant {
     /// The transport was used before accept or after close (Starlette raised).
     AcceptFirst,
-    /// A chat or push was neither delivered nor explicitly rejected.
+    /// A chat or push was neither delivered nor explicitly rejected. A chat still in flight,
+    /// unread, when the server closed with an error code counts as refused by that close.
     MessageLost,
     /// Chats were acknowledged, or pushes delivered, out of the order they were sent (or twice).
     OutOfOrder,
@@ -109,6 +110,8 @@ struct Conn {
     runs: IndexMap<String, Vec<(AgentEvent, u64)>>,
     rejected: BTreeSet<String>,
     dropped: BTreeMap<String, String>,
+    /// When the client saw the server close, and the code.
+    server_close: Option<(u64, u16)>,
     last_ms: u64,
 }
 
@@ -136,9 +139,13 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
         match &ev.kind {
             EventKind::ClientConnect
             | EventKind::ClientOpen
-            | EventKind::ClientClosed { .. }
             | EventKind::ClientClose
             | EventKind::ServerClose { .. } => {}
+            EventKind::ClientClosed { code } => {
+                if c.server_close.is_none() {
+                    c.server_close = Some((at, *code));
+                }
+            }
             EventKind::ClientSend { id } => {
                 owner.insert(id, user);
                 c.sends.push((id.clone(), at));
@@ -247,7 +254,14 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
         // message-lost
         let acked: BTreeSet<&str> = c.acks.iter().map(|(id, _)| id.as_str()).collect();
         for (id, at) in &c.sends {
-            if !acked.contains(id.as_str()) && !c.rejected.contains(id) {
+            // A chat still in flight when the server closed with an error code, and never read
+            // by it, was refused by that close: the client knows it was not acknowledged. One
+            // the server read and then dropped is lost whatever came after.
+            let refused_by_close = c
+                .server_close
+                .is_some_and(|(closed, code)| code != 1000 && closed >= *at)
+                && !c.dropped.contains_key(id);
+            if !acked.contains(id.as_str()) && !c.rejected.contains(id) && !refused_by_close {
                 violate(Invariant::MessageLost, *at, lost_detail(id));
             }
         }

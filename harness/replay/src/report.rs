@@ -1,7 +1,12 @@
-//! The gate's outputs: a table for people, JSON for tools, JUnit XML for CI.
+//! The gate's outputs: a table for people, JSON for tools, JUnit XML for CI, and for seeing a
+//! race, an HTML report with a timeline per run ([`html`]) and a Mermaid sequence diagram of one
+//! run ([`mermaid`]).
 //!
-//! All three render the same [`RunOutcome`]s, grouped by scenario in run order, and agree on the
-//! one number that matters: mismatches between a gated verdict and its expectation.
+//! All of them render the same [`RunOutcome`]s, grouped by scenario in run order, and agree on
+//! the one number that matters: mismatches between a gated verdict and its expectation.
+
+mod html;
+mod mermaid;
 
 use std::fmt::Write as _;
 
@@ -13,6 +18,9 @@ use crate::oracle::Violation;
 use crate::runner::RunOutcome;
 use crate::scenario::Verdict;
 use crate::trace::TraceEvent;
+
+pub use html::html;
+pub use mermaid::mermaid;
 
 /// Counts over a whole run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

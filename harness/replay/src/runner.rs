@@ -3,7 +3,10 @@
 //! It owns the time policy. Each run gets a fresh current-thread runtime with a paused clock, so
 //! every delay in the scenario costs no wall time and, with nothing else to schedule, execution
 //! order is a function of the scenario alone: the same scenario gives the same trace.
+//! [`drive`] is generic over a [`Connector`], so `racegate-net` replays the same schedule over
+//! real sockets on a real clock, with the same oracle ([`judge`]).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use crate::endpoint::EndpointKind;
 use crate::oracle::{self, Violation};
 use crate::scenario::{Scenario, User, Verdict};
 use crate::trace::{EventKind, Frame, Recorder, TraceEvent};
-use crate::transport::fake::{self, ClientEvent, ClientSendError};
+use crate::transport::fake::{self, ClientEvent, ClientSendError, FakeClient};
 
 /// The result of one scenario × endpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -61,16 +64,27 @@ pub fn replay(scenario: &Scenario, endpoint: EndpointKind) -> Result<RunOutcome,
         .enable_time()
         .start_paused(true)
         .build()?;
-    let (trace, simulated_ms) = runtime.block_on(drive(scenario, endpoint));
+    let (trace, simulated_ms) =
+        runtime.block_on(drive(scenario, endpoint, Arc::new(FakeConnector)));
     // Dropping the runtime cancels whatever is still running (a stuck connection, a heartbeat).
     drop(runtime);
+    Ok(judge(scenario, endpoint, trace, simulated_ms))
+}
+
+/// Runs the oracle over a recorded run of `scenario` against `endpoint`.
+pub fn judge(
+    scenario: &Scenario,
+    endpoint: EndpointKind,
+    trace: Vec<TraceEvent>,
+    simulated_ms: u64,
+) -> RunOutcome {
     let violations = oracle::check(&trace);
     let verdict = if violations.is_empty() {
         Verdict::Pass
     } else {
         Verdict::Fail
     };
-    Ok(RunOutcome {
+    RunOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
         endpoint,
@@ -79,7 +93,54 @@ pub fn replay(scenario: &Scenario, endpoint: EndpointKind) -> Result<RunOutcome,
         violations,
         trace,
         simulated_ms,
-    })
+    }
+}
+
+/// What a replayed user does with its connection: the in-memory [`FakeClient`] or a client over
+/// a real socket, so one schedule drives both.
+pub trait ReplayClient: Send + 'static {
+    /// Sends a chat; refused if the connection is not open, or closed.
+    fn send_chat(&self, id: &str, text: &str) -> Result<(), ClientSendError>;
+    /// Closes the client's side with 1000. Returns false if it was already closed.
+    fn close(&self) -> bool;
+    /// The next thing the client sees; `None` once the server side is gone.
+    fn next_event(&mut self) -> impl Future<Output = Option<ClientEvent>> + Send;
+}
+
+impl ReplayClient for FakeClient {
+    fn send_chat(&self, id: &str, text: &str) -> Result<(), ClientSendError> {
+        FakeClient::send_chat(self, id, text)
+    }
+
+    fn close(&self) -> bool {
+        FakeClient::close(self)
+    }
+
+    fn next_event(&mut self) -> impl Future<Output = Option<ClientEvent>> + Send {
+        FakeClient::next_event(self)
+    }
+}
+
+/// How a replay opens one user's connection to the endpoint. `connect` starts the upgrade and
+/// returns at once; the client sees [`ClientEvent::Open`] when the endpoint accepts.
+pub trait Connector: Send + Sync + 'static {
+    /// The client half it hands back.
+    type Client: ReplayClient;
+    /// Opens `user`'s connection to `endpoint`, served with `backend`.
+    fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> Self::Client;
+}
+
+/// The in-memory connector: a [`fake::pair`], its server half served by the endpoint.
+pub struct FakeConnector;
+
+impl Connector for FakeConnector {
+    type Client = FakeClient;
+
+    fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> FakeClient {
+        let (socket, client) = fake::pair(Duration::from_millis(backend.config.accept_ms));
+        tokio::spawn(endpoint.serve(backend.clone(), socket, user.id.clone()));
+        client
+    }
 }
 
 /// When clients close: after every scheduled action, the longest setup and one agent run, plus
@@ -107,6 +168,11 @@ pub fn horizon_ms(scenario: &Scenario) -> u64 {
         + scenario.settle_ms
 }
 
+/// How long servers get, after clients close at the horizon, to reach a terminal state before
+/// the run is cut and the oracle looks for `stuck` connections. Fixed, not `settle_ms`: a
+/// scenario with no settle time must still give its servers time to see the close.
+pub const SERVER_GRACE_MS: u64 = 1000;
+
 /// The id of a user's `n`th chat (1-based).
 pub fn chat_id(user: &str, n: usize) -> String {
     format!("{user}/m{n}")
@@ -117,7 +183,13 @@ pub fn push_id(user: &str, n: usize) -> String {
     format!("{user}/p{n}")
 }
 
-async fn drive(scenario: &Scenario, endpoint: EndpointKind) -> (Vec<TraceEvent>, u64) {
+/// Replays `scenario`'s clients and notifier against `endpoint`, connecting through `connector`,
+/// on the current runtime's clock. Returns the trace and the milliseconds it covered.
+pub async fn drive<K: Connector>(
+    scenario: &Scenario,
+    endpoint: EndpointKind,
+    connector: Arc<K>,
+) -> (Vec<TraceEvent>, u64) {
     let recorder = Recorder::new();
     let origin = Instant::now();
     let failures: IndexMap<String, _> = scenario
@@ -127,12 +199,13 @@ async fn drive(scenario: &Scenario, endpoint: EndpointKind) -> (Vec<TraceEvent>,
         .collect();
     let backend = Arc::new(Backend::new(scenario.server, failures, recorder.clone()));
     let horizon = origin + Duration::from_millis(horizon_ms(scenario));
-    // Servers get the settle time again to reach a terminal state after clients close.
-    let deadline = horizon + Duration::from_millis(scenario.settle_ms);
+    // Servers get a fixed grace to reach a terminal state after clients close.
+    let deadline = horizon + Duration::from_millis(SERVER_GRACE_MS);
 
     let mut tasks = Vec::new();
     for user in &scenario.users {
         tasks.push(tokio::spawn(client(
+            connector.clone(),
             backend.clone(),
             endpoint,
             user.clone(),
@@ -161,7 +234,8 @@ async fn drive(scenario: &Scenario, endpoint: EndpointKind) -> (Vec<TraceEvent>,
 }
 
 /// One user's client: connect, wait for open, send on schedule, record what arrives, close.
-async fn client(
+async fn client<K: Connector>(
+    connector: Arc<K>,
     backend: Arc<Backend>,
     endpoint: EndpointKind,
     user: User,
@@ -173,8 +247,7 @@ async fn client(
     let rec = backend.recorder.clone();
     let id = user.id.as_str();
     rec.record(id, EventKind::ClientConnect);
-    let (socket, mut client) = fake::pair(Duration::from_millis(backend.config.accept_ms));
-    tokio::spawn(endpoint.serve(backend.clone(), socket, user.id.clone()));
+    let mut client = connector.connect(&backend, endpoint, &user);
 
     let close_at = user.close_ms.map(|ms| at(user.connect_ms + ms));
     let mut next_send = 0;

@@ -286,7 +286,21 @@ impl Recorder {
             user: user.to_string(),
             kind,
         };
-        tracing::debug!(target: "racegate::trace", at_ms = event.at_ms, user, "{}", event.kind);
+        // The structured fields are what `--log-format json` puts in `jsonPayload` and what
+        // `racegate import` reads back; the message is the same line `--trace` prints.
+        tracing::debug!(
+            target: "racegate::trace",
+            at_ms = event.at_ms,
+            user,
+            event = event_name(&event.kind),
+            state = event_state(&event.kind),
+            id = event_id(&event.kind),
+            code = event_code(&event.kind),
+            frame = event_frame(&event.kind),
+            severity = event_severity(&event.kind),
+            "{}",
+            event.kind
+        );
         self.lock().push(event);
     }
 
@@ -301,6 +315,91 @@ impl Recorder {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+}
+
+/// The `event` field of the tracing line: the same snake_case tag as the JSON trace.
+fn event_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::ClientConnect => "client_connect",
+        EventKind::ClientOpen => "client_open",
+        EventKind::ClientSend { .. } => "client_send",
+        EventKind::ClientUnsent { .. } => "client_unsent",
+        EventKind::ClientRecv { .. } => "client_recv",
+        EventKind::ClientClosed { .. } => "client_closed",
+        EventKind::ClientClose => "client_close",
+        EventKind::PushIssued { .. } => "push_issued",
+        EventKind::State { .. } => "state",
+        EventKind::Handled { .. } => "handled",
+        EventKind::Rejected { .. } => "rejected",
+        EventKind::Dropped { .. } => "dropped",
+        EventKind::TransportError { .. } => "transport_error",
+        EventKind::Registered => "registered",
+        EventKind::Unregistered => "unregistered",
+        EventKind::CleanupRegistered { .. } => "cleanup_registered",
+        EventKind::CleanupRan { .. } => "cleanup_ran",
+        EventKind::ServerClose { .. } => "server_close",
+        EventKind::Terminal { .. } => "terminal",
+    }
+}
+
+/// The lifecycle state an event names, if any.
+fn event_state(kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::State { state } | EventKind::Terminal { state } => Some(state),
+        _ => None,
+    }
+}
+
+/// The chat, push or run id an event is about, if any.
+fn event_id(kind: &EventKind) -> Option<&str> {
+    match kind {
+        EventKind::ClientSend { id }
+        | EventKind::ClientUnsent { id, .. }
+        | EventKind::PushIssued { id }
+        | EventKind::Handled { id, .. }
+        | EventKind::Rejected { id, .. }
+        | EventKind::Dropped { id, .. } => Some(id),
+        EventKind::ClientRecv { frame } => match frame {
+            Frame::Ack { id, .. } | Frame::Push { id, .. } => Some(id),
+            Frame::Event { run, .. } => Some(run),
+            Frame::Ping | Frame::Error { .. } => None,
+        },
+        _ => None,
+    }
+}
+
+/// The close code an event carries, if any.
+fn event_code(kind: &EventKind) -> Option<u64> {
+    match kind {
+        EventKind::ClientClosed { code } | EventKind::ServerClose { code } => {
+            Some(u64::from(*code))
+        }
+        _ => None,
+    }
+}
+
+/// The type of a frame the client received: `ack`, `push`, `error`, or the agent event's name.
+fn event_frame(kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::ClientRecv { frame } => Some(match frame {
+            Frame::Ack { .. } => "ack",
+            Frame::Event { kind, .. } => kind.name(),
+            Frame::Push { .. } => "push",
+            Frame::Ping => "ping",
+            Frame::Error { .. } => "error",
+        }),
+        _ => None,
+    }
+}
+
+/// How a staging log would rate the event: Starlette's raise is an error, a silent drop a
+/// warning. Everything else takes the line's level.
+fn event_severity(kind: &EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::TransportError { .. } => Some("ERROR"),
+        EventKind::Dropped { .. } | EventKind::Rejected { .. } => Some("WARNING"),
+        _ => None,
     }
 }
 

@@ -183,6 +183,34 @@ fn an_explicit_rejection_is_not_a_loss() {
 }
 
 #[test]
+fn an_unread_chat_in_flight_at_an_error_close_is_refused_but_a_dropped_one_is_lost() {
+    let mut t = clean("a");
+    t.retain(|e| !is_ack(e) && !is_event(e) && !matches!(e.kind, EventKind::Terminal { .. }));
+    insert(&mut t, ev(301, "a", EventKind::ClientClosed { code: 1013 }));
+    insert(
+        &mut t,
+        ev(301, "a", EventKind::Terminal { state: "failed" }),
+    );
+    assert_eq!(
+        check(&t),
+        vec![],
+        "unread, then the server closed with 1013"
+    );
+    insert(
+        &mut t,
+        ev(
+            5,
+            "a",
+            EventKind::Dropped {
+                id: "a/m1".into(),
+                reason: "no handler".into(),
+            },
+        ),
+    );
+    assert_eq!(invariants(&t), [Invariant::MessageLost], "read and dropped");
+}
+
+#[test]
 fn a_push_never_received_is_lost_and_an_unsent_chat_is_lost() {
     let mut t = clean("a");
     t.retain(|e| {

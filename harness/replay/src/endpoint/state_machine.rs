@@ -13,7 +13,7 @@ use std::sync::Arc;
 use racegate_core::{ConnectionState, ConnectionStateMachine, EnqueueError, Payload, QueueLimits};
 use tokio::sync::mpsc;
 
-use super::{Endpoint, state, tracked_id, transport_error};
+use super::{Endpoint, lock, state, tracked_id, transport_error};
 use crate::backend::{Backend, Pusher, pause};
 use crate::scenario::Phase;
 use crate::trace::{EventKind, Frame};
@@ -49,18 +49,32 @@ struct Conn<S> {
     socket: Arc<S>,
     user: String,
     machine: Machine,
+    /// The sink's channels. Dropped when the connection ends, so the writer and the handler
+    /// drain what was delivered and stop, and the connection can be freed.
+    senders: Arc<std::sync::Mutex<Option<Senders>>>,
 }
+
+type Senders = (
+    mpsc::UnboundedSender<(String, String)>,
+    mpsc::UnboundedSender<Frame>,
+);
 
 impl Endpoint for StateMachine {
     async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
         let (chat_tx, chat_rx) = mpsc::unbounded_channel();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let sink: Sink = Box::new(move |item| {
-            // A closed channel means the connection is over; end() accounts for the rest.
-            let _ = match item {
-                Item::Chat { id, text } => chat_tx.send((id, text)).map_err(drop),
-                Item::Out(frame) => out_tx.send(frame).map_err(drop),
-            };
+        let senders = Arc::new(std::sync::Mutex::new(Some((chat_tx, out_tx))));
+        let sink: Sink = Box::new({
+            let senders = senders.clone();
+            move |item| {
+                // A closed channel means the connection is over; end() accounts for the rest.
+                if let Some((chat_tx, out_tx)) = &*lock(&senders) {
+                    let _ = match item {
+                        Item::Chat { id, text } => chat_tx.send((id, text)).map_err(drop),
+                        Item::Out(frame) => out_tx.send(frame).map_err(drop),
+                    };
+                }
+            }
         });
         let limits = QueueLimits {
             max_messages: backend.config.queue_capacity,
@@ -71,6 +85,7 @@ impl Endpoint for StateMachine {
             socket,
             user,
             machine: ConnectionStateMachine::new(limits, sink),
+            senders,
         });
         let b = &*backend;
         let user = conn.user.as_str();
@@ -84,6 +99,12 @@ impl Endpoint for StateMachine {
         });
 
         if let Err(e) = conn.socket.accept().await {
+            // Ended while the handshake was in flight (an overflow, the client leaving): whoever
+            // ended it closed the socket and accounted for everything. Terminal is absorbing,
+            // so this read cannot go stale.
+            if conn.machine.state().is_terminal() {
+                return;
+            }
             transport_error(b, user, "accept", &e);
             // A handshake that failed leaves nothing to close.
             conn.fail(None, "handshake failed").await;
@@ -180,6 +201,7 @@ impl<S: ServerSocket> Conn<S> {
             return;
         };
         state(&self.backend, &self.user, "failed");
+        lock(&self.senders).take();
         self.reject_all(ended.undelivered, reason).await;
         if let Some(item) = newest {
             self.reject(item, reason).await;
@@ -202,6 +224,7 @@ impl<S: ServerSocket> Conn<S> {
             return;
         };
         state(&self.backend, &self.user, "closed");
+        lock(&self.senders).take();
         if ended.from.is_ready() {
             self.backend.unregister(&self.user);
         }

@@ -1,0 +1,716 @@
+//! [`WsSocket`]: the endpoints' [`ServerSocket`] over a real TCP connection and tokio-tungstenite.
+//!
+//! It keeps the fake transport's Starlette states and errors, so `EndpointKind::serve` runs on it
+//! unchanged: until the endpoint calls `accept()` the client is still waiting for its `101`
+//! (sends and receives fail as they would in Starlette), `accept()` writes the handshake
+//! response, and from then on one actor task per connection owns the WebSocket: it reads client
+//! frames into a bounded inbound queue (so a client close is seen as soon as it arrives, as in
+//! the fake) and writes what the endpoint sends, in order, batching flushes.
+//!
+//! Hostile input never reaches the endpoint. A frame that is not a chat is answered with an
+//! error frame and the connection stays up; a frame that breaks the protocol ends it with a
+//! close code (1007 invalid UTF-8, 1009 too big, 1002 anything else), and the endpoint sees that
+//! as the client going away. Every wait is bounded: a client that stops reading is dropped once
+//! its outbound queue fills or a flush outlasts the write timeout.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use racegate_replay::trace::Frame;
+use racegate_replay::transport::fake::WsState;
+use racegate_replay::transport::{Inbound, ServerSocket, TransportError};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::handshake::{self, Upgrade};
+use crate::wire::{self, FrameError, Outgoing};
+
+/// Bounds on what one connection may cost. The defaults are the documented ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest client message or frame, in bytes (close 1009 above it).
+    pub max_message_bytes: usize,
+    /// Largest upgrade request head, in bytes (HTTP 431 above it).
+    pub max_head_bytes: usize,
+    /// How long a client may take to send its upgrade request (HTTP 408, then dropped).
+    pub handshake_timeout: Duration,
+    /// How long to wait for the peer's half of a close handshake before dropping the TCP.
+    pub close_timeout: Duration,
+    /// How long one flush may take before the client counts as gone.
+    pub write_timeout: Duration,
+    /// Client frames read ahead of the endpoint before the connection stops reading.
+    pub inbound_frames: usize,
+    /// Frames queued for a client that does not read before it counts as gone.
+    pub outbound_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_head_bytes: 8 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(10),
+            inbound_frames: 256,
+            outbound_frames: 4096,
+        }
+    }
+}
+
+impl Limits {
+    /// The tungstenite configuration these limits imply (used by the echo baseline too).
+    pub fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(8 * 1024)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes))
+    }
+}
+
+/// The server's phase, seen by every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Normal operation.
+    Serving,
+    /// Shutting down: no new upgrades, no new client frames read; in-flight work finishes.
+    Draining,
+    /// Every connection closes with 1001.
+    GoingAway,
+}
+
+/// Live counts, shared by a server and its sockets. Tests read them to prove nothing leaks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    open: AtomicUsize,
+    sessions: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    error_frames: AtomicU64,
+    protocol_closes: AtomicU64,
+}
+
+impl Counters {
+    /// TCP connections the server holds right now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+    /// Endpoint sessions still running (an endpoint may outlive its TCP connection briefly).
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+    /// TCP connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// Upgrades refused before any endpoint saw them (bad request, timeout, too large).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Error frames sent for rejected client frames.
+    pub fn error_frames(&self) -> u64 {
+        self.error_frames.load(Ordering::Relaxed)
+    }
+    /// Connections closed for breaking the protocol (1002, 1007, 1009).
+    pub fn protocol_closes(&self) -> u64 {
+        self.protocol_closes.load(Ordering::Relaxed)
+    }
+    pub(crate) fn count_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds one running endpoint session in [`Counters::sessions`].
+#[derive(Debug)]
+pub(crate) struct SessionGuard(Arc<Counters>);
+
+impl SessionGuard {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        counters.sessions.fetch_add(1, Ordering::AcqRel);
+        SessionGuard(counters)
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one open TCP connection in [`Counters::open`] for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct OpenGuard(Arc<Counters>);
+
+impl OpenGuard {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        counters.open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(counters)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection needs from its server.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketCtx {
+    pub(crate) limits: Limits,
+    pub(crate) lifecycle: watch::Receiver<Lifecycle>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+#[derive(Debug)]
+struct State {
+    client: WsState,
+    application: WsState,
+    peer_closed: bool,
+    server_closed: Option<u16>,
+    inbound: VecDeque<Inbound>,
+    queued_out: usize,
+}
+
+/// The part the actor shares with the endpoint's handle.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    inbound_ready: Notify,
+    space: Notify,
+    kill: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The client side ended (its close, an error, a protocol failure, shutdown): the endpoint's
+    /// next receive gets the disconnect, as in the fake.
+    fn peer_gone(&self, code: u16) {
+        let mut state = self.lock();
+        if state.peer_closed || state.server_closed.is_some() {
+            return;
+        }
+        state.peer_closed = true;
+        state.inbound.push_back(Inbound::Disconnect(code));
+        drop(state);
+        self.inbound_ready.notify_one();
+    }
+}
+
+/// What the endpoint hands the actor.
+#[derive(Debug)]
+enum Out {
+    Msg(Message),
+    Close(u16),
+}
+
+/// The TCP connection before `accept()`.
+#[derive(Debug)]
+struct Pending {
+    stream: TcpStream,
+    key: String,
+    leftover: Vec<u8>,
+    guard: OpenGuard,
+}
+
+/// The server half of one real WebSocket.
+#[derive(Debug)]
+pub struct WsSocket {
+    shared: Arc<Shared>,
+    pending: Mutex<Option<Pending>>,
+    out: OnceLock<mpsc::UnboundedSender<Out>>,
+    accept_delay: Duration,
+    ctx: SocketCtx,
+}
+
+/// A close with the code carried over HTTP, for a close before accept (Starlette answers 403).
+pub const CLOSE_CODE_HEADER: &str = "X-WebSocket-Close-Code";
+
+impl WsSocket {
+    pub(crate) fn new(
+        stream: TcpStream,
+        upgrade: Upgrade,
+        accept_delay: Duration,
+        ctx: SocketCtx,
+        guard: OpenGuard,
+    ) -> Self {
+        WsSocket {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    // The upgrade request itself is the client's `websocket.connect`.
+                    client: WsState::Connected,
+                    application: WsState::Connecting,
+                    peer_closed: false,
+                    server_closed: None,
+                    inbound: VecDeque::new(),
+                    queued_out: 0,
+                }),
+                inbound_ready: Notify::new(),
+                space: Notify::new(),
+                kill: Notify::new(),
+            }),
+            pending: Mutex::new(Some(Pending {
+                stream,
+                key: upgrade.key,
+                leftover: upgrade.leftover,
+                guard,
+            })),
+            out: OnceLock::new(),
+            accept_delay,
+            ctx,
+        }
+    }
+
+    fn take_pending(&self) -> Option<Pending> {
+        match self.pending.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn check_connecting(&self) -> Result<(), TransportError> {
+        match self.shared.lock().application {
+            WsState::Connecting => Ok(()),
+            WsState::Connected => Err(TransportError::expected_send("websocket.accept")),
+            WsState::Disconnected => Err(TransportError::send_after_close()),
+        }
+    }
+
+    fn set_application(&self, to: WsState) {
+        self.shared.lock().application = to;
+    }
+}
+
+/// True when the client closed or reset while waiting for its `101`. Frames it pipelined after
+/// its request are kept for the WebSocket.
+fn client_gone(pending: &mut Pending) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match pending.stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => pending.leftover.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+async fn refuse_pending(mut pending: Pending, status: u16, reason: &str, code: u16) {
+    let body = format!("closed with {code}");
+    let head_extra = format!("{CLOSE_CODE_HEADER}: {code}\r\n");
+    handshake::write_refusal_with(&mut pending.stream, status, reason, &head_extra, &body).await;
+}
+
+impl ServerSocket for WsSocket {
+    async fn accept(&self) -> Result<(), TransportError> {
+        self.check_connecting()?;
+        if !self.accept_delay.is_zero() {
+            tokio::time::sleep(self.accept_delay).await;
+        }
+        self.check_connecting()?;
+        let Some(mut pending) = self.take_pending() else {
+            // Another task's accept is writing the handshake.
+            return Err(TransportError::expected_send("websocket.accept"));
+        };
+        if client_gone(&mut pending) {
+            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
+            self.set_application(WsState::Disconnected);
+            return Err(TransportError::disconnected(1006));
+        }
+        if *self.ctx.lifecycle.borrow() != Lifecycle::Serving {
+            self.set_application(WsState::Disconnected);
+            refuse_pending(pending, 503, "Service Unavailable", 1001).await;
+            return Err(TransportError::disconnected(1001));
+        }
+        if handshake::write_accept(&mut pending.stream, &pending.key)
+            .await
+            .is_err()
+        {
+            self.set_application(WsState::Disconnected);
+            return Err(TransportError::disconnected(1006));
+        }
+        let ws = WebSocketStream::from_partially_read(
+            pending.stream,
+            pending.leftover,
+            Role::Server,
+            Some(self.ctx.limits.ws_config()),
+        )
+        .await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let closed_meanwhile = {
+            let mut state = self.shared.lock();
+            match state.application {
+                WsState::Connecting => {
+                    state.application = WsState::Connected;
+                    None
+                }
+                WsState::Connected | WsState::Disconnected => state.server_closed,
+            }
+        };
+        let actor = Actor {
+            ws,
+            shared: self.shared.clone(),
+            out: rx,
+            ctx: self.ctx.clone(),
+            _guard: pending.guard,
+        };
+        tokio::spawn(actor.run());
+        match closed_meanwhile {
+            None => {
+                let _ = self.out.set(tx);
+                Ok(())
+            }
+            Some(code) => {
+                // Closed by another task while the handshake was being written: the client
+                // saw the socket open, so it gets the close frame.
+                let _ = tx.send(Out::Close(code));
+                Err(TransportError::send_after_close())
+            }
+        }
+    }
+
+    async fn receive(&self) -> Result<Inbound, TransportError> {
+        {
+            let state = self.shared.lock();
+            if state.application != WsState::Connected {
+                return Err(TransportError::not_connected());
+            }
+            if state.client == WsState::Disconnected {
+                return Err(TransportError::receive_after_disconnect());
+            }
+        }
+        loop {
+            let notified = self.shared.inbound_ready.notified();
+            {
+                let mut state = self.shared.lock();
+                if let Some(item) = state.inbound.pop_front() {
+                    if let Inbound::Disconnect(_) = item {
+                        state.client = WsState::Disconnected;
+                    }
+                    drop(state);
+                    self.shared.space.notify_one();
+                    return Ok(item);
+                }
+                if let Some(code) = state.server_closed {
+                    // A receive already waiting when the server closed gets the disconnect.
+                    state.client = WsState::Disconnected;
+                    return Ok(Inbound::Disconnect(code));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn send(&self, frame: &Frame) -> Result<(), TransportError> {
+        {
+            let mut state = self.shared.lock();
+            match state.application {
+                WsState::Connecting => {
+                    return Err(TransportError::expected_accept("websocket.send"));
+                }
+                WsState::Disconnected => return Err(TransportError::send_after_close()),
+                WsState::Connected if state.peer_closed => {
+                    state.application = WsState::Disconnected;
+                    return Err(TransportError::disconnected(1006));
+                }
+                WsState::Connected if state.queued_out >= self.ctx.limits.outbound_frames => {
+                    // The client stopped reading: it is gone as far as anyone can tell.
+                    state.application = WsState::Disconnected;
+                    state.peer_closed = true;
+                    state.inbound.push_back(Inbound::Disconnect(1006));
+                    drop(state);
+                    self.shared.inbound_ready.notify_one();
+                    self.shared.kill.notify_one();
+                    return Err(TransportError::disconnected(1006));
+                }
+                WsState::Connected => state.queued_out += 1,
+            }
+        }
+        let msg = match wire::encode(frame) {
+            Outgoing::Text(text) => Message::text(text),
+            Outgoing::Ping => Message::Ping(Default::default()),
+        };
+        match self.out.get() {
+            Some(tx) if tx.send(Out::Msg(msg)).is_ok() => Ok(()),
+            Some(_) | None => {
+                let mut state = self.shared.lock();
+                state.application = WsState::Disconnected;
+                state.peer_closed = true;
+                Err(TransportError::disconnected(1006))
+            }
+        }
+    }
+
+    async fn close(&self, code: u16) -> Result<(), TransportError> {
+        let mut state = self.shared.lock();
+        let was = state.application;
+        match was {
+            WsState::Disconnected => return Err(TransportError::send_after_close()),
+            WsState::Connecting | WsState::Connected => {
+                state.application = WsState::Disconnected;
+                state.server_closed = Some(code);
+            }
+        }
+        let tell = !state.peer_closed;
+        drop(state);
+        match was {
+            WsState::Connecting => {
+                // Starlette answers a close before accept with HTTP 403; the code rides along.
+                if let Some(pending) = self.take_pending() {
+                    tokio::spawn(refuse_pending(pending, 403, "Forbidden", code));
+                }
+            }
+            WsState::Connected | WsState::Disconnected => {
+                if tell && let Some(tx) = self.out.get() {
+                    let _ = tx.send(Out::Close(code));
+                }
+            }
+        }
+        self.shared.inbound_ready.notify_one();
+        Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.lock().application == WsState::Connected
+    }
+
+    fn is_connected_and_ready(&self) -> bool {
+        let state = self.shared.lock();
+        state.application == WsState::Connected
+            && state.client == WsState::Connected
+            && !state.peer_closed
+    }
+}
+
+/// How the actor's main loop ended.
+enum End {
+    /// The TCP connection is done (peer closed, reset, or the endpoint dropped the socket).
+    Gone,
+    /// Send a close frame with this code and reason, then wait for the peer's reply.
+    Close(u16, &'static str),
+    /// Protocol failure: close with this code and reason.
+    Fail(u16, String),
+}
+
+/// Owns the WebSocket after accept.
+struct Actor {
+    ws: WebSocketStream<TcpStream>,
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedReceiver<Out>,
+    ctx: SocketCtx,
+    _guard: OpenGuard,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let end = self.main().await;
+        match end {
+            End::Gone => {}
+            End::Close(code, reason) => self.close_handshake(code, reason.to_string()).await,
+            End::Fail(code, reason) => {
+                self.ctx
+                    .counters
+                    .protocol_closes
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.peer_gone(code);
+                self.close_handshake(code, reason).await;
+            }
+        }
+    }
+
+    async fn main(&mut self) -> End {
+        let mut lifecycle = self.ctx.lifecycle.clone();
+        let mut watching = true;
+        let mut draining = *lifecycle.borrow_and_update() != Lifecycle::Serving;
+        loop {
+            if *lifecycle.borrow() == Lifecycle::GoingAway {
+                self.shared.peer_gone(1001);
+                // What the endpoint queued before the end still goes out ahead of the close.
+                if let Ok(Out::Msg(msg)) = self.out.try_recv()
+                    && let Some(end) = self.write_batch(msg).await
+                {
+                    return end;
+                }
+                return End::Close(1001, "server shutting down");
+            }
+            let has_space = self.shared.lock().inbound.len() < self.ctx.limits.inbound_frames;
+            let reading = has_space && !draining;
+            tokio::select! {
+                biased;
+                () = self.shared.kill.notified() => return End::Gone,
+                cmd = self.out.recv() => match cmd {
+                    // The endpoint is done with the socket without closing it: drop the TCP.
+                    None => return End::Gone,
+                    Some(Out::Close(code)) => return End::Close(code, ""),
+                    Some(Out::Msg(msg)) => {
+                        if let Some(end) = self.write_batch(msg).await {
+                            return end;
+                        }
+                    }
+                },
+                changed = lifecycle.changed(), if watching => match changed {
+                    Ok(()) => draining = *lifecycle.borrow() != Lifecycle::Serving,
+                    Err(_) => watching = false,
+                },
+                () = self.shared.space.notified(), if !has_space => {}
+                msg = self.ws.next(), if reading => {
+                    if let Some(end) = self.inbound(msg).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued behind it, then flushes once.
+    async fn write_batch(&mut self, first: Message) -> Option<End> {
+        let mut next = Some(first);
+        let mut written = 0;
+        let mut close = None;
+        while let Some(msg) = next.take() {
+            written += 1;
+            if self.ws.feed(msg).await.is_err() {
+                self.shared.peer_gone(1006);
+                return Some(End::Gone);
+            }
+            match self.out.try_recv() {
+                Ok(Out::Msg(msg)) => next = Some(msg),
+                Ok(Out::Close(code)) => close = Some(code),
+                Err(_) => {}
+            }
+        }
+        let flushed = tokio::time::timeout(self.ctx.limits.write_timeout, self.ws.flush()).await;
+        {
+            let mut state = self.shared.lock();
+            state.queued_out = state.queued_out.saturating_sub(written);
+        }
+        match flushed {
+            Ok(Ok(())) => close.map(|code| End::Close(code, "")),
+            Ok(Err(_)) | Err(_) => {
+                self.shared.peer_gone(1006);
+                Some(End::Gone)
+            }
+        }
+    }
+
+    /// One thing read from the client.
+    async fn inbound(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
+        let rejected = match msg {
+            Some(Ok(Message::Text(text))) => match wire::parse_client(text.as_str()) {
+                Ok(chat) => {
+                    self.shared.lock().inbound.push_back(Inbound::Chat {
+                        id: chat.id,
+                        text: chat.text,
+                    });
+                    self.shared.inbound_ready.notify_one();
+                    return None;
+                }
+                Err(e) => e,
+            },
+            Some(Ok(Message::Binary(_))) => FrameError::Binary,
+            // Pongs to pings are tungstenite's job; nothing for the endpoint.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                self.shared.peer_gone(code);
+                self.finish_peer_close().await;
+                return Some(End::Gone);
+            }
+            Some(Err(e)) => return Some(self.read_error(e)),
+            None => {
+                self.shared.peer_gone(1006);
+                return Some(End::Gone);
+            }
+        };
+        self.ctx
+            .counters
+            .error_frames
+            .fetch_add(1, Ordering::Relaxed);
+        let reply = Message::text(wire::error_text(&rejected.to_string()));
+        let sent = tokio::time::timeout(self.ctx.limits.write_timeout, self.ws.send(reply)).await;
+        match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) | Err(_) => {
+                self.shared.peer_gone(1006);
+                Some(End::Gone)
+            }
+        }
+    }
+
+    fn read_error(&self, e: WsError) -> End {
+        match e {
+            WsError::Utf8(_) => End::Fail(1007, "invalid UTF-8 in a text frame".into()),
+            WsError::Capacity(_) => End::Fail(
+                1009,
+                format!(
+                    "message over the {} byte limit",
+                    self.ctx.limits.max_message_bytes
+                ),
+            ),
+            WsError::Protocol(p) => {
+                use tokio_tungstenite::tungstenite::error::ProtocolError;
+                match p {
+                    ProtocolError::ResetWithoutClosingHandshake => {
+                        self.shared.peer_gone(1006);
+                        End::Gone
+                    }
+                    other => End::Fail(1002, format!("protocol error: {other}")),
+                }
+            }
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_)
+            | WsError::Tls(_)
+            | WsError::WriteBufferFull(_)
+            | WsError::AttackAttempt
+            | WsError::Url(_)
+            | WsError::Http(_)
+            | WsError::HttpFormat(_) => {
+                self.shared.peer_gone(1006);
+                End::Gone
+            }
+        }
+    }
+
+    /// The peer closed first: keep reading so tungstenite sends its reply, within the timeout.
+    async fn finish_peer_close(&mut self) {
+        let drain = async {
+            let _ = self.ws.flush().await;
+            while let Some(Ok(_)) = self.ws.next().await {}
+        };
+        let _ = tokio::time::timeout(self.ctx.limits.close_timeout, drain).await;
+    }
+
+    /// We close: flush what is queued, send the close frame, wait for the reply or the timeout.
+    async fn close_handshake(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let limit = self.ctx.limits.close_timeout;
+        let closing = async {
+            if self.ws.close(Some(frame)).await.is_err() {
+                return;
+            }
+            while let Some(Ok(_)) = self.ws.next().await {}
+        };
+        let _ = tokio::time::timeout(limit, closing).await;
+    }
+}

@@ -1,0 +1,58 @@
+//! Every bundled scenario, replayed over loopback WebSockets in real time, gets the verdict it
+//! gets in virtual time (and its `[expect]`), for every endpoint; except a run on a timing tie,
+//! which must be reported ungated, and which must be the one known tie.
+
+use std::path::PathBuf;
+
+use racegate_net::replay::{TIE_MS, on_timing_tie};
+use racegate_net::{Limits, replay_ws_all};
+use racegate_replay::{EndpointKind, replay, report, scenario};
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
+}
+
+#[test]
+fn every_bundled_scenario_gets_the_same_verdict_over_real_sockets() {
+    let scenarios = scenario::load_all(&[scenarios_dir()]).unwrap();
+    assert!(!scenarios.is_empty());
+    let runs: Vec<_> = scenarios
+        .iter()
+        .flat_map(|s| EndpointKind::ALL.into_iter().map(move |k| (s, k)))
+        .collect();
+    // Each run sleeps through its scenario's real timings; six at a time keeps this near 20 s.
+    let outcomes = replay_ws_all(&runs, 6, Limits::default());
+    let mut mismatches = Vec::new();
+    let mut ties = Vec::new();
+    for ((s, endpoint), ws) in runs.iter().zip(outcomes) {
+        let ws = ws.unwrap();
+        if on_timing_tie(s, *endpoint, TIE_MS) {
+            // Two equal chains of sleeps race; a real clock's jitter picks the winner.
+            assert_eq!(
+                ws.expected, None,
+                "{} [{endpoint}]: a tie is not gated",
+                s.name
+            );
+            ties.push(format!("{} [{endpoint}]", s.name));
+            continue;
+        }
+        let fake = replay(s, *endpoint).unwrap();
+        let expected = s.expect.get(endpoint).copied();
+        if ws.verdict != fake.verdict || expected.is_some_and(|e| e != ws.verdict) {
+            mismatches.push(format!(
+                "{} [{endpoint}]: ws {} vs virtual {} (expected {expected:?})\n{}{}",
+                s.name,
+                ws.verdict,
+                fake.verdict,
+                report::timeline(&ws.trace),
+                ws.violations
+                    .iter()
+                    .map(|v| format!("  ! {v}\n"))
+                    .collect::<String>()
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // partial's reader starts after 50+100+150 ms, its setup ends after 100+150+50 ms.
+    assert_eq!(ties, ["fifo-across-flush [partial]"]);
+}

@@ -1,0 +1,555 @@
+//! Exploration: search the timing space for races and shrink each one to a scenario file.
+//!
+//! Hand-written scenarios cover the timings someone thought of. [`explore`] draws scenarios from
+//! [`scenarios`], replays each against one endpoint, and at the first violation lets
+//! proptest shrink it to the smallest scenario that still breaks the *same* invariant (so the
+//! search cannot slide from one bug to an easier one while it shrinks). [`Found::to_toml`] writes
+//! that scenario as a file `racegate run` replays, with a comment naming the invariant, the seed
+//! and the command, and an `[expect]` that replays confirmed. A proptest-regressions seed is not
+//! such an artifact: it stops reproducing when a strategy changes; a scenario file does not.
+//!
+//! Determinism: case `i` of seed `s` draws from its own ChaCha RNG keyed by `(s, i)` and shrinks
+//! in its own [`TestRunner`] (no wall-clock limits, no persistence), so a case never depends on
+//! which cases ran before it. That is what makes a [`Shard`] exact: shard `K/N` runs the cases
+//! `i` with `i % N == K - 1`, the `N` shards are disjoint, and together they run exactly the cases
+//! of the unsharded run, each drawn and shrunk the same way.
+//!
+//! ```
+//! use racegate_replay::EndpointKind;
+//! use racegate_replay::explore::{Options, Outcome, Shard, UserRange, explore};
+//!
+//! let options = Options {
+//!     endpoint: EndpointKind::Unfixed,
+//!     cases: 300,
+//!     seed: 1,
+//!     users: UserRange::default(),
+//!     shard: Shard::WHOLE,
+//! };
+//! let Outcome::Found(found) = explore(&options, &mut |_| {}).unwrap() else {
+//!     panic!("unfixed always breaks");
+//! };
+//! // Shrunk to one user whose handshake takes 1 ms: the reader reads before accept.
+//! assert_eq!(found.invariant.name(), "accept-first");
+//! assert_eq!(found.scenario.users.len(), 1);
+//! assert!(found.to_toml().contains("state-machine = \"pass\""));
+//! ```
+
+mod space;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::{self, AssertUnwindSafe};
+use std::str::FromStr;
+
+use indexmap::IndexMap;
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{
+    Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner, noop_result_cache,
+};
+
+use crate::endpoint::EndpointKind;
+use crate::oracle::{Invariant, Violation};
+use crate::runner::{RunError, replay};
+use crate::scenario::{self, Scenario, Verdict};
+use crate::trace::{EventKind, TraceEvent};
+
+pub use space::{LONG_MS, MAX_USERS, UserRange, UserRangeError, scenarios};
+
+/// The most replays spent shrinking one counterexample. Shrinking takes a few hundred in
+/// practice; the bound only stops a pathological case from running for minutes.
+pub const MAX_SHRINK_REPLAYS: u32 = 10_000;
+
+/// What to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// The endpoint whose invariants are searched for a violation.
+    pub endpoint: EndpointKind,
+    /// Cases in the whole campaign (every shard together).
+    pub cases: u64,
+    /// Chooses the cases; the same seed and options give the same cases and the same file.
+    pub seed: u64,
+    /// How many users each scenario has.
+    pub users: UserRange,
+    /// Which slice of the cases this run covers.
+    pub shard: Shard,
+}
+
+impl Options {
+    /// The command line that runs this search, in canonical form (for the found file's comment).
+    pub fn command(&self) -> String {
+        let mut cmd = format!(
+            "racegate explore --endpoint {} --cases {} --seed {} --users {}",
+            self.endpoint, self.cases, self.seed, self.users
+        );
+        if self.shard != Shard::WHOLE {
+            cmd.push_str(&format!(" --shard {}", self.shard));
+        }
+        cmd
+    }
+}
+
+/// The `K`-th of `N` disjoint slices of a campaign's cases: those `i` with `i % N == K - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    k: u64,
+    n: u64,
+}
+
+/// A `--shard` value that is not `K/N` with `1 <= K <= N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shard `{given}`: {why}")]
+pub struct ShardError {
+    given: String,
+    why: String,
+}
+
+impl Shard {
+    /// The whole campaign: `1/1`.
+    pub const WHOLE: Shard = Shard { k: 1, n: 1 };
+
+    /// Shard `k` of `n`; `None` unless `1 <= k <= n`.
+    pub fn new(k: u64, n: u64) -> Option<Self> {
+        (1 <= k && k <= n).then_some(Shard { k, n })
+    }
+
+    /// The case indices of this shard among `total`, in increasing order.
+    pub fn cases(self, total: u64) -> impl Iterator<Item = u64> {
+        (self.k - 1..total).filter(move |i| i % self.n == self.k - 1)
+    }
+
+    /// How many of `total` cases fall in this shard.
+    pub fn len(self, total: u64) -> u64 {
+        total.saturating_sub(self.k - 1).div_ceil(self.n)
+    }
+
+    /// True when this shard has no case of `total`.
+    pub fn is_empty(self, total: u64) -> bool {
+        self.len(total) == 0
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = ShardError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let error = |why: &str| ShardError {
+            given: s.to_string(),
+            why: why.to_string(),
+        };
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| error("write K/N, e.g. 2/4 for the second of four slices"))?;
+        let number = |part: &str| {
+            part.trim()
+                .parse::<u64>()
+                .map_err(|_| error("K and N must be whole numbers, e.g. 2/4"))
+        };
+        let (k, n) = (number(k)?, number(n)?);
+        if n == 0 {
+            return Err(error("N must be at least 1"));
+        }
+        Shard::new(k, n).ok_or_else(|| error("K must be between 1 and N"))
+    }
+}
+
+/// Counts over the cases run so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Random cases replayed (not counting shrinking).
+    pub cases: u64,
+    /// Every replay, shrinking and confirmation included.
+    pub replays: u64,
+    /// Distinct interleavings among the cases: distinct sequences of (user, event kind) in their
+    /// traces, times left out.
+    pub interleavings: u64,
+}
+
+/// How a search ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// No case violated an invariant.
+    Held(Summary),
+    /// A case did; here is its smallest form.
+    Found(Box<Found>),
+}
+
+/// One endpoint's verdict on the found scenario, replayed as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The endpoint.
+    pub endpoint: EndpointKind,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Its first violation's invariant, if any.
+    pub first: Option<Invariant>,
+}
+
+/// A violation, shrunk.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The search that found it.
+    pub options: Options,
+    /// The index of the random case that first broke the invariant.
+    pub case: u64,
+    /// The invariant that case broke first, and that shrinking kept broken.
+    pub invariant: Invariant,
+    /// The smallest scenario found, named, with the `[expect]` its replays confirmed.
+    pub scenario: Scenario,
+    /// The explored endpoint's violations on [`Found::scenario`].
+    pub violations: Vec<Violation>,
+    /// Every endpoint's verdict on [`Found::scenario`].
+    pub replayed: Vec<Replayed>,
+    /// Users and messages (chats + pushes) of the random case before shrinking.
+    pub original_size: (usize, usize),
+    /// Replays spent shrinking.
+    pub shrink_replays: u64,
+    /// Counts up to and including this case.
+    pub summary: Summary,
+}
+
+impl Found {
+    /// The scenario file: a comment saying what broke, how it was found and how to find it
+    /// again, then the scenario with its confirmed `[expect]`.
+    pub fn to_toml(&self) -> String {
+        let o = &self.options;
+        let mut comment = format!(
+            "Found by `racegate explore`: {} violates {}.\n",
+            o.endpoint, self.invariant
+        );
+        if let Some(v) = self
+            .violations
+            .iter()
+            .find(|v| v.invariant == self.invariant)
+        {
+            comment.push_str(&format!("  {v}\n"));
+        }
+        let (users, messages) = self.original_size;
+        comment.push_str(&format!(
+            "Case {} of seed {}, shrunk in {} replays from {users} user(s) and {messages} \
+             message(s).\nSearch: {}\nReplayed as written: {}.\n",
+            self.case,
+            o.seed,
+            self.shrink_replays,
+            o.command(),
+            self.replayed
+                .iter()
+                .map(|r| match r.first {
+                    Some(i) => format!("{} {} ({i})", r.endpoint, r.verdict),
+                    None => format!("{} {}", r.endpoint, r.verdict),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if o.endpoint != EndpointKind::StateMachine
+            && !self
+                .scenario
+                .expect
+                .contains_key(&EndpointKind::StateMachine)
+        {
+            comment.push_str(
+                "state-machine fails this scenario too: a bug in the fix, so [expect] does not \
+                 gate it.\n",
+            );
+        }
+        scenario::to_toml(&self.scenario, &comment)
+    }
+
+    /// True when `state-machine` fails the found scenario: a bug in the fix, whichever endpoint
+    /// was explored.
+    pub fn breaks_the_fix(&self) -> bool {
+        self.replayed
+            .iter()
+            .any(|r| r.endpoint == EndpointKind::StateMachine && r.verdict == Verdict::Fail)
+    }
+}
+
+/// Why a search could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExploreError {
+    /// A replay could not run.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The strategy could not produce a case (a bug in the search space).
+    #[error("case {case}: the search space produced no scenario: {reason}")]
+    Strategy {
+        /// The case index.
+        case: u64,
+        /// proptest's words.
+        reason: String,
+    },
+    /// A replay panicked: a bug in the harness or an endpoint, not a violation.
+    #[error(
+        "case {case}: a replay panicked: {message}\nthe smallest scenario that panics:\n{scenario}"
+    )]
+    Panicked {
+        /// The case index.
+        case: u64,
+        /// The panic's message.
+        message: String,
+        /// The smallest scenario that panics, as a file.
+        scenario: String,
+    },
+    /// The shrunk scenario did not fail again when replayed: replay is not deterministic.
+    #[error(
+        "case {case}: the shrunk scenario no longer violates {invariant} on {endpoint} when \
+         replayed again; replay is not deterministic"
+    )]
+    NotReproducible {
+        /// The case index.
+        case: u64,
+        /// The endpoint.
+        endpoint: EndpointKind,
+        /// The invariant.
+        invariant: Invariant,
+    },
+}
+
+/// The 32-byte ChaCha key of case `case` of seed `seed`. Keying the cipher with both numbers
+/// gives every case its own stream, whatever ran before it.
+pub fn case_seed(seed: u64, case: u64) -> [u8; 32] {
+    let mut key = *b"racegate-explore/seed...case....";
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[16..24].copy_from_slice(&case.to_le_bytes());
+    key
+}
+
+/// The scenario of case `case` of seed `seed`, as the search draws it (before any shrinking).
+pub fn draw(seed: u64, case: u64, users: UserRange) -> Result<Scenario, ExploreError> {
+    let strategy = scenarios(users);
+    let mut runner = runner(&config(1), seed, case);
+    strategy
+        .new_tree(&mut runner)
+        .map(|tree| tree.current())
+        .map_err(|reason| ExploreError::Strategy {
+            case,
+            reason: reason.to_string(),
+        })
+}
+
+/// Runs the cases of `options.shard`, calling `progress` with the number of cases done after
+/// each; stops at the first violation and shrinks it.
+pub fn explore(options: &Options, progress: &mut dyn FnMut(u64)) -> Result<Outcome, ExploreError> {
+    let strategy = scenarios(options.users);
+    let config = config(options.cases);
+    let mut summary = Summary::default();
+    // Only counted, never iterated.
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    for case in options.shard.cases(options.cases) {
+        let mut runner = runner(&config, options.seed, case);
+        let tree = strategy
+            .new_tree(&mut runner)
+            .map_err(|reason| ExploreError::Strategy {
+                case,
+                reason: reason.to_string(),
+            })?;
+        let probe = Probe::default();
+        let result = runner.run_one(tree, |s| probe.test(&s, options.endpoint));
+        if let Some(e) = probe.error.take() {
+            return Err(e.into());
+        }
+        summary.cases += 1;
+        summary.replays += probe.replays.get();
+        if let Some(signature) = probe.signature.get() {
+            seen.insert(signature);
+        }
+        summary.interleavings = seen.len() as u64;
+        match result {
+            Ok(_) => progress(summary.cases),
+            Err(TestError::Fail(reason, minimal)) => {
+                let Some(invariant) = probe.target.get() else {
+                    return Err(ExploreError::Panicked {
+                        case,
+                        message: reason.to_string(),
+                        scenario: scenario::to_toml(&minimal, ""),
+                    });
+                };
+                let found = confirm(options, case, &probe, invariant, minimal, summary)?;
+                return Ok(Outcome::Found(Box::new(found)));
+            }
+            Err(TestError::Abort(reason)) => {
+                // Only rejections abort, and no strategy here rejects.
+                return Err(ExploreError::Strategy {
+                    case,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+    Ok(Outcome::Held(summary))
+}
+
+/// A proptest config that depends on nothing but its arguments: no failure persistence, no
+/// wall-clock shrink limit, no result cache, ChaCha.
+fn config(cases: u64) -> Config {
+    Config {
+        cases: u32::try_from(cases).unwrap_or(u32::MAX),
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        max_shrink_iters: MAX_SHRINK_REPLAYS,
+        max_shrink_time: 0,
+        result_cache: noop_result_cache,
+        verbose: 0,
+        source_file: None,
+        test_name: None,
+        ..Config::default()
+    }
+}
+
+fn runner(config: &Config, seed: u64, case: u64) -> TestRunner {
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, case));
+    TestRunner::new_with_rng(config.clone(), rng)
+}
+
+/// The property one case checks, with what it saw. proptest calls it with the random case
+/// first, then with each shrink candidate.
+#[derive(Default)]
+struct Probe {
+    /// The invariant the random case broke first; shrinking must keep this one broken.
+    target: Cell<Option<Invariant>>,
+    replays: Cell<u64>,
+    /// The random case's interleaving.
+    signature: Cell<Option<u64>>,
+    /// Users and messages of the random case.
+    original_size: Cell<(usize, usize)>,
+    error: RefCell<Option<RunError>>,
+}
+
+impl Probe {
+    fn test(&self, s: &Scenario, endpoint: EndpointKind) -> Result<(), TestCaseError> {
+        let first = self.replays.get() == 0;
+        self.replays.set(self.replays.get() + 1);
+        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| replay(s, endpoint))) {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                // Counted as a pass so proptest stops here; explore() reports the error.
+                self.error.borrow_mut().get_or_insert(e);
+                return Ok(());
+            }
+            // A panic is a bug in the harness; shrink toward it only if the random case panicked.
+            Err(panic) if first => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a replay panicked".into());
+                return Err(TestCaseError::fail(message));
+            }
+            Err(_) => return Ok(()),
+        };
+        if first {
+            self.signature.set(Some(signature(&outcome.trace)));
+            self.original_size.set(size(s));
+        }
+        let broken = match self.target.get() {
+            None if first => outcome.violations.first(),
+            // The random case panicked: only panics count while shrinking it.
+            None => None,
+            Some(target) => outcome.violations.iter().find(|v| v.invariant == target),
+        };
+        match broken {
+            None => Ok(()),
+            Some(v) => {
+                if first {
+                    self.target.set(Some(v.invariant));
+                }
+                Err(TestCaseError::fail(v.to_string()))
+            }
+        }
+    }
+}
+
+/// Users, and chats plus pushes.
+fn size(s: &Scenario) -> (usize, usize) {
+    let messages = s.users.iter().map(|u| u.sends.len() + u.pushes.len()).sum();
+    (s.users.len(), messages)
+}
+
+/// Replays the shrunk scenario on every endpoint and names it; its `[expect]` records the
+/// explored endpoint's failure and, when its replay passes, `state-machine = "pass"`.
+fn confirm(
+    options: &Options,
+    case: u64,
+    probe: &Probe,
+    invariant: Invariant,
+    mut minimal: Scenario,
+    mut summary: Summary,
+) -> Result<Found, ExploreError> {
+    let endpoint = options.endpoint;
+    minimal.name = format!("explore-{endpoint}-seed-{}-case-{case}", options.seed);
+    minimal.description = Some(format!(
+        "{endpoint} violates {invariant} (racegate explore)"
+    ));
+    let mut replayed = Vec::new();
+    let mut violations = Vec::new();
+    for kind in EndpointKind::ALL {
+        let outcome = replay(&minimal, kind)?;
+        summary.replays += 1;
+        replayed.push(Replayed {
+            endpoint: kind,
+            verdict: outcome.verdict,
+            first: outcome.violations.first().map(|v| v.invariant),
+        });
+        if kind == endpoint {
+            violations = outcome.violations;
+        }
+    }
+    if !violations.iter().any(|v| v.invariant == invariant) {
+        return Err(ExploreError::NotReproducible {
+            case,
+            endpoint,
+            invariant,
+        });
+    }
+    let mut expect = IndexMap::new();
+    expect.insert(endpoint, Verdict::Fail);
+    let fix_passes = replayed
+        .iter()
+        .any(|r| r.endpoint == EndpointKind::StateMachine && r.verdict == Verdict::Pass);
+    if endpoint != EndpointKind::StateMachine && fix_passes {
+        expect.insert(EndpointKind::StateMachine, Verdict::Pass);
+    }
+    minimal.expect = expect;
+    Ok(Found {
+        options: *options,
+        case,
+        invariant,
+        scenario: minimal,
+        violations,
+        replayed,
+        original_size: probe.original_size.get(),
+        shrink_replays: probe.replays.get().saturating_sub(1),
+        summary,
+    })
+}
+
+/// The interleaving of a trace: its sequence of (user, event kind), times and texts left out.
+/// Users are numbered by first appearance, so two runs that differ only in ids hash the same.
+pub fn signature(trace: &[TraceEvent]) -> u64 {
+    let mut users: Vec<&str> = Vec::new();
+    let mut h = DefaultHasher::new();
+    for e in trace {
+        let user = match users.iter().position(|u| *u == e.user) {
+            Some(i) => i,
+            None => {
+                users.push(&e.user);
+                users.len() - 1
+            }
+        };
+        user.hash(&mut h);
+        std::mem::discriminant(&e.kind).hash(&mut h);
+        match &e.kind {
+            EventKind::State { state } => state.hash(&mut h),
+            EventKind::ClientRecv { frame } => std::mem::discriminant(frame).hash(&mut h),
+            _ => {}
+        }
+    }
+    h.finish()
+}

@@ -1,0 +1,232 @@
+//! The real-socket subcommands end to end: `serve` (bound address, SIGTERM), `run --transport
+//! ws`, `load --format json`, and bad input. Loopback only; every wait has a timeout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn racegate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_racegate"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+fn context(args: &[&str], out: &Output) -> String {
+    format!(
+        "command: racegate {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs to completion within `WAIT` (killed otherwise).
+fn run(args: &[&str]) -> Output {
+    let child = racegate()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child)
+}
+
+fn wait_output(child: Child) -> Output {
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("racegate (pid {id}) did not finish within {WAIT:?}");
+        }
+    }
+}
+
+/// Starts `racegate serve` and reads its `listening on ws://ADDR` line.
+fn serve(args: &[&str]) -> (Child, String) {
+    let mut child = racegate()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT).expect("serve prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+/// A raw upgrade; returns the response's status line.
+fn upgrade(addr: &str, target: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (s, status)
+}
+
+#[test]
+fn serve_prints_its_address_serves_and_stops_cleanly_on_sigterm() {
+    let (child, addr) = serve(&["--endpoint", "state-machine", "--grace-ms", "100"]);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let (conn, status) = upgrade(&addr, "/any/path?token=u1");
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = wait_output(child);
+    let args = ["serve", "--endpoint", "state-machine"];
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SIGTERM: shutting down with 1 connections open"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0 left at exit"), "{stderr}");
+    drop(conn);
+}
+
+#[test]
+fn serve_refuses_bad_input_with_exit_2() {
+    for (args, says) in [
+        (
+            &["serve", "--endpoint", "fixed"][..],
+            "unknown endpoint `fixed`",
+        ),
+        (
+            &["serve", "--endpoint", "unfixed", "--addr", "nowhere"][..],
+            "invalid socket address",
+        ),
+        (
+            &[
+                "serve",
+                "--endpoint",
+                "unfixed",
+                "--scenario",
+                "no/such.toml",
+            ][..],
+            "no/such.toml",
+        ),
+        (
+            &["load", "--endpoint", "unfixed", "--users", "0"][..],
+            "--users must be at least 1",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{}", context(args, &out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{}",
+            context(args, &out)
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_an_address_in_use_with_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let args = ["serve", "--endpoint", "unfixed", "--addr", &addr];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not listen on"));
+}
+
+#[test]
+fn run_over_real_sockets_exits_0_on_a_bundled_scenario() {
+    let args = [
+        "run",
+        "--transport",
+        "ws",
+        "scenarios/partial-passes-fast-setup.toml",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 mismatches"));
+}
+
+#[test]
+fn load_prints_one_json_object_and_exit_code_follows_the_counts() {
+    let args = [
+        "load",
+        "--endpoint",
+        "state-machine",
+        "--users",
+        "20",
+        "--window-ms",
+        "20",
+        "--messages",
+        "3",
+        "--format",
+        "json",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "cross_user",
+        "msgs_per_s",
+        "baseline_msgs_per_s",
+        "ratio",
+        "p50_ready_ms",
+        "p99_ready_ms",
+        "peak_rss_kb",
+    ] {
+        assert!(v.get(key).is_some_and(|x| !x.is_null()), "{key}: {v}");
+    }
+    assert_eq!(v["lost"], 0);
+
+    let unfixed = [
+        "load",
+        "--endpoint",
+        "unfixed",
+        "--users",
+        "20",
+        "--window-ms",
+        "20",
+        "--messages",
+        "3",
+        "--quiet-ms",
+        "500",
+        "--no-baseline",
+    ];
+    let out = run(&unfixed);
+    assert_eq!(out.status.code(), Some(1), "{}", context(&unfixed, &out));
+}
