@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{Phase, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
+use super::{Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
 use crate::endpoint::EndpointKind;
 
 /// Quiet time after the last scheduled activity when `settle_ms` is left out.
@@ -27,6 +27,27 @@ struct RawScenario {
     server: Option<RawServer>,
     user: Option<Spanned<Vec<RawUser>>>,
     expect: Option<RawExpect>,
+    protocol: Option<RawProtocol>,
+}
+
+/// `[protocol]`: how `racegate probe` speaks to a live server. Every key is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [protocol] table")]
+struct RawProtocol {
+    user_query: Option<Spanned<String>>,
+    user_header: Option<Spanned<String>>,
+    chat: Option<Spanned<String>>,
+    type_field: Option<Spanned<String>>,
+    ack_type: Option<Spanned<String>>,
+    push_type: Option<Spanned<String>>,
+    error_type: Option<Spanned<String>>,
+    id_field: Option<Spanned<String>>,
+    run_field: Option<Spanned<String>>,
+    user_field: Option<Spanned<String>>,
+    message_field: Option<Spanned<String>>,
+    events: Option<Spanned<Vec<Spanned<String>>>>,
+    error_patterns: Option<Vec<Spanned<String>>>,
+    close_codes: Option<Spanned<Vec<Spanned<Value>>>>,
 }
 
 /// `[expect]`: endpoint name → verdict, in file order. (A `Vec` of pairs rather than a map:
@@ -196,6 +217,10 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         Some(e) => expect(at, e)?,
         None => IndexMap::new(),
     };
+    let protocol = match &raw.protocol {
+        Some(p) => protocol(at, p)?,
+        None => Protocol::default(),
+    };
     Ok(Scenario {
         name: name.clone(),
         description: raw.description,
@@ -204,7 +229,177 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         users,
         expect,
         settle_ms,
+        protocol,
     })
+}
+
+fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioError> {
+    let d = Protocol::default();
+    let name = |key: &str, value: &Option<Spanned<String>>, default: String| match value {
+        Some(v) if v.get_ref().trim().is_empty() => Err(at.at(
+            v,
+            format!("`{key}` in [protocol] must not be empty; leave it out for `{default}`"),
+        )),
+        Some(v) => Ok(v.get_ref().clone()),
+        None => Ok(default),
+    };
+    let user_header = match &raw.user_header {
+        Some(h) if !is_header_name(h.get_ref()) => {
+            return Err(at.at(
+                h,
+                format!(
+                    "`user_header` must be an HTTP header name (letters, digits, `-`), got {:?}",
+                    h.get_ref()
+                ),
+            ));
+        }
+        Some(h) => Some(h.get_ref().clone()),
+        None => None,
+    };
+    // An explicit `""` turns the query parameter off; a header alone turns it off too.
+    let user_query = match (&raw.user_query, &user_header) {
+        (Some(q), _) if q.get_ref().is_empty() => None,
+        (Some(q), _) => Some(q.get_ref().clone()),
+        (None, Some(_)) => None,
+        (None, None) => d.user_query.clone(),
+    };
+    if user_query.is_none() && user_header.is_none() {
+        let span = raw.user_query.as_ref().map(|q| q.span());
+        return Err(at.invalid(
+            span,
+            "[protocol] must pass the user id somehow: set `user_query` to a parameter name or              `user_header` to a header name"
+                .into(),
+        ));
+    }
+    let chat = match &raw.chat {
+        Some(c) => chat_template(at, c)?,
+        None => d.chat.clone(),
+    };
+    let events = match &raw.events {
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(at.at(
+                    list,
+                    "`events` in [protocol] must name at least one event type, in run order"
+                        .into(),
+                ));
+            }
+            let mut out: Vec<String> = Vec::with_capacity(list.get_ref().len());
+            for e in list.get_ref() {
+                if e.get_ref().trim().is_empty() {
+                    return Err(at.at(e, "an event type in `events` must not be empty".into()));
+                }
+                if out.contains(e.get_ref()) {
+                    return Err(at.at(
+                        e,
+                        format!("event type {:?} appears twice in `events`", e.get_ref()),
+                    ));
+                }
+                out.push(e.get_ref().clone());
+            }
+            out
+        }
+        None => d.events.clone(),
+    };
+    let error_patterns = match &raw.error_patterns {
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for p in list {
+                if p.get_ref().is_empty() {
+                    return Err(at.at(
+                        p,
+                        "an empty pattern in `error_patterns` would match every error frame"
+                            .into(),
+                    ));
+                }
+                out.push(p.get_ref().clone());
+            }
+            out
+        }
+        None => d.error_patterns.clone(),
+    };
+    let close_codes = match &raw.close_codes {
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.get_ref().len());
+            for c in list.get_ref() {
+                match c.get_ref() {
+                    Value::Integer(n) if (1000..=4999).contains(n) => {
+                        out.push(u16::try_from(*n).unwrap_or(u16::MAX));
+                    }
+                    other => {
+                        return Err(at.at(
+                            c,
+                            format!(
+                                "a close code in `close_codes` must be an integer from 1000 to                                  4999, got {other}"
+                            ),
+                        ));
+                    }
+                }
+            }
+            out
+        }
+        None => d.close_codes.clone(),
+    };
+    Ok(Protocol {
+        user_query,
+        user_header,
+        chat,
+        type_field: name("type_field", &raw.type_field, d.type_field)?,
+        ack_type: name("ack_type", &raw.ack_type, d.ack_type)?,
+        push_type: name("push_type", &raw.push_type, d.push_type)?,
+        error_type: name("error_type", &raw.error_type, d.error_type)?,
+        id_field: name("id_field", &raw.id_field, d.id_field)?,
+        run_field: name("run_field", &raw.run_field, d.run_field)?,
+        user_field: name("user_field", &raw.user_field, d.user_field)?,
+        message_field: name("message_field", &raw.message_field, d.message_field)?,
+        events,
+        error_patterns,
+        close_codes,
+    })
+}
+
+/// RFC 9110 token characters, the ones a header name may use.
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// A chat template: `{id}` is required (acks are matched by it), and every `{name}` must be one
+/// of [`Protocol::PLACEHOLDERS`]. Braces not around a bare name (JSON's own) are text.
+fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, ScenarioError> {
+    let t = raw.get_ref();
+    let mut has_id = false;
+    let mut rest = t.as_str();
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+            .count();
+        if len > 0 && after[len..].starts_with('}') {
+            let name = &after[..len];
+            if !Protocol::PLACEHOLDERS.contains(&name) {
+                return Err(at.at(
+                    raw,
+                    format!(
+                        "unknown placeholder `{{{name}}}` in `chat`; expected `{{id}}`,                          `{{text}}` or `{{user}}`"
+                    ),
+                ));
+            }
+            has_id |= name == "id";
+        }
+        rest = after;
+    }
+    if !has_id {
+        return Err(at.at(
+            raw,
+            "`chat` in [protocol] needs an `{id}` placeholder: acks and events are matched to              chats by it"
+                .into(),
+        ));
+    }
+    Ok(t.clone())
 }
 
 fn server(at: &Locator<'_>, raw: &RawServer) -> Result<ServerConfig, ScenarioError> {
@@ -242,7 +437,8 @@ fn users(
     if raw.get_ref().is_empty() {
         return Err(at.at(raw, NONE.into()));
     }
-    // id → line of its first occurrence.
+    // id → byte offset of its first occurrence; turned into a line only for the error, so
+    // thousands of users stay linear.
     let mut seen: IndexMap<&str, usize> = IndexMap::new();
     let mut out = Vec::with_capacity(raw.get_ref().len());
     for user in raw.get_ref() {
@@ -253,7 +449,8 @@ fn users(
                 "user `id` must not be empty; use the id the server would see for this user".into(),
             ));
         }
-        if let Some(first_line) = seen.get(id.as_str()) {
+        if let Some(&first) = seen.get(id.as_str()) {
+            let first_line = at.line_col(first).0;
             return Err(at.at(
                 &user.id,
                 format!(
@@ -262,7 +459,7 @@ fn users(
                 ),
             ));
         }
-        seen.insert(id, at.line_col(user.id.span().start).0);
+        seen.insert(id, user.id.span().start);
         out.push(User {
             id: id.clone(),
             connect_ms: opt_millis(at, "connect_ms", user.connect_ms.as_ref())?.unwrap_or(0),
@@ -522,6 +719,7 @@ mod tests {
                 (EndpointKind::Partial, Verdict::Fail),
             ]),
             settle_ms: 250,
+            protocol: Default::default(),
         };
         assert_eq!(scenario, expected);
         // File order, not `EndpointKind` order.
@@ -556,6 +754,47 @@ mod tests {
                 sends: vec![],
                 pushes: vec![],
             }]
+        );
+    }
+
+    #[test]
+    fn a_protocol_table_overrides_only_the_keys_it_names() {
+        let scenario = parse(&[
+            HEAD,
+            "[protocol]",
+            "user_header = \"X-User-Id\"",
+            "chat = '{\"action\":\"say\",\"msg_id\":\"{id}\",\"body\":\"{text}\"}'",
+            "type_field = \"kind\"",
+            "user_field = \"meta.user\"",
+            "events = [\"start\", \"end\"]",
+            "error_patterns = [\"boom\"]",
+            "close_codes = [1000, 4001]",
+            "[[user]]",
+            "id = \"a\"",
+        ])
+        .expect("valid scenario");
+        let p = scenario.protocol;
+        assert_eq!(p.user_query, None, "a header alone turns the query parameter off");
+        assert_eq!(p.user_header.as_deref(), Some("X-User-Id"));
+        assert_eq!(p.type_field, "kind");
+        assert_eq!(p.user_field, "meta.user");
+        assert_eq!(p.events, ["start", "end"]);
+        assert_eq!(p.error_patterns, ["boom"]);
+        assert_eq!(p.close_codes, [1000, 4001]);
+        assert_eq!(p.ack_type, "ack", "left-out keys keep their defaults");
+        assert_eq!(
+            p.render_chat("a/m1", "say \"hi\"\n", "a"),
+            r#"{"action":"say","msg_id":"a/m1","body":"say \"hi\"\n"}"#
+        );
+    }
+
+    #[test]
+    fn the_default_chat_template_is_racegates_own_chat_frame() {
+        let scenario = parse(&[HEAD, "[[user]]", "id = \"a\""]).expect("valid scenario");
+        assert_eq!(scenario.protocol, crate::scenario::Protocol::default());
+        assert_eq!(
+            scenario.protocol.render_chat("u/m1", "héllo {id}", "u"),
+            r#"{"type":"chat","id":"u/m1","text":"héllo {id}"}"#
         );
     }
 
@@ -740,6 +979,51 @@ mod tests {
     #[case::a_verdict_of_the_wrong_type_is_rejected_at_its_value(
         &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "state-machine = true"], 5, 17,
         "must be \"pass\" or \"fail\", got true"
+    )]
+    // [protocol].
+    #[case::an_unknown_protocol_key_lists_the_protocol_keys(
+        &[HEAD, "[protocol]", "user_param = \"t\"", "[[user]]", "id = \"a\""], 3, 1,
+        "unknown key `user_param`, expected one of `user_query`, `user_header`"
+    )]
+    #[case::a_chat_template_without_id_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "chat = '{\"text\":\"{text}\"}'", "[[user]]", "id = \"a\""], 3, 8,
+        "needs an `{id}` placeholder"
+    )]
+    #[case::an_unknown_placeholder_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "chat = '{\"id\":\"{id}\",\"t\":\"{body}\"}'", "[[user]]", "id = \"a\""],
+        3, 8, "unknown placeholder `{body}`"
+    )]
+    #[case::a_close_code_out_of_range_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "close_codes = [1000, 99]", "[[user]]", "id = \"a\""], 3, 22,
+        "must be an integer from 1000 to 4999, got 99"
+    )]
+    #[case::an_empty_event_list_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "events = []", "[[user]]", "id = \"a\""], 3, 10,
+        "must name at least one event type"
+    )]
+    #[case::a_duplicate_event_is_rejected_at_the_second(
+        &[HEAD, "[protocol]", "events = [\"a\", \"b\", \"a\"]", "[[user]]", "id = \"a\""], 3, 21,
+        "appears twice"
+    )]
+    #[case::an_empty_error_pattern_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "error_patterns = [\"x\", \"\"]", "[[user]]", "id = \"a\""], 3, 24,
+        "would match every error frame"
+    )]
+    #[case::a_header_name_with_a_space_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_header = \"X User\"", "[[user]]", "id = \"a\""], 3, 15,
+        "must be an HTTP header name"
+    )]
+    #[case::turning_off_the_query_without_a_header_is_rejected(
+        &[HEAD, "[protocol]", "user_query = \"\"", "[[user]]", "id = \"a\""], 3, 14,
+        "must pass the user id somehow"
+    )]
+    #[case::an_empty_field_name_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "type_field = \" \"", "[[user]]", "id = \"a\""], 3, 14,
+        "`type_field` in [protocol] must not be empty"
+    )]
+    #[case::a_field_name_of_the_wrong_type_points_at_the_value(
+        &[HEAD, "[protocol]", "ack_type = 3", "[[user]]", "id = \"a\""], 3, 12,
+        "expected a string"
     )]
     fn an_invalid_scenario_is_reported_at_the_offending_place(
         #[case] text: &[&str],
