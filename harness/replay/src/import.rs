@@ -784,6 +784,7 @@ fn infer(
         users: users.iter().map(|(_, _, u)| u.clone()).collect(),
         expect: IndexMap::new(),
         settle_ms,
+        protocol: Default::default(),
     };
 
     // A client's own close is its `close_ms`, unless it is the replay's end-of-run close: with

@@ -34,11 +34,14 @@ pub enum Invariant {
     Leak,
     /// A connection reached no terminal state by the end of the run.
     Stuck,
+    /// The server closed with a code outside the expected set. Only `racegate probe` reports it
+    /// (a live server's close codes are all a client sees of its failures); [`check`] never does.
+    AbnormalClose,
 }
 
 impl Invariant {
     /// Every invariant.
-    pub const ALL: [Invariant; 8] = [
+    pub const ALL: [Invariant; 9] = [
         Invariant::AcceptFirst,
         Invariant::MessageLost,
         Invariant::OutOfOrder,
@@ -47,6 +50,7 @@ impl Invariant {
         Invariant::EventOrder,
         Invariant::Leak,
         Invariant::Stuck,
+        Invariant::AbnormalClose,
     ];
 
     /// The kebab-case name.
@@ -60,6 +64,7 @@ impl Invariant {
             Invariant::EventOrder => "event-order",
             Invariant::Leak => "leak",
             Invariant::Stuck => "stuck",
+            Invariant::AbnormalClose => "abnormal-close",
         }
     }
 }

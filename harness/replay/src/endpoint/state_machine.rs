@@ -312,7 +312,17 @@ async fn handle_loop<S: ServerSocket>(
     conn: Arc<Conn<S>>,
     mut chats: mpsc::UnboundedReceiver<(String, String)>,
 ) {
-    while let Some((id, _text)) = chats.recv().await {
+    while let Some((id, text)) = chats.recv().await {
+        if conn.machine.state().is_terminal() {
+            // Delivered, then the client left before the handler got to it: refuse it visibly
+            // rather than handle it on a closed connection.
+            conn.reject(
+                Item::Chat { id, text },
+                "connection closed before it was handled",
+            )
+            .await;
+            continue;
+        }
         let b = &conn.backend;
         b.record(
             &conn.user,
@@ -345,8 +355,11 @@ async fn write_loop<S: ServerSocket>(
     conn: Arc<Conn<S>>,
     mut frames: mpsc::UnboundedReceiver<Frame>,
 ) {
+    // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
+    // rejected, never sent into it.
+    let mut broken = false;
     while let Some(frame) = frames.recv().await {
-        if conn.machine.state().is_terminal() {
+        if broken || conn.machine.state().is_terminal() {
             // The connection ended with this frame in flight: say so rather than send into a
             // closed socket.
             conn.reject(Item::Out(frame), "connection ended").await;
@@ -355,6 +368,7 @@ async fn write_loop<S: ServerSocket>(
         if let Err(e) = conn.socket.send(&frame).await {
             transport_error(&conn.backend, &conn.user, "send", &e);
             conn.reject(Item::Out(frame), "send failed").await;
+            broken = true;
         }
     }
 }

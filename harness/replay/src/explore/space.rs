@@ -130,6 +130,7 @@ pub fn scenarios(users: UserRange) -> BoxedStrategy<Scenario> {
                 .collect(),
             expect: IndexMap::new(),
             settle_ms,
+            protocol: Default::default(),
         })
         .boxed()
 }

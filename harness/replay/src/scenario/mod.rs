@@ -34,6 +34,110 @@ pub struct Scenario {
     pub expect: IndexMap<EndpointKind, Verdict>,
     /// Quiet time after the last scheduled activity before clients close (default 1000).
     pub settle_ms: u64,
+    /// How `racegate probe` talks to a live server (`[protocol]`); the replay ignores it.
+    pub protocol: Protocol,
+}
+
+/// The `[protocol]` table: how a live server under `racegate probe` speaks, so one scenario file
+/// gates servers that are not racegate's. Defaults are racegate's own wire protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protocol {
+    /// The query parameter carrying the user id; `None` when the id travels only in a header.
+    pub user_query: Option<String>,
+    /// The request header carrying the user id, if any.
+    pub user_header: Option<String>,
+    /// A chat frame; `{id}`, `{text}` and `{user}` are replaced by JSON-escaped values.
+    pub chat: String,
+    /// The field naming a frame's type (a dotted path reaches into nested objects).
+    pub type_field: String,
+    /// The type of an acknowledgement.
+    pub ack_type: String,
+    /// The type of a server push.
+    pub push_type: String,
+    /// The type of an error frame.
+    pub error_type: String,
+    /// The field of an ack naming the chat it acknowledges.
+    pub id_field: String,
+    /// The field of an event naming the chat whose run it belongs to.
+    pub run_field: String,
+    /// The field naming the user a frame is for.
+    pub user_field: String,
+    /// The field of an error frame holding its text.
+    pub message_field: String,
+    /// The types of one chat's run events, in the order they must arrive.
+    pub events: Vec<String>,
+    /// Error texts (substrings, case-insensitive) that mean the transport was used before accept
+    /// or after close.
+    pub error_patterns: Vec<String>,
+    /// Close codes a server may end a connection with.
+    pub close_codes: Vec<u16>,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        let s = |v: &str| v.to_string();
+        Protocol {
+            user_query: Some(s("token")),
+            user_header: None,
+            chat: s(r#"{"type":"chat","id":"{id}","text":"{text}"}"#),
+            type_field: s("type"),
+            ack_type: s("ack"),
+            push_type: s("push"),
+            error_type: s("error"),
+            id_field: s("id"),
+            run_field: s("run"),
+            user_field: s("user"),
+            message_field: s("message"),
+            events: crate::trace::AgentEvent::RUN
+                .iter()
+                .map(|e| s(e.name()))
+                .collect(),
+            error_patterns: vec![
+                s(r#"Need to call "accept" first"#),
+                s("not connected"),
+                s(r#"Expected ASGI message "websocket.accept""#),
+                s(r#"Cannot call "send" once a close message has been sent"#),
+            ],
+            close_codes: vec![1000, 1001, 1008, 1011, 1013],
+        }
+    }
+}
+
+impl Protocol {
+    /// The placeholders a chat template may use.
+    pub const PLACEHOLDERS: [&'static str; 3] = ["id", "text", "user"];
+
+    /// The chat frame for chat `id` with `text` from `user`: each placeholder replaced by the
+    /// value, JSON-escaped without its quotes (the template supplies them).
+    pub fn render_chat(&self, id: &str, text: &str, user: &str) -> String {
+        let mut out = String::with_capacity(self.chat.len() + text.len() + 32);
+        let mut rest = self.chat.as_str();
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start..];
+            let value = Self::PLACEHOLDERS
+                .iter()
+                .find(|p| after[1..].starts_with(*p) && after[1 + p.len()..].starts_with('}'))
+                .map(|p| match *p {
+                    "id" => id,
+                    "text" => text,
+                    _ => user,
+                });
+            match value {
+                Some(v) => {
+                    let quoted = serde_json::Value::String(v.to_string()).to_string();
+                    out.push_str(&quoted[1..quoted.len() - 1]);
+                    rest = &after[after.find('}').map_or(after.len(), |i| i + 1)..];
+                }
+                None => {
+                    out.push('{');
+                    rest = &after[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 /// The `[server]` table: each phase's duration, in milliseconds of virtual time.

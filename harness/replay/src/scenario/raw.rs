@@ -267,7 +267,8 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
         let span = raw.user_query.as_ref().map(|q| q.span());
         return Err(at.invalid(
             span,
-            "[protocol] must pass the user id somehow: set `user_query` to a parameter name or              `user_header` to a header name"
+            "[protocol] must pass the user id somehow: set `user_query` to a parameter name or \
+             `user_header` to a header name"
                 .into(),
         ));
     }
@@ -280,8 +281,7 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
             if list.get_ref().is_empty() {
                 return Err(at.at(
                     list,
-                    "`events` in [protocol] must name at least one event type, in run order"
-                        .into(),
+                    "`events` in [protocol] must name at least one event type, in run order".into(),
                 ));
             }
             let mut out: Vec<String> = Vec::with_capacity(list.get_ref().len());
@@ -308,8 +308,7 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
                 if p.get_ref().is_empty() {
                     return Err(at.at(
                         p,
-                        "an empty pattern in `error_patterns` would match every error frame"
-                            .into(),
+                        "an empty pattern in `error_patterns` would match every error frame".into(),
                     ));
                 }
                 out.push(p.get_ref().clone());
@@ -330,7 +329,8 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
                         return Err(at.at(
                             c,
                             format!(
-                                "a close code in `close_codes` must be an integer from 1000 to                                  4999, got {other}"
+                                "a close code in `close_codes` must be an integer from 1000 to \
+                                 4999, got {other}"
                             ),
                         ));
                     }
@@ -361,9 +361,8 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
 /// RFC 9110 token characters, the ones a header name may use.
 fn is_header_name(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A chat template: `{id}` is required (acks are matched by it), and every `{name}` must be one
@@ -384,7 +383,8 @@ fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, Scen
                 return Err(at.at(
                     raw,
                     format!(
-                        "unknown placeholder `{{{name}}}` in `chat`; expected `{{id}}`,                          `{{text}}` or `{{user}}`"
+                        "unknown placeholder `{{{name}}}` in `chat`; expected `{{id}}`, \
+                         `{{text}}` or `{{user}}`"
                     ),
                 ));
             }
@@ -395,7 +395,8 @@ fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, Scen
     if !has_id {
         return Err(at.at(
             raw,
-            "`chat` in [protocol] needs an `{id}` placeholder: acks and events are matched to              chats by it"
+            "`chat` in [protocol] needs an `{id}` placeholder: acks and events are matched to \
+             chats by it"
                 .into(),
         ));
     }
@@ -774,7 +775,10 @@ mod tests {
         ])
         .expect("valid scenario");
         let p = scenario.protocol;
-        assert_eq!(p.user_query, None, "a header alone turns the query parameter off");
+        assert_eq!(
+            p.user_query, None,
+            "a header alone turns the query parameter off"
+        );
         assert_eq!(p.user_header.as_deref(), Some("X-User-Id"));
         assert_eq!(p.type_field, "kind");
         assert_eq!(p.user_field, "meta.user");

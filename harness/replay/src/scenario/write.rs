@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::Scenario;
+use super::{Protocol, Scenario};
 
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -65,6 +65,9 @@ pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
             }
         }
     }
+    if scenario.protocol != Protocol::default() {
+        write_protocol(&mut out, &scenario.protocol);
+    }
     if !scenario.expect.is_empty() {
         out.push_str("\n[expect]\n");
         for (endpoint, verdict) in &scenario.expect {
@@ -72,6 +75,40 @@ pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
         }
     }
     out
+}
+
+/// `[protocol]` with every key spelled out, as `[server]` is.
+fn write_protocol(out: &mut String, p: &Protocol) {
+    let list = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    out.push_str("\n[protocol]\n");
+    let _ = writeln!(
+        out,
+        "user_query = {}",
+        quote(p.user_query.as_deref().unwrap_or(""))
+    );
+    if let Some(h) = &p.user_header {
+        let _ = writeln!(out, "user_header = {}", quote(h));
+    }
+    for (key, value) in [
+        ("chat", &p.chat),
+        ("type_field", &p.type_field),
+        ("ack_type", &p.ack_type),
+        ("push_type", &p.push_type),
+        ("error_type", &p.error_type),
+        ("id_field", &p.id_field),
+        ("run_field", &p.run_field),
+        ("user_field", &p.user_field),
+        ("message_field", &p.message_field),
+    ] {
+        let _ = writeln!(out, "{key} = {}", quote(value));
+    }
+    let _ = writeln!(out, "events = {}", list(&p.events));
+    let _ = writeln!(out, "error_patterns = {}", list(&p.error_patterns));
+    let codes: Vec<String> = p.close_codes.iter().map(u16::to_string).collect();
+    let _ = writeln!(out, "close_codes = [{}]", codes.join(", "));
 }
 
 #[cfg(test)]
@@ -113,6 +150,7 @@ mod tests {
             }],
             expect,
             settle_ms: 250,
+            protocol: Default::default(),
         };
         let text = to_toml(&original, "found by a test\n\nsecond line");
         assert!(
@@ -121,5 +159,24 @@ mod tests {
         );
         let back = parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(back, original);
+        assert!(
+            !text.contains("[protocol]"),
+            "the default protocol is not written"
+        );
+    }
+
+    #[test]
+    fn a_changed_protocol_is_written_and_parses_back() {
+        let mut scenario =
+            parse("name = \"p\"\n[[user]]\nid = \"a\"\n", Path::new("p.toml")).unwrap();
+        scenario.protocol.user_query = None;
+        scenario.protocol.user_header = Some("X-User".into());
+        scenario.protocol.chat =
+            r#"{"op":"chat","ref":"{id}","body":"{text}","from":"{user}"}"#.into();
+        scenario.protocol.events = vec!["begin".into(), "end".into()];
+        scenario.protocol.close_codes = vec![1000, 4000];
+        let text = to_toml(&scenario, "");
+        assert!(text.contains("\n[protocol]\n"), "{text}");
+        assert_eq!(parse(&text, Path::new("p.toml")).unwrap(), scenario);
     }
 }

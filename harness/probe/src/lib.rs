@@ -1,0 +1,66 @@
+//! `racegate probe`: a scenario's client side against any live WebSocket server, judged by what
+//! a client can observe. The endpoints inside racegate are models; the server a team deploys is
+//! theirs, so the same scenario files gate it from the outside.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use racegate_probe::{Options, Target, probe_all};
+//! use racegate_replay::scenario;
+//!
+//! let target = Target::parse("ws://127.0.0.1:8000/ws").unwrap();
+//! let s = scenario::load(Path::new("scenarios/staging-e2e-staging_pipeline.toml")).unwrap();
+//! let outcomes = probe_all(&target, &[s], &Options::default()).unwrap();
+//! for v in &outcomes[0].violations {
+//!     println!("{v}");
+//! }
+//! ```
+//!
+//! Modules, in the order a probe uses them: [`target`] (the URL and each user's upgrade
+//! request), [`session`] (one user's connection on a real clock, every frame recorded),
+//! [`check`] (the client-observable invariants over the records, a pure function), [`probe`]
+//! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
+
+pub mod check;
+pub mod probe;
+pub mod report;
+pub mod session;
+pub mod target;
+
+pub use probe::{Options, ProbeOutcome, probe_all, probe_scenario};
+pub use session::{Record, Seen};
+pub use target::Target;
+
+/// Why a probe could not be judged at all: bad input or a server that is not there. A server
+/// that misbehaves is not an error; it is a violation.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The URL is not one probe can use.
+    #[error("bad --url {url:?}: {reason}")]
+    BadUrl {
+        /// What was given.
+        url: String,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+    /// A scenario's user cannot be put on the wire with its `[protocol]`.
+    #[error("{file}: user {user:?}: {reason}")]
+    BadUser {
+        /// The scenario file.
+        file: String,
+        /// The user id.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing accepted a TCP connection at the URL's address.
+    #[error("cannot reach {addr}: {reason}; is the server running?")]
+    Unreachable {
+        /// `host:port`.
+        addr: String,
+        /// The OS's words, or the timeout.
+        reason: String,
+    },
+    /// The async runtime could not be built.
+    #[error("could not start the probe runtime: {0}")]
+    Runtime(std::io::Error),
+}

@@ -1,0 +1,163 @@
+//! The server under test: a `ws://` URL, checked once, and each user's upgrade request built from
+//! it and the scenario's `[protocol]` (the user id as a query parameter or a header).
+
+use racegate_replay::scenario::Protocol;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::http::Uri;
+
+use crate::ProbeError;
+
+/// A checked `ws://HOST:PORT/PATH` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    url: String,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    /// Checks `url`: `ws://`, a host, an optional port (80), any path and query.
+    pub fn parse(url: &str) -> Result<Target, ProbeError> {
+        let bad = |reason: &str| ProbeError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| bad(&format!("{e}; expected ws://HOST:PORT/PATH")))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => {
+                return Err(bad(
+                    "wss:// is not supported; probe the server's plain ws:// address \
+                     (behind its TLS terminator)",
+                ));
+            }
+            Some(other) => return Err(bad(&format!("scheme {other}:// is not ws://"))),
+            None => return Err(bad("no scheme; expected ws://HOST:PORT/PATH")),
+        }
+        if uri.fragment_is_some() {
+            return Err(bad("a WebSocket URL has no #fragment"));
+        }
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host; expected ws://HOST:PORT/PATH"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        if port == 0 {
+            return Err(bad("port 0 is not a server's port"));
+        }
+        Ok(Target {
+            url: url.to_string(),
+            host,
+            port,
+        })
+    }
+
+    /// The URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `host:port` for the TCP connect.
+    pub fn addr(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// `host:port` in words.
+    pub fn addr_text(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `user`'s upgrade request: the id in the query parameter and/or header `protocol` names.
+    pub fn request(&self, user: &str, protocol: &Protocol) -> Result<Request, String> {
+        let mut url = self.url.clone();
+        if let Some(param) = &protocol.user_query {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&percent_encode(param));
+            url.push('=');
+            url.push_str(&percent_encode(user));
+        }
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        if let Some(header) = &protocol.user_header {
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_bytes(user.as_bytes()).map_err(|_| {
+                format!("the id cannot travel in header {header}: it has control characters")
+            })?;
+            request.headers_mut().insert(name, value);
+        }
+        Ok(request)
+    }
+}
+
+/// RFC 3986 unreserved characters kept, every other byte `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ws_url_gives_its_host_and_port_with_80_by_default() {
+        let t = Target::parse("ws://127.0.0.1:9000/ws").unwrap();
+        assert_eq!(t.addr(), ("127.0.0.1", 9000));
+        assert_eq!(Target::parse("ws://example.test/").unwrap().addr().1, 80);
+        assert_eq!(Target::parse("ws://[::1]:81/x").unwrap().addr_text(), "[::1]:81");
+    }
+
+    #[test]
+    fn urls_probe_cannot_use_are_refused_with_the_reason() {
+        for (url, reason) in [
+            ("http://127.0.0.1:1/", "is not ws://"),
+            ("wss://127.0.0.1:1/", "wss:// is not supported"),
+            ("127.0.0.1:9000", "scheme"),
+            ("ws://", "expected ws://HOST:PORT/PATH"),
+            ("ws://host:0/", "port 0"),
+            ("ws://exa mple/", "expected ws://HOST:PORT/PATH"),
+        ] {
+            match Target::parse(url) {
+                Err(e @ ProbeError::BadUrl { .. }) => {
+                    assert!(e.to_string().contains(reason), "{url}: {e}")
+                }
+                other => panic!("{url}: expected BadUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_user_id_is_percent_encoded_into_the_query() {
+        let t = Target::parse("ws://127.0.0.1:9/chat?v=2").unwrap();
+        let r = t.request("a b/ü", &Protocol::default()).unwrap();
+        assert_eq!(r.uri().to_string(), "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC");
+    }
+
+    #[test]
+    fn a_header_protocol_puts_the_user_id_in_that_header_only() {
+        let t = Target::parse("ws://127.0.0.1:9/").unwrap();
+        let p = Protocol {
+            user_query: None,
+            user_header: Some("X-User-Id".into()),
+            ..Protocol::default()
+        };
+        let r = t.request("u1", &p).unwrap();
+        assert_eq!(r.uri().to_string(), "ws://127.0.0.1:9/");
+        assert_eq!(r.headers()["x-user-id"], "u1");
+    }
+}
