@@ -94,8 +94,8 @@ pub fn replay_ws_all(
         .collect()
 }
 
-/// The verdict this run gets in virtual time with one server phase `by_ms` shorter or longer,
-/// for each phase and both directions: the verdicts a real clock's jitter can reach.
+/// The verdict this run gets in virtual time with one server phase, or one client's close,
+/// `by_ms` earlier or later, each in turn: the verdicts a real clock's jitter can reach.
 fn nudged_verdicts(
     scenario: &Scenario,
     endpoint: EndpointKind,
@@ -122,6 +122,23 @@ fn nudged_verdicts(
             } else {
                 ms.saturating_sub(by_ms)
             };
+            if let Ok(o) = racegate_replay::replay(&nudged, endpoint) {
+                out.push(o.verdict);
+            }
+        }
+    }
+    // A client's close is timed from its connect, its chats from the open a real handshake
+    // delivers a little later: a close that ties with a chat is decided by that lag.
+    for (i, user) in scenario.users.iter().enumerate() {
+        let Some(close_ms) = user.close_ms else {
+            continue;
+        };
+        for nudged_ms in [
+            close_ms.saturating_sub(by_ms),
+            close_ms.saturating_add(by_ms),
+        ] {
+            let mut nudged = scenario.clone();
+            nudged.users[i].close_ms = Some(nudged_ms);
             if let Ok(o) = racegate_replay::replay(&nudged, endpoint) {
                 out.push(o.verdict);
             }

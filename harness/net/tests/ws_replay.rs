@@ -53,6 +53,19 @@ fn every_bundled_scenario_gets_the_same_verdict_over_real_sockets() {
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
-    // partial's reader starts after 50+100+150 ms, its setup ends after 100+150+50 ms.
-    assert_eq!(ties, ["fifo-across-flush [partial]"]);
+    // Known ties, each a race of equal chains of sleeps: partial's reader (50+100+150 ms)
+    // against setup (100+150+50 ms); and the regression scenarios exploration shrank onto
+    // exact coincidences (a chat and a close in one millisecond, a 1 ms handshake), which only
+    // virtual time can hold still. The fix is not on a tie in any of them.
+    assert_eq!(
+        ties,
+        [
+            "fifo-across-flush [partial]",
+            "regression-chat-and-close-same-ms [unfixed]",
+            "regression-chat-and-close-same-ms [partial]",
+            "regression-chat-in-flight-at-overflow [unfixed]",
+            "regression-overflow-during-handshake [unfixed]",
+            "regression-overflow-during-handshake [partial]",
+        ]
+    );
 }
