@@ -14,6 +14,7 @@ mod explore;
 mod import;
 mod load;
 mod logging;
+mod probe;
 mod run;
 mod serve;
 
@@ -40,6 +41,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Turn JSON log lines (Cloud Logging export shape) into a scenario file.
     Import(import::ImportArgs),
+    /// Replay scenarios' clients against a live WebSocket server; check what a client sees.
+    Probe(probe::ProbeArgs),
 }
 
 /// What a command concluded, for the exit code.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Load(args) => load::load(args),
         Command::Import(args) => import::import(args),
+        Command::Probe(args) => probe::probe(args),
     };
     match result {
         Ok(Outcome::Pass) => ExitCode::SUCCESS,

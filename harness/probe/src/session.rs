@@ -14,10 +14,10 @@ use racegate_replay::scenario::{Protocol, User};
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::target::Target;
 
@@ -114,7 +114,10 @@ pub struct Schedule {
 #[derive(Debug)]
 pub struct Unreachable(pub String);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// How long the client keeps driving a connection the server closed, so its answer goes out.
+const CLOSE_REPLY_GRACE: Duration = Duration::from_millis(500);
+
+type Ws = WebSocketStream<TcpStream>;
 
 /// Runs `user`'s client against `target` and returns what it saw.
 pub async fn run(
@@ -137,10 +140,14 @@ pub async fn run(
     let stream = match timeout_at(deadline, TcpStream::connect(target.addr())).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(Unreachable(e.to_string())),
-        Err(_) => return Err(Unreachable("no answer to the TCP connect before the timeout".into())),
+        Err(_) => {
+            return Err(Unreachable(
+                "no answer to the TCP connect before the timeout".into(),
+            ));
+        }
     };
     let _ = stream.set_nodelay(true);
-    let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+    let handshake = tokio_tungstenite::client_async(request, stream);
     let mut ws = match timeout_at(deadline, handshake).await {
         Ok(Ok((ws, _response))) => ws,
         Ok(Err(WsError::Http(response))) => {
@@ -194,6 +201,10 @@ pub async fn run(
             biased;
             msg = ws.next() => {
                 if !log.frame(msg) {
+                    // Drive the stream so tungstenite sends its answer to a server's close.
+                    let grace = deadline.min(Instant::now() + CLOSE_REPLY_GRACE);
+                    let _ = timeout_at(grace, async { while let Some(Ok(_)) = ws.next().await {} })
+                        .await;
                     return Ok(log.records);
                 }
             }
@@ -292,8 +303,9 @@ impl Log {
             }),
             Some(Ok(Message::Binary(b))) => self.push(Seen::RecvBinary { bytes: b.len() }),
             Some(Ok(Message::Close(frame))) => {
-                let (code, reason) =
-                    frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
                 self.push(Seen::ServerClose { code, reason });
                 return false;
             }

@@ -4,8 +4,8 @@
 use racegate_replay::scenario::Protocol;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 
 use crate::ProbeError;
 
@@ -38,14 +38,17 @@ impl Target {
             Some(other) => return Err(bad(&format!("scheme {other}:// is not ws://"))),
             None => return Err(bad("no scheme; expected ws://HOST:PORT/PATH")),
         }
-        if uri.fragment_is_some() {
+        if url.contains('#') {
             return Err(bad("a WebSocket URL has no #fragment"));
         }
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no host; expected ws://HOST:PORT/PATH"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(80);
         if port == 0 {
             return Err(bad("port 0 is not a server's port"));
@@ -119,7 +122,10 @@ mod tests {
         let t = Target::parse("ws://127.0.0.1:9000/ws").unwrap();
         assert_eq!(t.addr(), ("127.0.0.1", 9000));
         assert_eq!(Target::parse("ws://example.test/").unwrap().addr().1, 80);
-        assert_eq!(Target::parse("ws://[::1]:81/x").unwrap().addr_text(), "[::1]:81");
+        assert_eq!(
+            Target::parse("ws://[::1]:81/x").unwrap().addr_text(),
+            "[::1]:81"
+        );
     }
 
     #[test]
@@ -145,7 +151,10 @@ mod tests {
     fn the_user_id_is_percent_encoded_into_the_query() {
         let t = Target::parse("ws://127.0.0.1:9/chat?v=2").unwrap();
         let r = t.request("a b/ü", &Protocol::default()).unwrap();
-        assert_eq!(r.uri().to_string(), "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC");
+        assert_eq!(
+            r.uri().to_string(),
+            "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC"
+        );
     }
 
     #[test]

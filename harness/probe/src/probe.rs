@@ -1,0 +1,187 @@
+//! A scenario's users against the server, on schedule, on a real clock: each user's client
+//! connects at its `connect_ms`, sends its chats at their `at_ms` after open and closes at the
+//! scenario's own horizon (or its `close_ms`); then [`check`](crate::check) judges the records.
+//!
+//! Pushes are server-side (the notifier inside racegate) and cannot be driven from outside, so a
+//! probe ignores them. `[expect]` does not apply either: the live server is what is under test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use racegate_replay::scenario::Scenario;
+use racegate_replay::{Verdict, Violation};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::session::{self, Record, Schedule};
+use crate::target::Target;
+use crate::{ProbeError, check};
+
+/// How long past its own timings a scenario may take before its connections are `stuck`, when
+/// `--timeout-ms` is not given.
+pub const DEFAULT_GRACE_MS: u64 = 2000;
+
+/// How a probe runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The whole budget of one scenario, from its first connect; by default its own time plus
+    /// [`DEFAULT_GRACE_MS`].
+    pub timeout_ms: Option<u64>,
+}
+
+impl Options {
+    /// The budget for `scenario`.
+    pub fn timeout_for(&self, scenario: &Scenario) -> u64 {
+        self.timeout_ms
+            .unwrap_or_else(|| own_ms(scenario) + DEFAULT_GRACE_MS)
+    }
+}
+
+/// The result of probing one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeOutcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Its file.
+    pub file: PathBuf,
+    /// `pass` when no invariant was violated.
+    pub verdict: Verdict,
+    /// Every violation, by time.
+    pub violations: Vec<Violation>,
+    /// What every client saw, by time.
+    pub records: Vec<Record>,
+    /// The scenario's own time: when its clients close unless the server is slower.
+    pub own_ms: u64,
+    /// Wall-clock milliseconds the probe took.
+    pub elapsed_ms: f64,
+    /// The budget it had.
+    pub timeout_ms: u64,
+}
+
+/// When clients close, in milliseconds from the first connect: every user's latest scheduled
+/// action after the scenario's own setup time, one agent run, and `settle_ms`, as the replay's
+/// horizon but without pushes (a probe cannot issue them).
+pub fn own_ms(scenario: &Scenario) -> u64 {
+    let server = &scenario.server;
+    let latest = scenario
+        .users
+        .iter()
+        .map(|u| {
+            let last = u
+                .sends
+                .iter()
+                .map(|t| t.at_ms)
+                .chain(u.close_ms)
+                .max()
+                .unwrap_or(0);
+            u.connect_ms + server.setup_ms() + last
+        })
+        .max()
+        .unwrap_or(0);
+    latest + run_ms(scenario) + scenario.settle_ms
+}
+
+fn run_ms(scenario: &Scenario) -> u64 {
+    scenario.server.event_gap_ms * scenario.protocol.events.len() as u64
+}
+
+/// Probes `scenario` against `target` on the current runtime.
+pub async fn probe_scenario(
+    target: &Target,
+    scenario: &Scenario,
+    options: &Options,
+) -> Result<ProbeOutcome, ProbeError> {
+    for user in &scenario.users {
+        target
+            .request(&user.id, &scenario.protocol)
+            .map_err(|reason| ProbeError::BadUser {
+                file: scenario.file.display().to_string(),
+                user: user.id.clone(),
+                reason,
+            })?;
+    }
+    let own = own_ms(scenario);
+    let timeout_ms = options.timeout_for(scenario);
+    let origin = Instant::now();
+    let deadline = origin + Duration::from_millis(timeout_ms);
+    let after_last_send = Duration::from_millis(
+        scenario.server.auth_ms
+            + scenario.server.services_ms
+            + scenario.server.register_ms
+            + run_ms(scenario)
+            + scenario.settle_ms,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, user) in scenario.users.iter().enumerate() {
+        let close_at = origin
+            + Duration::from_millis(match user.close_ms {
+                Some(ms) => user.connect_ms + ms,
+                None => own,
+            });
+        let schedule = Schedule {
+            origin,
+            close_at,
+            deadline,
+            after_last_send,
+        };
+        let (target, protocol, user) = (target.clone(), scenario.protocol.clone(), user.clone());
+        tasks.spawn(async move { (i, session::run(&target, &protocol, &user, schedule).await) });
+    }
+    let mut per_user: Vec<Vec<Record>> = vec![Vec::new(); scenario.users.len()];
+    while let Some(joined) = tasks.join_next().await {
+        // A session never panics on server input; a panic here is a bug worth seeing.
+        let (i, result) = match joined {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        match result {
+            Ok(records) => per_user[i] = records,
+            Err(session::Unreachable(reason)) => {
+                tasks.abort_all();
+                return Err(ProbeError::Unreachable {
+                    addr: target.addr_text(),
+                    reason,
+                });
+            }
+        }
+    }
+    let elapsed_ms = origin.elapsed().as_secs_f64() * 1000.0;
+    let mut records: Vec<Record> = per_user.into_iter().flatten().collect();
+    // Stable: one user's records keep their order on a tie.
+    records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let violations = check::check(scenario, &records);
+    Ok(ProbeOutcome {
+        scenario: scenario.name.clone(),
+        file: scenario.file.clone(),
+        verdict: if violations.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        },
+        violations,
+        records,
+        own_ms: own,
+        elapsed_ms,
+        timeout_ms,
+    })
+}
+
+/// Probes each scenario in turn (never two at once: they would share the server) on a runtime of
+/// its own. Stops at the first scenario that cannot be probed at all.
+pub fn probe_all(
+    target: &Target,
+    scenarios: &[Scenario],
+    options: &Options,
+) -> Result<Vec<ProbeOutcome>, ProbeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ProbeError::Runtime)?;
+    runtime.block_on(async {
+        let mut out = Vec::with_capacity(scenarios.len());
+        for s in scenarios {
+            out.push(probe_scenario(target, s, options).await?);
+        }
+        Ok(out)
+    })
+}

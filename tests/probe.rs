@@ -1,0 +1,301 @@
+//! `racegate probe` end to end: against `racegate serve` for each endpoint on the staging
+//! scenarios, a TCP server that never answers the upgrade, a closed port, a bad URL and a bad
+//! `[protocol]`. Loopback only, port 0, every wait bounded.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rstest::rstest;
+
+const WAIT: Duration = Duration::from_secs(20);
+const STAGING_USER: &str = "scenarios/staging-user-101463487227881885914.toml";
+const STAGING_E2E: &str = "scenarios/staging-e2e-staging_pipeline.toml";
+
+fn racegate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_racegate"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+fn context(args: &[&str], out: &Output) -> String {
+    format!(
+        "command: racegate {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs to completion within `WAIT` (killed otherwise).
+fn run(args: &[&str]) -> Output {
+    let child = racegate()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("racegate (pid {id}) did not finish within {WAIT:?}");
+        }
+    }
+}
+
+/// `racegate serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(endpoint: &str, scenario: &str) -> Serve {
+    let mut child = racegate()
+        .args(["serve", "--endpoint", endpoint, "--addr", "127.0.0.1:0"])
+        .args(["--scenario", scenario])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let mut serve = Serve {
+        child,
+        url: String::new(),
+    };
+    let line = rx.recv_timeout(WAIT).expect("serve prints its address");
+    serve.url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    serve
+}
+
+#[rstest]
+#[case::unfixed_loses_the_first_chat_of_the_staging_user("unfixed", STAGING_USER, 1)]
+#[case::unfixed_loses_the_staging_pipelines_burst("unfixed", STAGING_E2E, 1)]
+#[case::partial_loses_the_first_chat_of_the_staging_user("partial", STAGING_USER, 1)]
+#[case::partial_loses_the_staging_pipelines_burst("partial", STAGING_E2E, 1)]
+#[case::state_machine_answers_the_staging_user("state-machine", STAGING_USER, 0)]
+#[case::state_machine_answers_the_staging_pipeline("state-machine", STAGING_E2E, 0)]
+fn probe_against_serve_gets_the_endpoints_verdict(
+    #[case] endpoint: &str,
+    #[case] scenario: &str,
+    #[case] exit: i32,
+) {
+    let server = serve(endpoint, scenario);
+    let url = format!("{}/ws", server.url);
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        scenario,
+        "--format",
+        "json",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(exit), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &doc["scenarios"][0];
+    let violated: Vec<&str> = s["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["invariant"].as_str().unwrap())
+        .collect();
+    if exit == 1 {
+        assert!(
+            violated.contains(&"message-lost"),
+            "{}",
+            context(&args, &out)
+        );
+    } else {
+        assert!(violated.is_empty(), "{}", context(&args, &out));
+    }
+    // Probe overhead: the scenario's own time plus under 50 ms.
+    let overhead = s["elapsed_ms"].as_f64().unwrap() - s["own_ms"].as_f64().unwrap();
+    assert!(
+        overhead < 50.0,
+        "overhead {overhead} ms\n{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn two_hundred_users_in_one_scenario_hold_against_state_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two-hundred.toml");
+    let mut text = String::from(
+        "name = \"two-hundred-users\"\nsettle_ms = 200\n[server]\nauth_ms = 50\nservices_ms = 120\n\
+         register_ms = 30\n",
+    );
+    for i in 0..200 {
+        text.push_str(&format!(
+            "[[user]]\nid = \"user-{i:03}\"\nconnect_ms = {}\n\
+             send = [{{ at_ms = 0, text = \"hello\" }}, {{ at_ms = 20, text = \"again\" }}]\n",
+            i / 2
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let file = file.display().to_string();
+    let server = serve("state-machine", &file);
+    let args = [
+        "probe",
+        "--url",
+        &server.url,
+        "--scenario",
+        &file,
+        "--format",
+        "json",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["summary"]["passed"], 1, "{}", context(&args, &out));
+}
+
+#[test]
+fn junit_output_names_the_violated_invariants_per_scenario() {
+    let server = serve("unfixed", STAGING_E2E);
+    let args = [
+        "probe",
+        "--url",
+        &server.url,
+        "--scenario",
+        STAGING_E2E,
+        "--format",
+        "junit",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let xml = String::from_utf8(out.stdout.clone()).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let case = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testcase"))
+        .unwrap();
+    assert_eq!(case.attribute("name"), Some("staging-e2e-staging_pipeline"));
+    let failure = case.children().find(|n| n.has_tag_name("failure")).unwrap();
+    assert_eq!(failure.attribute("message"), Some("violated: message-lost"));
+}
+
+#[test]
+fn a_server_that_never_answers_the_upgrade_is_stuck_inside_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    // Accept TCP connections and hold them, unanswered, until the test process ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.toml");
+    std::fs::write(
+        &file,
+        "name = \"one\"\nsettle_ms = 0\n[[user]]\nid = \"u\"\n[[user.send]]\nat_ms = 0\ntext = \"hi\"\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        &file,
+        "--timeout-ms",
+        "700",
+    ];
+    let started = Instant::now();
+    let out = run(&args);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("stuck user=u") && stdout.contains("WebSocket handshake"),
+        "{}",
+        context(&args, &out)
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn a_closed_port_exits_2_with_a_clear_message() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let args = ["probe", "--url", &url, "--scenario", STAGING_E2E];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach 127.0.0.1:{port}")),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[rstest]
+#[case::an_http_url("http://127.0.0.1:1/", "is not ws://")]
+#[case::no_host("ws:///path", "expected ws://HOST:PORT/PATH")]
+#[case::not_a_url("not a url", "bad --url")]
+fn a_bad_url_exits_2_naming_the_url(#[case] url: &str, #[case] phrase: &str) {
+    let args = ["probe", "--url", url, "--scenario", STAGING_E2E];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(phrase),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_protocol_table_error_exits_2_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\n[protocol]\nclose_codes = [1000, \"1001\"]\n[[user]]\nid = \"u\"\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    // The URL is never dialled: the scenario is read first.
+    let args = ["probe", "--url", "ws://127.0.0.1:9/", "--scenario", &file];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:3:22: a close code in `close_codes`")),
+        "{}",
+        context(&args, &out)
+    );
+}
