@@ -86,7 +86,7 @@ async fn connection(stream: TcpStream, behaviour: Behaviour) {
     match behaviour {
         Behaviour::Silent => {
             // Hold the connection open, unread, until the client gives up.
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(Duration::from_secs(30)).await; // real-time: the probe times out first
             return;
         }
         Behaviour::StarletteError => {

@@ -187,7 +187,7 @@ fn screenshot(chromium: &Path, page: &Path, png: &Path, profile: &Path) -> Vec<u
                 page.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100)); // real-time: polling a browser process
     }
     std::fs::read(png).unwrap()
 }
