@@ -3,53 +3,11 @@
 //! Each test gets its own temp dir; a failing assertion prints the command, stdout and stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use assert_cmd::Command;
 use rstest::rstest;
+use util::racegate;
 
-struct Run {
-    cmd: String,
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn code(&self) -> Option<i32> {
-        self.out.status.code()
-    }
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.cmd,
-            self.code(),
-            self.stdout(),
-            self.stderr()
-        )
-    }
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code(), Some(code), "{}", self.context());
-        self
-    }
-}
-
-fn racegate(args: &[&str]) -> Run {
-    let out = Command::cargo_bin("racegate")
-        .unwrap()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("racegate {}", args.join(" ")),
-        out,
-    }
-}
+mod util;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);

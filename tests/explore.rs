@@ -4,49 +4,14 @@
 //! Each test gets its own temp dir; a failing assertion prints the command, stdout and stderr.
 
 use std::path::Path;
-use std::process::Output;
 
-use assert_cmd::Command;
 use rstest::rstest;
+use util::{Run, racegate_in};
 
-struct Run {
-    cmd: String,
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.cmd,
-            self.out.status.code(),
-            self.stdout(),
-            self.stderr()
-        )
-    }
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.out.status.code(), Some(code), "{}", self.context());
-        self
-    }
-}
+mod util;
 
 fn racegate(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::cargo_bin("racegate")
-        .unwrap()
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("racegate {}", args.join(" ")),
-        out,
-    }
+    racegate_in(dir, args)
 }
 
 #[rstest]

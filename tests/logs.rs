@@ -6,52 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use assert_cmd::Command;
 use rstest::rstest;
+use util::racegate;
 
-struct Run {
-    cmd: String,
-    out: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn context(&self) -> String {
-        format!(
-            "command: {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.cmd,
-            self.out.status.code(),
-            self.stdout(),
-            self.stderr()
-        )
-    }
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.out.status.code(), Some(code), "{}", self.context());
-        self
-    }
-}
-
-/// Runs the binary from the repository root, with the default log filter.
-fn racegate(args: &[&str]) -> Run {
-    let out = Command::cargo_bin("racegate")
-        .unwrap()
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_LOG")
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        cmd: format!("racegate {}", args.join(" ")),
-        out,
-    }
-}
+mod util;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
