@@ -3,55 +3,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(20);
+use util::{WAIT, command as racegate, context, run_bounded as run, wait_output};
 
-fn racegate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_racegate"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
-fn context(args: &[&str], out: &Output) -> String {
-    format!(
-        "command: racegate {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs to completion within `WAIT` (killed otherwise).
-fn run(args: &[&str]) -> Output {
-    let child = racegate()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_output(child)
-}
-
-fn wait_output(child: Child) -> Output {
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &id.to_string()])
-                .status();
-            panic!("racegate (pid {id}) did not finish within {WAIT:?}");
-        }
-    }
-}
+mod util;
 
 /// Starts `racegate serve` and reads its `listening on ws://ADDR` line.
 fn serve(args: &[&str]) -> (Child, String) {

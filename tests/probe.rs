@@ -4,55 +4,17 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
+use util::{WAIT, command as racegate, context, run_bounded as run};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod util;
+
 const STAGING_USER: &str = "scenarios/staging-user-101463487227881885914.toml";
 const STAGING_E2E: &str = "scenarios/staging-e2e-staging_pipeline.toml";
-
-fn racegate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_racegate"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
-fn context(args: &[&str], out: &Output) -> String {
-    format!(
-        "command: racegate {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs to completion within `WAIT` (killed otherwise).
-fn run(args: &[&str]) -> Output {
-    let child = racegate()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &id.to_string()])
-                .status();
-            panic!("racegate (pid {id}) did not finish within {WAIT:?}");
-        }
-    }
-}
 
 /// `racegate serve`, killed when dropped.
 struct Serve {

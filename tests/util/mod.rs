@@ -64,3 +64,53 @@ pub fn racegate_in(dir: &Path, args: &[&str]) -> Run {
 pub fn racegate(args: &[&str]) -> Run {
     racegate_in(Path::new(env!("CARGO_MANIFEST_DIR")), args)
 }
+
+/// How long a spawned `racegate` may run before it is killed and the test fails.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A `racegate` command in the repository root, for tests that spawn and stream.
+pub fn command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_racegate"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+/// The command, exit code, stdout and stderr of a finished run, for assertion messages.
+pub fn context(args: &[&str], out: &Output) -> String {
+    format!(
+        "command: racegate {}\nexit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs to completion within [`WAIT`] (killed otherwise).
+pub fn run_bounded(args: &[&str]) -> Output {
+    let child = command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child)
+}
+
+/// Waits for `child` within [`WAIT`]; kills it and fails the test otherwise.
+pub fn wait_output(child: std::process::Child) -> Output {
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("racegate (pid {id}) did not finish within {WAIT:?}");
+        }
+    }
+}
