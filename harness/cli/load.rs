@@ -32,7 +32,8 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value_t = 10)]
     messages: usize,
     /// Server timings. Without a scenario or flags: auth 50, services 120, register 30 ms (the
-    /// five-users-within-100ms scenario's server).
+    /// five-users-within-100ms scenario's server) and no gap between a run's events (think time
+    /// is not capacity; `--event-gap-ms` adds it).
     #[command(flatten)]
     server: ServerFlags,
     /// A client stops waiting for missing answers after this many quiet ms.

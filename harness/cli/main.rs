@@ -96,3 +96,6 @@ pub(crate) fn emit(out: Option<&PathBuf>, text: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -20,6 +20,7 @@
 //! kernel allows), both ends of every connection included; `racegate load` runs each measurement
 //! in a fresh process so neither inherits the other's heap.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use racegate_replay::EndpointKind;
 use racegate_replay::scenario::ServerConfig;
-use racegate_replay::trace::{AgentEvent, Frame};
+use racegate_replay::trace::AgentEvent;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -37,6 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::token_query;
 use crate::server::{self, ServeOptions, Server};
 use crate::socket::Limits;
+use crate::wire::FrameRef;
 use crate::{NetError, wire};
 
 /// What to run.
@@ -61,14 +63,20 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// The server timings `load` uses unless told otherwise: those of
-    /// `scenarios/five-users-within-100ms.toml` (auth 50, services 120, register 30 ms), a setup
-    /// long enough for the unfixed endpoint's races to show.
+    /// The server timings `load` uses unless told otherwise: the setup of
+    /// `scenarios/five-users-within-100ms.toml` (auth 50, services 120, register 30 ms), long
+    /// enough for the unfixed endpoint's races to show, and no gap between a run's events.
+    ///
+    /// The gap is the simulated agent's think time (5 ms in scenarios, where it spaces events
+    /// in a trace). A load measures capacity against an echo server that never waits, so it
+    /// leaves think time out: with it, each chat adds five timer waits and the figure measures
+    /// the timer wheel. `--event-gap-ms` puts it back.
     pub fn default_server() -> ServerConfig {
         ServerConfig {
             auth_ms: 50,
             services_ms: 120,
             register_ms: 30,
+            event_gap_ms: 0,
             ..ServerConfig::default()
         }
     }
@@ -109,6 +117,10 @@ pub struct Figures {
     pub elapsed_ms: u64,
     /// CPU time the server's thread used (user + system, 10 ms resolution).
     pub server_cpu_ms: u64,
+    /// CPU time the clients' thread used, the same way: when it nears the elapsed time, the
+    /// load generator, not the server, bounds the throughput.
+    #[serde(default)]
+    pub client_cpu_ms: u64,
 }
 
 /// One load run: the endpoint and, if asked, the baseline.
@@ -166,6 +178,7 @@ impl LoadReport {
             "rss_per_conn_kb": round(f.rss_per_conn_kb),
             "elapsed_ms": f.elapsed_ms,
             "server_cpu_ms": f.server_cpu_ms,
+            "client_cpu_ms": f.client_cpu_ms,
             "baseline_msgs_per_s": serde_json::Value::Null,
             "ratio": serde_json::Value::Null,
         });
@@ -181,6 +194,7 @@ impl LoadReport {
             map.insert("baseline_lost".into(), b.lost.into());
             map.insert("baseline_elapsed_ms".into(), b.elapsed_ms.into());
             map.insert("baseline_server_cpu_ms".into(), b.server_cpu_ms.into());
+            map.insert("baseline_client_cpu_ms".into(), b.client_cpu_ms.into());
             if let Some(r) = self.ratio() {
                 map.insert("ratio".into(), ((r * 1000.0).round() / 1000.0).into());
             }
@@ -397,12 +411,14 @@ fn measure_once(opts: &LoadOptions, target: Target) -> Result<Figures, NetError>
     let clients = std::thread::Builder::new()
         .name("racegate-load-clients".into())
         .spawn(move || {
-            let run = || -> Result<(Vec<ConnStats>, Duration), NetError> {
+            let run = || -> Result<(Vec<ConnStats>, Duration, u64), NetError> {
                 let addr = addr_rx.recv().map_err(|_| NetError::Lost)?;
                 let runtime = current_thread_runtime()?;
                 let started = std::time::Instant::now();
+                let cpu_before = thread_cpu_ms();
                 let stats = runtime.block_on(drive_clients(&client_opts, target, addr));
-                Ok((stats, started.elapsed()))
+                let cpu_ms = thread_cpu_ms().saturating_sub(cpu_before);
+                Ok((stats, started.elapsed(), cpu_ms))
             };
             let result = run();
             let _ = stop_tx.send(());
@@ -417,9 +433,10 @@ fn measure_once(opts: &LoadOptions, target: Target) -> Result<Figures, NetError>
     let peak = proc_status_kb("VmHWM").unwrap_or(0);
     let clients = clients.join().map_err(|_| NetError::Lost)?;
     served?;
-    let (stats, elapsed) = clients?;
+    let (stats, elapsed, client_cpu_ms) = clients?;
     let mut figures = summarize(&stats, opts.users, peak, rss_before, elapsed);
     figures.server_cpu_ms = cpu_ms;
+    figures.client_cpu_ms = client_cpu_ms;
     Ok(figures)
 }
 
@@ -521,21 +538,22 @@ async fn one_client(
         };
         let frame = match target {
             Target::Echo => match wire::parse_client(text.as_str()) {
-                Ok(chat) => Frame::Ack {
-                    id: chat.id,
-                    user: user.clone(),
+                Ok(chat) => FrameRef::Ack {
+                    id: Cow::Owned(chat.id),
+                    user: Cow::Borrowed(user.as_str()),
                 },
                 Err(_) => continue,
             },
-            Target::Endpoint => match wire::decode_server(text.as_str()) {
+            // Read in place: the load generator must cost less than what it measures.
+            Target::Endpoint => match wire::decode_server_ref(text.as_str()) {
                 Ok(frame) => frame,
                 Err(_) => continue,
             },
         };
         let (id, claimed) = match &frame {
-            Frame::Ack { id, user } => (id.as_str(), user.as_str()),
-            Frame::Event { run, user, .. } => (run.as_str(), user.as_str()),
-            Frame::Error { message } => {
+            FrameRef::Ack { id, user } => (id, user),
+            FrameRef::Event { run, user, .. } => (run, user),
+            FrameRef::Error { message } => {
                 // The fixed endpoint's rejection names the chat: "message <id> rejected: …".
                 let named = message
                     .strip_prefix("message ")
@@ -546,14 +564,14 @@ async fn one_client(
                 }
                 continue;
             }
-            Frame::Push { .. } | Frame::Ping => continue,
+            FrameRef::Push { .. } => continue,
         };
-        let Some(&i) = index.get(id).filter(|_| claimed == user) else {
+        let Some(&i) = index.get(&**id).filter(|_| *claimed == user) else {
             stats.cross_user += 1;
             continue;
         };
         match frame {
-            Frame::Ack { .. } => {
+            FrameRef::Ack { .. } => {
                 let now = Instant::now();
                 if stats.ready.is_none() {
                     stats.ready = Some(now - t0);
@@ -569,7 +587,7 @@ async fn one_client(
                 }
                 last_acked = Some(last_acked.map_or(i, |last| last.max(i)));
             }
-            Frame::Event { kind, .. } => {
+            FrameRef::Event { kind, .. } => {
                 let events = &mut expect[i].events;
                 if events.contains(&kind) {
                     stats.duplicated += 1;
@@ -580,7 +598,7 @@ async fn one_client(
                     events.push(kind);
                 }
             }
-            Frame::Error { .. } | Frame::Push { .. } | Frame::Ping => {}
+            FrameRef::Error { .. } | FrameRef::Push { .. } => {}
         }
     }
     for e in &mut expect[..stats.sent] {

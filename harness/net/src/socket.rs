@@ -69,7 +69,7 @@ impl Limits {
     /// The tungstenite configuration these limits imply (used by the echo baseline too).
     pub fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
+            .read_buffer_size(2 * 1024)
             .write_buffer_size(8 * 1024)
             .max_message_size(Some(self.max_message_bytes))
             .max_frame_size(Some(self.max_message_bytes))
@@ -418,7 +418,7 @@ impl ServerSocket for WsSocket {
         }
     }
 
-    async fn send(&self, frame: &Frame) -> Result<(), TransportError> {
+    fn send(&self, frame: &Frame) -> Result<(), TransportError> {
         {
             let mut state = self.shared.lock();
             match state.application {

@@ -11,6 +11,8 @@
 //! Parsing is for untrusted input: every way a frame can be wrong is a [`FrameError`] whose text
 //! is what the server sends back in its error frame.
 
+use std::borrow::Cow;
+
 use racegate_replay::trace::{AgentEvent, Frame};
 use serde::{Deserialize, Serialize};
 
@@ -184,44 +186,120 @@ pub fn error_text(message: &str) -> String {
 pub struct ServerFrameError(String);
 
 #[derive(Deserialize)]
-struct RawServerFrame {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<String>,
-    run: Option<String>,
-    user: Option<String>,
-    text: Option<String>,
-    message: Option<String>,
+struct RawServerFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    run: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    user: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Text<'a>>,
 }
 
-/// Reads a server text frame back into a [`Frame`] (what the replay and load clients see).
-pub fn decode_server(text: &str) -> Result<Frame, ServerFrameError> {
-    let raw: RawServerFrame =
+/// A string field that borrows when it can: serde borrows a `Cow` only as a field of its own,
+/// never inside an `Option`.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A server frame read in place: its strings borrow from the text unless JSON escapes forced a
+/// copy. The load client reads hundreds of thousands of these; [`decode_server`] owns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// `ack`.
+    Ack {
+        /// The chat id.
+        id: Cow<'a, str>,
+        /// The user the server believes it served.
+        user: Cow<'a, str>,
+    },
+    /// One of the five run events.
+    Event {
+        /// Which.
+        kind: AgentEvent,
+        /// The chat id that started the run.
+        run: Cow<'a, str>,
+        /// The user the server believes it served.
+        user: Cow<'a, str>,
+    },
+    /// `push`.
+    Push {
+        /// The push's id.
+        id: Cow<'a, str>,
+        /// Its text.
+        text: Cow<'a, str>,
+        /// The user it is for.
+        user: Cow<'a, str>,
+    },
+    /// `error`.
+    Error {
+        /// Why.
+        message: Cow<'a, str>,
+    },
+}
+
+impl FrameRef<'_> {
+    /// The harness's owned [`Frame`].
+    pub fn into_owned(self) -> Frame {
+        match self {
+            FrameRef::Ack { id, user } => Frame::Ack {
+                id: id.into_owned(),
+                user: user.into_owned(),
+            },
+            FrameRef::Event { kind, run, user } => Frame::Event {
+                kind,
+                run: run.into_owned(),
+                user: user.into_owned(),
+            },
+            FrameRef::Push { id, text, user } => Frame::Push {
+                id: id.into_owned(),
+                text: text.into_owned(),
+                user: user.into_owned(),
+            },
+            FrameRef::Error { message } => Frame::Error {
+                message: message.into_owned(),
+            },
+        }
+    }
+}
+
+/// Reads a server text frame in place.
+pub fn decode_server_ref(text: &str) -> Result<FrameRef<'_>, ServerFrameError> {
+    let raw: RawServerFrame<'_> =
         serde_json::from_str(text).map_err(|e| ServerFrameError(e.to_string()))?;
-    let missing = |field: &str| ServerFrameError(format!("{} frame without {field}", raw.kind));
-    let event = AgentEvent::RUN.into_iter().find(|e| e.name() == raw.kind);
-    if let Some(kind) = event {
-        return Ok(Frame::Event {
-            kind,
-            run: raw.run.clone().ok_or_else(|| missing("run"))?,
-            user: raw.user.clone().ok_or_else(|| missing("user"))?,
+    let kind = raw.kind;
+    let missing = |field: &str| ServerFrameError(format!("{kind} frame without {field}"));
+    if let Some(event) = AgentEvent::RUN.into_iter().find(|e| e.name() == kind) {
+        return Ok(FrameRef::Event {
+            kind: event,
+            run: raw.run.map(|t| t.0).ok_or_else(|| missing("run"))?,
+            user: raw.user.map(|t| t.0).ok_or_else(|| missing("user"))?,
         });
     }
-    match raw.kind.as_str() {
-        "ack" => Ok(Frame::Ack {
-            id: raw.id.clone().ok_or_else(|| missing("id"))?,
-            user: raw.user.clone().ok_or_else(|| missing("user"))?,
+    match &*kind {
+        "ack" => Ok(FrameRef::Ack {
+            id: raw.id.map(|t| t.0).ok_or_else(|| missing("id"))?,
+            user: raw.user.map(|t| t.0).ok_or_else(|| missing("user"))?,
         }),
-        "push" => Ok(Frame::Push {
-            id: raw.id.clone().ok_or_else(|| missing("id"))?,
-            text: raw.text.clone().ok_or_else(|| missing("text"))?,
-            user: raw.user.clone().ok_or_else(|| missing("user"))?,
+        "push" => Ok(FrameRef::Push {
+            id: raw.id.map(|t| t.0).ok_or_else(|| missing("id"))?,
+            text: raw.text.map(|t| t.0).ok_or_else(|| missing("text"))?,
+            user: raw.user.map(|t| t.0).ok_or_else(|| missing("user"))?,
         }),
-        "error" => Ok(Frame::Error {
-            message: raw.message.clone().ok_or_else(|| missing("message"))?,
+        "error" => Ok(FrameRef::Error {
+            message: raw.message.map(|t| t.0).ok_or_else(|| missing("message"))?,
         }),
         other => Err(ServerFrameError(format!("unknown type {:?}", quote(other)))),
     }
+}
+
+/// Reads a server text frame back into a [`Frame`] (what the replay and probe clients see).
+pub fn decode_server(text: &str) -> Result<Frame, ServerFrameError> {
+    decode_server_ref(text).map(FrameRef::into_owned)
 }
 
 #[cfg(test)]
@@ -318,6 +396,22 @@ mod tests {
         for (frame, text) in frames.iter().zip(&texts) {
             assert_eq!(&decode_server(text).unwrap(), frame);
         }
+        // Escapes force a copy; the frame reads the same.
+        let escaped = r#"{"type":"ack","id":"m\"1","user":"\u0075"}"#;
+        assert_eq!(
+            decode_server(escaped).unwrap(),
+            Frame::Ack {
+                id: "m\"1".into(),
+                user: "u".into()
+            }
+        );
+        assert!(matches!(
+            decode_server_ref(r#"{"type":"ack","id":"m1","user":"u"}"#),
+            Ok(FrameRef::Ack {
+                id: Cow::Borrowed("m1"),
+                ..
+            })
+        ));
         assert_eq!(encode(&Frame::Ping), Outgoing::Ping);
     }
 }

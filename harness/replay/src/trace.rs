@@ -262,7 +262,8 @@ impl fmt::Display for TraceEvent {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     origin: Instant,
-    events: Arc<Mutex<Vec<TraceEvent>>>,
+    /// `None` for a recorder that only logs.
+    events: Option<Arc<Mutex<Vec<TraceEvent>>>>,
 }
 
 impl Recorder {
@@ -270,7 +271,17 @@ impl Recorder {
     pub fn new() -> Self {
         Recorder {
             origin: Instant::now(),
-            events: Arc::default(),
+            events: Some(Arc::default()),
+        }
+    }
+
+    /// A recorder that keeps nothing: every event still goes to the `racegate::trace` log
+    /// target, but [`snapshot`](Self::snapshot) is empty. For a long-running server, where
+    /// nobody judges the trace and keeping it would grow without bound.
+    pub fn log_only() -> Self {
+        Recorder {
+            origin: Instant::now(),
+            events: None,
         }
     }
 
@@ -281,40 +292,37 @@ impl Recorder {
 
     /// Records `kind` for `user` at the current time.
     pub fn record(&self, user: &str, kind: EventKind) {
-        let event = TraceEvent {
-            at_ms: self.now_ms(),
-            user: user.to_string(),
-            kind,
-        };
+        let at_ms = self.now_ms();
         // The structured fields are what `--log-format json` puts in `jsonPayload` and what
         // `racegate import` reads back; the message is the same line `--trace` prints.
         tracing::debug!(
             target: "racegate::trace",
-            at_ms = event.at_ms,
+            at_ms,
             user,
-            event = event_name(&event.kind),
-            state = event_state(&event.kind),
-            id = event_id(&event.kind),
-            code = event_code(&event.kind),
-            frame = event_frame(&event.kind),
-            severity = event_severity(&event.kind),
+            event = event_name(&kind),
+            state = event_state(&kind),
+            id = event_id(&kind),
+            code = event_code(&kind),
+            frame = event_frame(&kind),
+            severity = event_severity(&kind),
             "{}",
-            event.kind
+            kind
         );
-        self.lock().push(event);
-    }
-
-    /// Everything recorded so far.
-    pub fn snapshot(&self) -> Vec<TraceEvent> {
-        self.lock().clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TraceEvent>> {
-        // A panic elsewhere must not hide the trace that explains it.
-        match self.events.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
+        if let Some(events) = &self.events {
+            lock(events).push(TraceEvent {
+                at_ms,
+                user: user.to_string(),
+                kind,
+            });
         }
+    }
+
+    /// Everything recorded so far (nothing for a [`log_only`](Self::log_only) recorder).
+    pub fn snapshot(&self) -> Vec<TraceEvent> {
+        self.events
+            .as_ref()
+            .map(|events| lock(events).clone())
+            .unwrap_or_default()
     }
 }
 
@@ -400,6 +408,14 @@ fn event_severity(kind: &EventKind) -> Option<&'static str> {
         EventKind::TransportError { .. } => Some("ERROR"),
         EventKind::Dropped { .. } | EventKind::Rejected { .. } => Some("WARNING"),
         _ => None,
+    }
+}
+
+fn lock(events: &Mutex<Vec<TraceEvent>>) -> std::sync::MutexGuard<'_, Vec<TraceEvent>> {
+    // A panic elsewhere must not hide the trace that explains it.
+    match events.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

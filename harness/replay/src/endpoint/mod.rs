@@ -88,7 +88,7 @@ async fn legacy_heartbeat<S: ServerSocket>(
         if guarded && !socket.is_connected_and_ready() {
             continue;
         }
-        match socket.send(&Frame::Ping).await {
+        match socket.send(&Frame::Ping) {
             Ok(()) => {}
             Err(e) if !e.is_lifecycle_violation() => return,
             Err(e) => {
@@ -140,7 +140,7 @@ async fn legacy_route<S: ServerSocket>(
         id: id.clone(),
         user: as_user.clone(),
     };
-    if let Err(e) = socket.send(&ack).await {
+    if let Err(e) = socket.send(&ack) {
         transport_error(backend, user, "send", &e);
         return;
     }
@@ -204,7 +204,7 @@ async fn legacy_fail<S: ServerSocket>(
 
 /// Sends `frame` straight onto the socket; a failure is logged and the frame dropped.
 async fn send_or_drop<S: ServerSocket>(backend: &Backend, socket: &S, user: &str, frame: &Frame) {
-    if let Err(e) = socket.send(frame).await {
+    if let Err(e) = socket.send(frame) {
         transport_error(backend, user, "send", &e);
         if let Some(id) = tracked_id(frame) {
             backend.record(

@@ -39,7 +39,8 @@ impl Payload for Item {
     }
 }
 
-/// The sink runs under the machine's lock: it only moves items onto the two channels.
+/// The sink runs under the machine's lock: it sends frames (the socket's send never waits) and
+/// moves chats onto the handler's channel. Delivery order is therefore the lock's order.
 type Sink = Box<dyn FnMut(Item) + Send>;
 type Machine = ConnectionStateMachine<Item, Sink>;
 
@@ -49,33 +50,62 @@ struct Conn<S> {
     socket: Arc<S>,
     user: String,
     machine: Machine,
-    /// The sink's channels. Dropped when the connection ends, so the writer and the handler
-    /// drain what was delivered and stop, and the connection can be freed.
-    senders: Arc<std::sync::Mutex<Option<Senders>>>,
+    /// The handler's channel. Dropped when the connection ends, so the handler drains what was
+    /// delivered and stops, and the connection can be freed.
+    chats: Chats,
 }
 
-type Senders = (
-    mpsc::UnboundedSender<(String, String)>,
-    mpsc::UnboundedSender<Frame>,
-);
+/// The way to the handler: a chat's id and text. `None` once the connection ended.
+type Chats = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<(String, String)>>>>;
+
+/// The sink: chats to the handler, frames onto the socket.
+fn sink<S: ServerSocket>(
+    backend: Arc<Backend>,
+    socket: Arc<S>,
+    user: String,
+    chats: Chats,
+) -> Sink {
+    // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
+    // rejected, never sent into it.
+    let mut broken = false;
+    Box::new(move |item| match item {
+        Item::Chat { id, text } => {
+            // No channel means the connection is over; end() accounts for the rest.
+            if let Some(tx) = &*lock(&chats) {
+                let _ = tx.send((id, text));
+            }
+        }
+        Item::Out(frame) => {
+            let failed = if broken {
+                "connection ended"
+            } else {
+                match socket.send(&frame) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        transport_error(&backend, &user, "send", &e);
+                        broken = true;
+                        "send failed"
+                    }
+                }
+            };
+            if let Some(id) = tracked_id(&frame) {
+                backend.record(
+                    &user,
+                    EventKind::Rejected {
+                        id: id.to_string(),
+                        reason: failed.to_string(),
+                    },
+                );
+            }
+        }
+    })
+}
 
 impl Endpoint for StateMachine {
     async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
         let (chat_tx, chat_rx) = mpsc::unbounded_channel();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let senders = Arc::new(std::sync::Mutex::new(Some((chat_tx, out_tx))));
-        let sink: Sink = Box::new({
-            let senders = senders.clone();
-            move |item| {
-                // A closed channel means the connection is over; end() accounts for the rest.
-                if let Some((chat_tx, out_tx)) = &*lock(&senders) {
-                    let _ = match item {
-                        Item::Chat { id, text } => chat_tx.send((id, text)).map_err(drop),
-                        Item::Out(frame) => out_tx.send(frame).map_err(drop),
-                    };
-                }
-            }
-        });
+        let chats = Arc::new(std::sync::Mutex::new(Some(chat_tx)));
+        let sink = sink(backend.clone(), socket.clone(), user.clone(), chats.clone());
         let limits = QueueLimits {
             max_messages: backend.config.queue_capacity,
             max_bytes: backend.config.queue_bytes,
@@ -85,7 +115,7 @@ impl Endpoint for StateMachine {
             socket,
             user,
             machine: ConnectionStateMachine::new(limits, sink),
-            senders,
+            chats,
         });
         let b = &*backend;
         let user = conn.user.as_str();
@@ -148,8 +178,7 @@ impl Endpoint for StateMachine {
             return;
         }
         conn.cleanup("handlers", || {});
-        // The consumers exist before the flush that feeds them.
-        tokio::spawn(write_loop(conn.clone(), out_rx));
+        // The handler exists before the flush that feeds it.
         tokio::spawn(handle_loop(conn.clone(), chat_rx));
         if !conn.advance(ConnectionState::ProcessingReady) {
             return;
@@ -201,7 +230,7 @@ impl<S: ServerSocket> Conn<S> {
             return;
         };
         state(&self.backend, &self.user, "failed");
-        lock(&self.senders).take();
+        lock(&self.chats).take();
         self.reject_all(ended.undelivered, reason).await;
         if let Some(item) = newest {
             self.reject(item, reason).await;
@@ -224,7 +253,7 @@ impl<S: ServerSocket> Conn<S> {
             return;
         };
         state(&self.backend, &self.user, "closed");
-        lock(&self.senders).take();
+        lock(&self.chats).take();
         if ended.from.is_ready() {
             self.backend.unregister(&self.user);
         }
@@ -260,7 +289,7 @@ impl<S: ServerSocket> Conn<S> {
             let frame = Frame::Error {
                 message: format!("message {id} rejected: {reason}"),
             };
-            if let Err(e) = self.socket.send(&frame).await {
+            if let Err(e) = self.socket.send(&frame) {
                 transport_error(&self.backend, &self.user, "send", &e);
             }
         }
@@ -347,29 +376,6 @@ async fn handle_loop<S: ServerSocket>(
                 })
                 .await;
         });
-    }
-}
-
-/// Frames, in the machine's order, onto the socket.
-async fn write_loop<S: ServerSocket>(
-    conn: Arc<Conn<S>>,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
-) {
-    // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
-    // rejected, never sent into it.
-    let mut broken = false;
-    while let Some(frame) = frames.recv().await {
-        if broken || conn.machine.state().is_terminal() {
-            // The connection ended with this frame in flight: say so rather than send into a
-            // closed socket.
-            conn.reject(Item::Out(frame), "connection ended").await;
-            continue;
-        }
-        if let Err(e) = conn.socket.send(&frame).await {
-            transport_error(&conn.backend, &conn.user, "send", &e);
-            conn.reject(Item::Out(frame), "send failed").await;
-            broken = true;
-        }
     }
 }
 

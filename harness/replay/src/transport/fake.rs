@@ -176,7 +176,7 @@ impl ServerSocket for FakeSocket {
         }
     }
 
-    async fn send(&self, frame: &Frame) -> Result<(), TransportError> {
+    fn send(&self, frame: &Frame) -> Result<(), TransportError> {
         let mut state = self.lock();
         match state.application {
             WsState::Connecting => Err(TransportError::expected_accept("websocket.send")),
@@ -291,7 +291,7 @@ mod tests {
     fn send_before_accept_names_the_expected_message() {
         run(async {
             let (socket, _client) = pair(Duration::ZERO);
-            let err = socket.send(&Frame::Ping).await.unwrap_err();
+            let err = socket.send(&Frame::Ping).unwrap_err();
             assert_eq!(err.kind, ErrorKind::UnexpectedMessage);
             assert!(
                 err.to_string().ends_with("but got 'websocket.send'"),
@@ -311,7 +311,7 @@ mod tests {
                 TransportError::not_connected()
             );
             assert_eq!(
-                socket.send(&Frame::Ping).await.unwrap_err(),
+                socket.send(&Frame::Ping).unwrap_err(),
                 TransportError::send_after_close()
             );
             assert_eq!(
@@ -377,7 +377,7 @@ mod tests {
             );
             // A send to a gone peer fails like Starlette's OSError path: 1006, then closed.
             assert_eq!(
-                socket.send(&Frame::Ping).await.unwrap_err(),
+                socket.send(&Frame::Ping).unwrap_err(),
                 TransportError::disconnected(1006)
             );
             assert!(!socket.is_connected());

@@ -121,8 +121,11 @@ pub trait ServerSocket: Send + Sync + 'static {
     fn accept(&self) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// Waits for the next client frame (`receive_text`).
     fn receive(&self) -> impl Future<Output = Result<Inbound, TransportError>> + Send;
-    /// Sends one frame (`send_text`).
-    fn send(&self, frame: &Frame) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Sends one frame (`send_text`). It never waits: the frame is handed to the connection's
+    /// writer, in order, as Starlette's `send` returns once the server has taken the message.
+    /// Synchronous so a caller can send while holding a lock (the fixed endpoint sends under its
+    /// state machine's lock, which is what makes delivery order the lock order).
+    fn send(&self, frame: &Frame) -> Result<(), TransportError>;
     /// Closes with `code` (`websocket.close`).
     fn close(&self, code: u16) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// The seed's basic check: the application state is `CONNECTED`.
