@@ -3,8 +3,8 @@
 //!
 //! N clients connect spread evenly over the window; each sends M chats as soon as its socket
 //! opens, then reads until every chat is answered (ack and five run events; for the echo
-//! baseline, the echo) or nothing has arrived for the quiet period. Everything is counted on the
-//! client side, from what crossed the wire:
+//! baseline, the echo) or nothing has arrived for the quiet period, and stays connected until
+//! every client is done. Everything is counted on the client side, from what crossed the wire:
 //!
 //! - **lost**: chats neither fully answered nor visibly rejected (an error frame naming the
 //!   chat, or a server close before its ack);
@@ -23,6 +23,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,7 +33,7 @@ use racegate_replay::scenario::ServerConfig;
 use racegate_replay::trace::AgentEvent;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -443,13 +445,21 @@ fn measure_once(opts: &LoadOptions, target: Target) -> Result<Figures, NetError>
 async fn drive_clients(opts: &LoadOptions, target: Target, addr: SocketAddr) -> Vec<ConnStats> {
     let start = Instant::now();
     let users = opts.users;
+    let (all_done, _) = watch::channel(false);
+    let roster = Arc::new(Roster {
+        measuring: AtomicUsize::new(users),
+        all_done,
+    });
     let mut tasks = Vec::with_capacity(users);
     for i in 0..users {
         let offset = opts.window.mul_f64(i as f64 / users as f64);
         let (messages, limits, quiet) = (opts.messages, opts.limits, opts.quiet);
+        let roster = roster.clone();
         tasks.push(tokio::spawn(async move {
+            let measuring = Measuring(roster);
             tokio::time::sleep_until(start + offset).await;
-            one_client(addr, format!("load-{i}"), messages, limits, quiet, target).await
+            let user = format!("load-{i}");
+            one_client(addr, user, messages, limits, quiet, target, measuring).await
         }));
     }
     let mut out = Vec::with_capacity(users);
@@ -457,6 +467,35 @@ async fn drive_clients(opts: &LoadOptions, target: Target, addr: SocketAddr) -> 
         out.push(task.await.unwrap_or_default());
     }
     out
+}
+
+/// The clients still measuring. Chat users keep their socket open, so every client stays
+/// connected until the last one has its answers (or gave up), and only then do they all close:
+/// the close storm falls after the measured span, not inside it.
+struct Roster {
+    measuring: AtomicUsize,
+    all_done: watch::Sender<bool>,
+}
+
+/// One client's place on the roster; dropping it (on every path, a panic included) says that
+/// client is done.
+struct Measuring(Arc<Roster>);
+
+impl Measuring {
+    /// Leaves the roster and waits for everyone else to be done.
+    async fn done(self) {
+        let mut all_done = self.0.all_done.subscribe();
+        drop(self);
+        let _ = all_done.wait_for(|done| *done).await;
+    }
+}
+
+impl Drop for Measuring {
+    fn drop(&mut self) {
+        if self.0.measuring.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_done.send_replace(true);
+        }
+    }
 }
 
 /// What one client expects for one chat.
@@ -474,6 +513,7 @@ async fn one_client(
     limits: Limits,
     quiet: Duration,
     target: Target,
+    measuring: Measuring,
 ) -> ConnStats {
     let mut stats = ConnStats::default();
     let t0 = Instant::now();
@@ -611,6 +651,7 @@ async fn one_client(
             stats.lost += 1;
         }
     }
+    measuring.done().await;
     if !server_closed {
         let _ = tokio::time::timeout(limits.close_timeout, ws.close(None)).await;
     }
