@@ -584,13 +584,22 @@ impl Actor {
         let mut next = Some(first);
         let mut written = 0;
         let mut close = None;
+        let mut yielded = false;
         while let Some(msg) = next.take() {
             written += 1;
             if self.ws.feed(msg).await.is_err() {
                 self.shared.peer_gone(1006);
                 return Some(End::Gone);
             }
-            match self.out.try_recv() {
+            let mut more = self.out.try_recv();
+            if more.is_err() && !yielded {
+                // Once per write, let the tasks already woken (a chat's run, right behind its
+                // ack) add their frames: one syscall for them all instead of one each.
+                yielded = true;
+                tokio::task::yield_now().await;
+                more = self.out.try_recv();
+            }
+            match more {
                 Ok(Out::Msg(msg)) => next = Some(msg),
                 Ok(Out::Close(code)) => close = Some(code),
                 Err(_) => {}
