@@ -102,6 +102,10 @@ fn serve_refuses_bad_input_with_exit_2() {
             &["load", "--endpoint", "unfixed", "--users", "0"][..],
             "--users must be at least 1",
         ),
+        (
+            &["load", "--endpoint", "unfixed", "--repeat", "0"][..],
+            "--repeat must be between 1 and 100",
+        ),
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{}", context(args, &out));
@@ -169,6 +173,10 @@ fn load_prints_one_json_object_and_exit_code_follows_the_counts() {
         assert!(v.get(key).is_some_and(|x| !x.is_null()), "{key}: {v}");
     }
     assert_eq!(v["lost"], 0);
+    // Three runs by default; the report is the median one and lists each run's ratio.
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{v}");
+    assert!(runs.iter().any(|r| r == &v["ratio"]), "{v}");
 
     let unfixed = [
         "load",

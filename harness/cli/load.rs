@@ -54,6 +54,11 @@ pub(crate) struct LoadArgs {
     /// Run every measurement in this process (no child processes).
     #[arg(long)]
     in_process: bool,
+    /// Measure the endpoint and the baseline this many times, alternating, and report the run
+    /// with the median ratio (race counts are totals over all runs). One run's ratio moves by
+    /// ±0.2 on a shared machine.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +115,10 @@ pub(crate) fn load(args: LoadArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.users > 0, "--users must be at least 1");
     anyhow::ensure!(args.users <= 10_000, "--users must be at most 10000");
     anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    anyhow::ensure!(
+        (1..=100).contains(&args.repeat),
+        "--repeat must be between 1 and 100"
+    );
     let (server, _failures) = args.server.resolve(LoadOptions::default_server())?;
     let opts = LoadOptions {
         endpoint: args.endpoint,
@@ -126,16 +135,20 @@ pub(crate) fn load(args: LoadArgs) -> anyhow::Result<Outcome> {
         emit(None, &format!("{}\n", serde_json::to_string(&figures)?))?;
         return Ok(Outcome::Pass);
     }
-    let report = if args.in_process {
-        racegate_net::load::run_load(&opts)?
-    } else {
-        let figures = measure_in_child(MeasureArg::Endpoint)?;
-        let baseline = match opts.baseline {
-            true => Some(measure_in_child(MeasureArg::Echo)?),
-            false => None,
-        };
-        LoadReport::new(&opts, figures, baseline)
-    };
+    let mut runs = Vec::with_capacity(args.repeat);
+    for _ in 0..args.repeat {
+        runs.push(if args.in_process {
+            racegate_net::load::run_load(&opts)?
+        } else {
+            let figures = measure_in_child(MeasureArg::Endpoint)?;
+            let baseline = match opts.baseline {
+                true => Some(measure_in_child(MeasureArg::Echo)?),
+                false => None,
+            };
+            LoadReport::new(&opts, figures, baseline)
+        });
+    }
+    let report = LoadReport::median_of(runs).context("--repeat must be at least 1")?;
     let text = match args.format {
         Format::Table => report.table(),
         Format::Json => format!("{}\n", report.to_json()),

@@ -140,6 +140,9 @@ pub struct LoadReport {
     pub figures: Figures,
     /// The echo server's figures.
     pub baseline: Option<Figures>,
+    /// Each run's ratio (or the endpoint's msgs/s without a baseline), in run order, when the
+    /// report is the median of several runs.
+    pub runs: Vec<f64>,
 }
 
 impl LoadReport {
@@ -184,6 +187,14 @@ impl LoadReport {
             "baseline_msgs_per_s": serde_json::Value::Null,
             "ratio": serde_json::Value::Null,
         });
+        if let (false, Some(map)) = (self.runs.is_empty(), obj.as_object_mut()) {
+            let runs: Vec<f64> = self
+                .runs
+                .iter()
+                .map(|r| (r * 1000.0).round() / 1000.0)
+                .collect();
+            map.insert("runs".into(), runs.into());
+        }
         if let (Some(b), Some(map)) = (&self.baseline, obj.as_object_mut()) {
             map.insert("baseline_msgs_per_s".into(), round(b.msgs_per_s).into());
             map.insert("baseline_p50_ready_ms".into(), round(b.p50_ready_ms).into());
@@ -251,6 +262,19 @@ impl LoadReport {
         if let Some(r) = self.ratio() {
             out.push_str(&format!("throughput ratio (endpoint / echo): {r:.3}\n"));
         }
+        if !self.runs.is_empty() {
+            let each: Vec<String> = self.runs.iter().map(|r| format!("{r:.3}")).collect();
+            out.push_str(&format!(
+                "the median of {} runs ({}: {}); race counts are totals over all runs\n",
+                self.runs.len(),
+                if self.baseline.is_some() {
+                    "ratios"
+                } else {
+                    "msgs/s"
+                },
+                each.join(" ")
+            ));
+        }
         out.push_str(if self.clean() {
             "nothing lost, duplicated, reordered or crossed\n"
         } else {
@@ -287,7 +311,34 @@ impl LoadReport {
             messages: opts.messages,
             figures,
             baseline,
+            runs: Vec::new(),
         }
+    }
+
+    /// The median of several runs of the same load: the run with the median ratio (the median
+    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts,
+    /// which are the totals over all runs, so a race in any run still fails the gate. `None`
+    /// for no runs.
+    pub fn median_of(runs: Vec<LoadReport>) -> Option<LoadReport> {
+        let key = |r: &LoadReport| r.ratio().unwrap_or(r.figures.msgs_per_s);
+        let keys: Vec<f64> = runs.iter().map(key).collect();
+        let total = |count: fn(&Figures) -> usize| runs.iter().map(|r| count(&r.figures)).sum();
+        let (lost, duplicated, out_of_order, cross_user) = (
+            total(|f| f.lost),
+            total(|f| f.duplicated),
+            total(|f| f.out_of_order),
+            total(|f| f.cross_user),
+        );
+        let mut sorted = runs;
+        sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let mut median = sorted.into_iter().nth(keys.len().checked_sub(1)? / 2)?;
+        let f = &mut median.figures;
+        (f.lost, f.duplicated, f.out_of_order, f.cross_user) =
+            (lost, duplicated, out_of_order, cross_user);
+        if keys.len() > 1 {
+            median.runs = keys;
+        }
+        Some(median)
     }
 }
 
@@ -711,4 +762,60 @@ fn summarize(
     f.rss_per_conn_kb = peak_kb.saturating_sub(rss_before_kb) as f64 / users.max(1) as f64;
     f.elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(msgs: f64, base: f64, lost: usize) -> LoadReport {
+        let opts = LoadOptions {
+            endpoint: EndpointKind::StateMachine,
+            users: 1,
+            window: Duration::ZERO,
+            messages: 1,
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            quiet: Duration::from_millis(1),
+            baseline: true,
+        };
+        let figures = Figures {
+            msgs_per_s: msgs,
+            lost,
+            sent: 10,
+            ..Figures::default()
+        };
+        let baseline = Figures {
+            msgs_per_s: base,
+            ..Figures::default()
+        };
+        LoadReport::new(&opts, figures, Some(baseline))
+    }
+
+    #[test]
+    fn the_median_run_reports_and_race_counts_add_up() {
+        let runs = vec![
+            report(90.0, 100.0, 0),
+            report(50.0, 100.0, 2),
+            report(120.0, 100.0, 1),
+        ];
+        let median = LoadReport::median_of(runs).unwrap();
+        assert_eq!(median.figures.msgs_per_s, 90.0);
+        assert_eq!(median.ratio(), Some(0.9));
+        // A race in any run fails the gate, even when the median run had none.
+        assert_eq!(median.figures.lost, 3);
+        assert!(!median.clean());
+        assert_eq!(median.runs, vec![0.9, 0.5, 1.2]);
+        assert_eq!(median.to_json()["runs"], serde_json::json!([0.9, 0.5, 1.2]));
+        assert!(median.table().contains("the median of 3 runs"));
+    }
+
+    #[test]
+    fn one_run_is_its_own_median_and_none_is_none() {
+        let one = LoadReport::median_of(vec![report(80.0, 100.0, 0)]).unwrap();
+        assert_eq!(one.figures.msgs_per_s, 80.0);
+        assert!(one.runs.is_empty());
+        assert!(one.to_json().get("runs").is_none());
+        assert!(LoadReport::median_of(Vec::new()).is_none());
+    }
 }
