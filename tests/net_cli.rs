@@ -195,3 +195,25 @@ fn load_prints_one_json_object_and_exit_code_follows_the_counts() {
     let out = run(&unfixed);
     assert_eq!(out.status.code(), Some(1), "{}", context(&unfixed, &out));
 }
+
+#[test]
+fn load_that_cannot_fit_the_open_file_limit_says_so_with_exit_2() {
+    // A hard limit of 64 descriptors cannot hold 100 users' 200 sockets: the load must refuse
+    // up front, not count refused connects as lost chats.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" load --endpoint state-machine --users 100 --repeat 1"#)
+        .arg(env!("CARGO_BIN_EXE_racegate"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child);
+    let args = ["load", "--users", "100", "(ulimit -n 64)"];
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("100 users need 264 open files"),
+        "{}",
+        context(&args, &out)
+    );
+}

@@ -135,6 +135,8 @@ pub(crate) fn load(args: LoadArgs) -> anyhow::Result<Outcome> {
         emit(None, &format!("{}\n", serde_json::to_string(&figures)?))?;
         return Ok(Outcome::Pass);
     }
+    // Checked here too, so the message comes straight from this process, not a child's.
+    racegate_net::load::ensure_descriptors(opts.users)?;
     let mut runs = Vec::with_capacity(args.repeat);
     for _ in 0..args.repeat {
         runs.push(if args.in_process {

@@ -359,7 +359,23 @@ pub fn measure(opts: &LoadOptions, target: Target) -> Result<Figures, NetError> 
             "a load needs at least one user and one message".into(),
         ));
     }
+    ensure_descriptors(opts.users)?;
     measure_once(opts, target)
+}
+
+/// Both ends of every connection live in this process, all open at once: raise the soft limit
+/// on open files as far as the hard limit allows, or say plainly that the load cannot fit,
+/// rather than count refused connects as lost chats.
+pub fn ensure_descriptors(users: usize) -> Result<(), NetError> {
+    let need = u64::try_from(users).unwrap_or(u64::MAX).saturating_mul(2) + 64;
+    match rlimit::increase_nofile_limit(need) {
+        Ok(have) if have < need => Err(NetError::Invalid(format!(
+            "{users} users need {need} open files (two sockets each, in one process), but the \
+             limit is {have}: raise it (`ulimit -n {need}`) or use fewer users"
+        ))),
+        // Where the limit cannot be read, try anyway: a refused connect still shows as lost.
+        Ok(_) | Err(_) => Ok(()),
+    }
 }
 
 /// CPU time this thread has used, in ms (Linux; 0 elsewhere).
