@@ -13,6 +13,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use racegate_replay::explore::{self, Options, Shard, UserRange};
 use racegate_replay::{EndpointKind, Scenario, replay, scenario};
 
+/// The allocator the `racegate` binary runs with, so the figures are `explore`'s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Two users 60 ms apart, each chatting during setup; one also chats after it and gets a push
 /// during setup, the other a push after it.
 const TWO_USERS: &str = r#"

@@ -230,7 +230,7 @@ pub async fn drive<K: Connector>(
     let _ = tokio::time::timeout_at(deadline, all).await;
     // Let servers that are finishing up (not stuck) record their end before the cut.
     sleep_until(deadline).await;
-    (recorder.snapshot(), recorder.now_ms())
+    (recorder.take(), recorder.now_ms())
 }
 
 /// One user's client: connect, wait for open, send on schedule, record what arrives, close.
