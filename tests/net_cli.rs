@@ -1,38 +1,17 @@
 //! The real-socket subcommands end to end: `serve` (bound address, SIGTERM), `run --transport
 //! ws`, `load --format json`, and bad input. Loopback only; every wait has a timeout.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
-use util::{WAIT, command as racegate, context, run_bounded as run, wait_output};
+use util::{WAIT, context, run_bounded as run, spawn_serve, wait_output};
 
 mod util;
 
 /// Starts `racegate serve` and reads its `listening on ws://ADDR` line.
 fn serve(args: &[&str]) -> (Child, String) {
-    let mut child = racegate()
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(WAIT).expect("serve prints its address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ws://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    (child, addr)
+    spawn_serve(args, Stdio::piped())
 }
 
 /// A raw upgrade; returns the response's status line.

@@ -2,14 +2,12 @@
 //! scenarios, a TCP server that never answers the upgrade, a closed port, a bad URL and a bad
 //! `[protocol]`. Loopback only, port 0, every wait bounded.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
-use util::{WAIT, command as racegate, context, run_bounded as run};
+use util::{context, run_bounded as run, spawn_serve};
 
 mod util;
 
@@ -30,31 +28,19 @@ impl Drop for Serve {
 }
 
 fn serve(endpoint: &str, scenario: &str) -> Serve {
-    let mut child = racegate()
-        .args(["serve", "--endpoint", endpoint, "--addr", "127.0.0.1:0"])
-        .args(["--scenario", scenario])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let mut serve = Serve {
+    let args = [
+        "--endpoint",
+        endpoint,
+        "--addr",
+        "127.0.0.1:0",
+        "--scenario",
+        scenario,
+    ];
+    let (child, addr) = spawn_serve(&args, Stdio::null());
+    Serve {
         child,
-        url: String::new(),
-    };
-    let line = rx.recv_timeout(WAIT).expect("serve prints its address");
-    serve.url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    serve
+        url: format!("ws://{addr}"),
+    }
 }
 
 #[rstest]

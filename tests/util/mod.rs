@@ -114,3 +114,33 @@ pub fn wait_output(child: std::process::Child) -> Output {
         }
     }
 }
+
+/// Starts `racegate serve` with `args` and reads its `listening on ws://ADDR` line within
+/// [`WAIT`]; returns the child and `ADDR`. The caller stops the child.
+pub fn spawn_serve(args: &[&str], stderr: std::process::Stdio) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command()
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(WAIT) else {
+        let _ = child.kill();
+        panic!("serve did not print its address within {WAIT:?}");
+    };
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, addr)
+}
