@@ -32,7 +32,8 @@ pub enum Invariant {
     EventOrder,
     /// A connection that ended before ready left a registration or an unrun cleanup behind.
     Leak,
-    /// A connection reached no terminal state by the end of the run.
+    /// A connection reached no terminal state by the end of the run, or a client's connection
+    /// never opened and was never refused (the server never served it).
     Stuck,
     /// The server closed with a code outside the expected set. Only `racegate probe` reports it
     /// (a live server's close codes are all a client sees of its failures); [`check`] never does.
@@ -114,6 +115,12 @@ struct Conn {
     pushes_received: Vec<(String, u64)>,
     runs: IndexMap<String, Vec<(AgentEvent, u64)>>,
     rejected: BTreeSet<String>,
+    /// Pushes "rejected" while the connection was still on its way: not a real rejection.
+    rejected_early: BTreeMap<String, String>,
+    /// The connection had ended (either side closed, or the server reached closed or failed).
+    ended: bool,
+    /// When the client sent the upgrade.
+    connect_ms: Option<u64>,
     dropped: BTreeMap<String, String>,
     /// When the client saw the server close, and the code.
     server_close: Option<(u64, u16)>,
@@ -142,11 +149,15 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             })
         };
         match &ev.kind {
-            EventKind::ClientConnect
-            | EventKind::ClientOpen
-            | EventKind::ClientClose
-            | EventKind::ServerClose { .. } => {}
+            EventKind::ClientConnect => c.connect_ms = Some(at),
+            EventKind::ClientOpen | EventKind::ServerClose { .. } => {}
+            EventKind::ClientClose => c.ended = true,
+            EventKind::ClientGaveUp => violate(
+                Invariant::Stuck,
+                "the connection never opened and was never refused".into(),
+            ),
             EventKind::ClientClosed { code } => {
+                c.ended = true;
                 if c.server_close.is_none() {
                     c.server_close = Some((at, *code));
                 }
@@ -198,6 +209,9 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             EventKind::State { state } => {
                 c.server_seen = true;
                 c.state = state;
+                if matches!(*state, "closed" | "failed") {
+                    c.ended = true;
+                }
                 if *state == "processing_ready" {
                     c.ready_reached = true;
                 }
@@ -215,8 +229,18 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
                     );
                 }
             }
-            EventKind::Rejected { id, .. } => {
-                c.rejected.insert(id.clone());
+            EventKind::Rejected { id, reason } => {
+                // A push can only be refused by a connection that is over, or one the server
+                // cannot know of yet (the push crossed the upgrade: no later than the connect's
+                // instant, before the server recorded anything). One refused while its user's
+                // connection is still opening was never given a chance to arrive.
+                let push = c.pushes.iter().any(|(p, _)| p == id);
+                let crossed_upgrade = !c.server_seen && c.connect_ms.is_none_or(|t| at <= t);
+                if push && !c.ended && !crossed_upgrade {
+                    c.rejected_early.insert(id.clone(), reason.clone());
+                } else {
+                    c.rejected.insert(id.clone());
+                }
             }
             EventKind::Dropped { id, reason } => {
                 c.dropped
@@ -235,6 +259,7 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
                 c.cleanups.entry(name).or_insert((at, 0)).1 += 1;
             }
             EventKind::Terminal { state } => {
+                c.ended = true;
                 if c.terminal.is_none() {
                     c.terminal = Some(state);
                 }
@@ -251,9 +276,12 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
                 detail,
             })
         };
-        let lost_detail = |id: &str| match c.dropped.get(id) {
-            Some(reason) => format!("{id} dropped: {reason}"),
-            None => format!("{id} was never delivered and never rejected"),
+        let lost_detail = |id: &str| match (c.dropped.get(id), c.rejected_early.get(id)) {
+            (Some(reason), _) => format!("{id} dropped: {reason}"),
+            (None, Some(reason)) => {
+                format!("{id} refused while the connection was still opening: {reason}")
+            }
+            (None, None) => format!("{id} was never delivered and never rejected"),
         };
 
         // message-lost

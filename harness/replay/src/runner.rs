@@ -250,11 +250,10 @@ async fn client<K: Connector>(
     let mut client = connector.connect(&backend, endpoint, &user);
 
     let close_at = user.close_ms.map(|ms| at(user.connect_ms + ms));
+    let open_due = at(user.connect_ms + backend.config.accept_ms);
     let mut next_send = 0;
     let mut opened: Option<Instant> = None;
-    let mut closed_by_server: Option<u16> = None;
-    let mut closed_by_client = false;
-    loop {
+    let end = loop {
         let next_send_at = opened.and_then(|o| {
             user.sends
                 .get(next_send)
@@ -276,10 +275,9 @@ async fn client<K: Connector>(
                 Some(ClientEvent::Frame(frame)) => rec.record(id, EventKind::ClientRecv { frame }),
                 Some(ClientEvent::Closed(code)) => {
                     rec.record(id, EventKind::ClientClosed { code });
-                    closed_by_server = Some(code);
-                    break;
+                    break ClientEnd::Refused(code);
                 }
-                None => break,
+                None => break ClientEnd::Gone,
             },
             () = sleep_until(wake) => {
                 if Some(wake) == next_send_at {
@@ -287,40 +285,73 @@ async fn client<K: Connector>(
                     let chat = chat_id(id, n);
                     match client.send_chat(&chat, &user.sends[next_send].text) {
                         Ok(()) => rec.record(id, EventKind::ClientSend { id: chat }),
-                        Err(ClientSendError::NotOpen | ClientSendError::Closed) => break,
+                        Err(ClientSendError::NotOpen | ClientSendError::Closed) => {
+                            break ClientEnd::Gone;
+                        }
                     }
                     next_send += 1;
                 } else {
+                    // The scenario's own close, or the end of the run. A client whose
+                    // connection was due to open (the handshake takes `accept_ms`) and neither
+                    // opened nor was refused gave up waiting: that is the server's failure to
+                    // serve, not the client's choice. Only a close before the handshake could
+                    // complete is one the scenario asked for.
+                    let own = Some(wake) == close_at;
+                    if opened.is_none() && (!own || wake > open_due) {
+                        rec.record(id, EventKind::ClientGaveUp);
+                    }
                     if client.close() {
                         rec.record(id, EventKind::ClientClose);
                     }
-                    closed_by_client = true;
-                    break;
+                    break if own { ClientEnd::OwnClose } else { ClientEnd::Horizon };
                 }
             }
         }
-    }
+    };
     // Chats the schedule never reached. A client that was refused knows it (the server closed
-    // with a code): that is a visible rejection. One that never even opened does not.
+    // with a code): that is a visible rejection. One that closed on its own schedule chose not
+    // to send. Any other chat the client meant to send but could not is judged as unsent.
+    let unsent_reason = match (end, opened) {
+        (ClientEnd::Refused(_), _) => None,
+        (ClientEnd::OwnClose, None) if Instant::now() > open_due => {
+            Some("the connection never opened")
+        }
+        (ClientEnd::OwnClose, _) => None,
+        (_, None) => Some("the connection never opened"),
+        (ClientEnd::Horizon, Some(_)) => Some("the run ended before it was due"),
+        (_, Some(_)) => Some("the connection ended without a close frame"),
+    };
     for n in next_send..user.sends.len() {
         let chat = chat_id(id, n + 1);
-        match (closed_by_server, closed_by_client || opened.is_some()) {
-            (Some(code), _) => rec.record(
+        match (end, unsent_reason) {
+            (ClientEnd::Refused(code), _) => rec.record(
                 id,
                 EventKind::Rejected {
                     id: chat,
                     reason: format!("server closed the connection with {code} before it was sent"),
                 },
             ),
-            // The client closed first: it chose not to send.
-            (None, true) => {}
-            (None, false) => rec.record(
+            (_, Some(reason)) => rec.record(
                 id,
                 EventKind::ClientUnsent {
                     id: chat,
-                    reason: "the connection never opened".into(),
+                    reason: reason.into(),
                 },
             ),
+            (_, None) => {}
         }
     }
+}
+
+/// How one client's part of a run ended.
+#[derive(Debug, Clone, Copy)]
+enum ClientEnd {
+    /// The server closed the connection (or refused the upgrade) with this code.
+    Refused(u16),
+    /// The client closed at its scenario's `close_ms`.
+    OwnClose,
+    /// The run's horizon came first.
+    Horizon,
+    /// The connection vanished without a close the client could see.
+    Gone,
 }

@@ -148,6 +148,9 @@ pub enum EventKind {
     },
     /// The client closed its side.
     ClientClose,
+    /// The client waited until the end of the run and its connection neither opened nor was
+    /// refused: the server never served it.
+    ClientGaveUp,
     /// The notifier issued a push for this user.
     PushIssued {
         /// The push id.
@@ -222,6 +225,7 @@ impl fmt::Display for EventKind {
             EventKind::ClientRecv { frame } => write!(f, "client recv {frame}"),
             EventKind::ClientClosed { code } => write!(f, "client sees close {code}"),
             EventKind::ClientClose => f.write_str("client close"),
+            EventKind::ClientGaveUp => f.write_str("client gave up: the connection never opened"),
             EventKind::PushIssued { id } => write!(f, "push issued {id}"),
             EventKind::State { state } => write!(f, "state {state}"),
             EventKind::Handled { id, as_user } => write!(f, "handled {id} as user={as_user}"),
@@ -345,6 +349,7 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::ClientRecv { .. } => "client_recv",
         EventKind::ClientClosed { .. } => "client_closed",
         EventKind::ClientClose => "client_close",
+        EventKind::ClientGaveUp => "client_gave_up",
         EventKind::PushIssued { .. } => "push_issued",
         EventKind::State { .. } => "state",
         EventKind::Handled { .. } => "handled",

@@ -402,6 +402,7 @@ fn lanes(trace: &[TraceEvent]) -> IndexMap<&str, Lane> {
                 Some(short_id(id).to_string()),
             ),
             EventKind::ClientClose => mark(Row::Client, Glyph::Square, CLIENT, None),
+            EventKind::ClientGaveUp => mark(Row::Client, Glyph::Cross, REJECT, None),
             EventKind::ClientClosed { .. } => mark(Row::Client, Glyph::Bar, CLIENT, None),
             EventKind::ClientRecv { frame } => match frame {
                 Frame::Ack { id, .. } => mark(

@@ -81,6 +81,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
                 (&s, "--x", &c, format!("client sees close {code}"))
             }
             EventKind::ClientClose => (&c, "-x", &s, "close".to_string()),
+            EventKind::ClientGaveUp => (&c, "-x", &c, e.kind.to_string()),
             EventKind::PushIssued { id } => (&notifier_id, "->>", &s, format!("push {id}")),
             EventKind::Rejected { .. } => (&s, "--x", &c, e.kind.to_string()),
             EventKind::Dropped { .. } | EventKind::TransportError { .. } => {
