@@ -2,7 +2,15 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test loom lint bench ci
+.PHONY: run test py loom lint bench ci
+
+# The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
+# fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
+# written last: an interrupted install leaves no stamp and the next run starts over.
+PYTHON3 ?= python3
+PY_ENV := target/py
+PY_STAMP := $(PY_ENV)/installed.stamp
+PY_NEEDS := racegate: make test needs python3 (3.11 or newer) with venv (Debian: apt-get install python3 python3-venv)
 
 ## Run the regression gate on the bundled scenarios; also write the HTML report to $(REPORT).
 REPORT ?= target/racegate-report.html
@@ -10,10 +18,24 @@ run:
 	@mkdir -p $(dir $(REPORT))
 	$(CARGO) run --release --quiet -- run scenarios/ --report $(REPORT)
 
-## Every unit, integration and doc test.
-test:
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+## Every unit, integration and doc test; the Python-driven ones use the venv from `make py`.
+test: py
+	RACEGATE_PYTHON=$(abspath $(PY_ENV)/bin/python) $(CARGO) test --workspace --all-targets
+	RACEGATE_PYTHON=$(abspath $(PY_ENV)/bin/python) $(CARGO) test --workspace --doc
+
+## The tests' Python environment in target/py; does nothing until python/requirements.txt changes.
+py: $(PY_STAMP)
+
+# Rebuilt from scratch on a change, so a package dropped from the file is gone from the venv too.
+# Debian ships `venv` without `ensurepip` unless python3-venv is installed, so probe for both.
+$(PY_STAMP): python/requirements.txt
+	@$(PYTHON3) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' \
+		>/dev/null 2>&1 || { echo "$(PY_NEEDS)" >&2; exit 1; }
+	@echo "racegate: creating $(PY_ENV) from python/requirements.txt"
+	@rm -rf $(PY_ENV)
+	@$(PYTHON3) -m venv $(PY_ENV) || { rm -rf $(PY_ENV); echo "$(PY_NEEDS)" >&2; exit 1; }
+	$(PY_ENV)/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
+	@touch $@
 
 ## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
 loom:

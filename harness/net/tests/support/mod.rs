@@ -1,10 +1,11 @@
 //! Shared by the real-socket tests: a server on loopback port 0 in the test's runtime, a
-//! well-behaved client, raw frames for what a well-behaved client cannot send, and a panic
-//! counter. Every wait is under [`WAIT`].
+//! well-behaved client, raw frames for what a well-behaved client cannot send, a panic counter,
+//! and the Python interpreter for the independent clients. Every wait is under [`WAIT`].
 
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +42,28 @@ pub fn count_panics() {
 /// Panics seen so far.
 pub fn panics() -> usize {
     PANICS.load(Ordering::SeqCst)
+}
+
+/// The Python that has `python/requirements.txt` installed: `RACEGATE_PYTHON` when set (`make test`
+/// sets it), else the workspace's `target/py` venv that `make py` creates. Never a global
+/// `python3`: one without the packages would fail for a reason unrelated to racegate, and a test
+/// that skipped instead would pass on a machine that checked nothing.
+#[track_caller]
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("RACEGATE_PYTHON") {
+        return PathBuf::from(python);
+    }
+    // This crate is harness/net; the venv belongs to the workspace, two levels up.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.ancestors().nth(2).unwrap_or(manifest);
+    let venv = root.join("target/py/bin/python");
+    assert!(
+        venv.is_file(),
+        "no Python for the tests: run `make py` (creates target/py from python/requirements.txt), \
+         or set RACEGATE_PYTHON to a python with those packages; {} does not exist",
+        venv.display()
+    );
+    venv
 }
 
 /// A server running in the test's runtime.
