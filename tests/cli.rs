@@ -249,3 +249,122 @@ fn the_same_run_prints_the_same_bytes_twice() {
     a.expect_code(0);
     assert_eq!(a.stdout(), b.stdout());
 }
+
+/// `GOOD`'s timing: `unfixed` drops the first chat (no handler yet): message-lost, nothing else.
+fn with_expect(expect: &str) -> String {
+    let head = GOOD.split("[expect]").next().unwrap();
+    format!("{head}[expect]\n{expect}\n")
+}
+
+#[test]
+fn an_expectation_naming_the_right_invariants_passes_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_expect(
+        "unfixed = { verdict = \"fail\", invariants = [\"message-lost\"] }\nstate-machine = \"pass\"",
+    );
+    let path = write(dir.path(), "s.toml", &text);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(0);
+    assert!(
+        r.stdout().contains("0 mismatches: gate passes"),
+        "{}",
+        r.context()
+    );
+}
+
+#[test]
+fn a_run_failing_for_another_invariant_than_expected_fails_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_expect(
+        "unfixed = { verdict = \"fail\", invariants = [\"accept-first\"] }\nstate-machine = \"pass\"",
+    );
+    let path = write(dir.path(), "s.toml", &text);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(1);
+    let out = r.stdout();
+    assert!(
+        out.contains(
+            "good [unfixed]: expected fail with exactly [accept-first], got fail with [message-lost]"
+        ),
+        "{}",
+        r.context()
+    );
+    assert!(out.contains("1 mismatch: gate FAILS"), "{}", r.context());
+    let json = racegate(&["run", path.to_str().unwrap(), "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    let unfixed = &doc["scenarios"][0]["results"][0];
+    assert_eq!(unfixed["expected"], "fail");
+    assert_eq!(
+        unfixed["expected_invariants"],
+        serde_json::json!({"exactly": ["accept-first"]})
+    );
+    assert!(
+        unfixed["mismatch"]
+            .as_str()
+            .unwrap()
+            .contains("exactly [accept-first]")
+    );
+}
+
+#[test]
+fn at_least_accepts_more_invariants_but_not_fewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(
+        dir.path(),
+        "ok.toml",
+        &with_expect("unfixed = { verdict = \"fail\", at_least = [\"message-lost\"] }"),
+    );
+    racegate(&["run", ok.to_str().unwrap()]).expect_code(0);
+    let more = write(
+        dir.path(),
+        "more.toml",
+        &with_expect("unfixed = { verdict = \"fail\", at_least = [\"message-lost\", \"leak\"] }"),
+    );
+    racegate(&["run", more.to_str().unwrap()]).expect_code(1);
+}
+
+#[test]
+fn a_run_with_no_expectation_never_says_the_gate_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = GOOD.split("[expect]").next().unwrap();
+    let path = write(dir.path(), "s.toml", head);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    let out = r.stdout();
+    assert!(!out.contains("gate passes"), "{}", r.context());
+    assert!(
+        out.contains(
+            "1 scenario, 3 runs, 0 of 3 gated: nothing was checked against an expectation"
+        ),
+        "{}",
+        r.context()
+    );
+    assert!(out.contains("(not gated)"), "{}", r.context());
+    let junit = racegate(&["run", path.to_str().unwrap(), "--format", "junit"]);
+    let xml = junit.stdout();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 3);
+    assert!(
+        cases
+            .iter()
+            .all(|c| c.children().any(|n| n.has_tag_name("skipped"))),
+        "{xml}"
+    );
+}
+
+#[test]
+fn a_partly_gated_run_says_how_many_runs_were_not_gated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "s.toml", GOOD);
+    let r = racegate(&["run", path.to_str().unwrap()]);
+    r.expect_code(0);
+    assert!(
+        r.stdout()
+            .contains("1 scenario, 3 runs (1 not gated), 0 mismatches: gate passes"),
+        "{}",
+        r.context()
+    );
+}

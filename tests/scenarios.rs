@@ -38,6 +38,9 @@ fn bundled_scenario_meets_its_expectations(#[files("scenarios/*.toml")] path: Pa
     for (endpoint, expected) in &s.expect {
         let outcome = replay(&s, *endpoint).unwrap();
         assert_eq!(outcome.verdict, *expected, "{}", explain(&outcome));
+        // Where [expect] names the invariants, the run must fail with exactly (or at least)
+        // those: a legacy endpoint failing for a new reason is a change to look at.
+        assert_eq!(outcome.mismatch(), None, "{}", explain(&outcome));
         // A failure must be explained by at least one named invariant, and a pass by none.
         assert_eq!(
             outcome.violations.is_empty(),

@@ -783,6 +783,7 @@ fn infer(
         server,
         users: users.iter().map(|(_, _, u)| u.clone()).collect(),
         expect: IndexMap::new(),
+        expect_invariants: IndexMap::new(),
         settle_ms,
         protocol: Default::default(),
     };

@@ -47,4 +47,4 @@ pub mod transport;
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
 pub use runner::{RunOutcome, replay};
-pub use scenario::{Scenario, ScenarioError, Verdict};
+pub use scenario::{InvariantMatch, Scenario, ScenarioError, Verdict};

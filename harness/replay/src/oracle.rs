@@ -70,6 +70,22 @@ impl Invariant {
     }
 }
 
+/// A name that is no invariant's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown invariant `{0}`; expected one of {names}", names = Invariant::ALL.map(Invariant::name).join(", "))]
+pub struct UnknownInvariant(pub String);
+
+impl std::str::FromStr for Invariant {
+    type Err = UnknownInvariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Invariant::ALL
+            .into_iter()
+            .find(|i| i.name() == s)
+            .ok_or_else(|| UnknownInvariant(s.to_string()))
+    }
+}
+
 impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::endpoint::EndpointKind;
 use crate::oracle::Violation;
 use crate::runner::RunOutcome;
-use crate::scenario::Verdict;
+use crate::scenario::{InvariantMatch, Verdict};
 use crate::trace::TraceEvent;
 
 pub use html::html;
@@ -29,8 +29,43 @@ pub struct Summary {
     pub scenarios: usize,
     /// Scenario × endpoint runs.
     pub runs: usize,
-    /// Gated runs whose verdict differs from `[expect]`.
+    /// Gated runs whose verdict (or named invariants) differ from `[expect]`.
     pub mismatches: usize,
+    /// Runs `[expect]` gates; the others were replayed and judged but checked against nothing.
+    pub gated: usize,
+}
+
+impl Summary {
+    /// The closing line of the table. It says "gate passes" only when something was gated and
+    /// nothing mismatched.
+    pub fn line(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let head = format!(
+            "{}, {}",
+            plural(self.scenarios, "scenario", "scenarios"),
+            plural(self.runs, "run", "runs")
+        );
+        if self.gated == 0 {
+            return format!(
+                "{head}, 0 of {} gated: nothing was checked against an expectation",
+                self.runs
+            );
+        }
+        let ungated = match self.runs - self.gated {
+            0 => String::new(),
+            n => format!(" ({n} not gated)"),
+        };
+        format!(
+            "{head}{ungated}, {}: {}",
+            plural(self.mismatches, "mismatch", "mismatches"),
+            if self.mismatches == 0 {
+                "gate passes"
+            } else {
+                "gate FAILS"
+            }
+        )
+    }
 }
 
 /// Counts `outcomes`.
@@ -41,6 +76,7 @@ pub fn summary(outcomes: &[RunOutcome]) -> Summary {
         scenarios: names.len(),
         runs: outcomes.len(),
         mismatches: outcomes.iter().filter(|o| !o.matches_expectation()).count(),
+        gated: outcomes.iter().filter(|o| o.gated()).count(),
     }
 }
 
@@ -63,16 +99,17 @@ fn short(user: &str) -> String {
 }
 
 fn cell(o: &RunOutcome) -> String {
-    let mark = match o.expected {
-        None => " ",
-        Some(e) if e == o.verdict => "✓",
-        Some(_) => "✗",
+    let mark = match (o.gated(), o.matches_expectation()) {
+        (false, _) => " ",
+        (true, true) => "✓",
+        (true, false) => "✗",
     };
     let first = match o.violations.first() {
         Some(v) => format!(" {} {}@{}ms", v.invariant, short(&v.user), v.at_ms),
         None => String::new(),
     };
-    format!("{mark} {}{first}", o.verdict)
+    let ungated = if o.gated() { "" } else { " (not gated)" };
+    format!("{mark} {}{first}{ungated}", o.verdict)
 }
 
 /// The human table: a row per scenario, a column per endpoint (✓ matches `[expect]`, ✗ differs,
@@ -123,30 +160,14 @@ pub fn table(outcomes: &[RunOutcome], with_trace: bool) -> String {
     if !mismatched.is_empty() {
         out.push_str("\nmismatches:\n");
         for o in &mismatched {
-            let expected = o.expected.map_or("-", Verdict::name);
-            let _ = writeln!(
-                out,
-                "  {} [{}]: expected {expected}, got {}",
-                o.scenario, o.endpoint, o.verdict
-            );
+            let why = o.mismatch().unwrap_or_default();
+            let _ = writeln!(out, "  {} [{}]: {why}", o.scenario, o.endpoint);
             for v in &o.violations {
                 let _ = writeln!(out, "    {v}");
             }
         }
     }
-    let s = summary(outcomes);
-    let _ = writeln!(
-        out,
-        "\n{} scenarios, {} runs, {} mismatches: {}",
-        s.scenarios,
-        s.runs,
-        s.mismatches,
-        if s.mismatches == 0 {
-            "gate passes"
-        } else {
-            "gate FAILS"
-        }
-    );
+    let _ = writeln!(out, "\n{}", summary(outcomes).line());
     if with_trace {
         for o in outcomes {
             let _ = writeln!(out, "\n== {} [{}]: {}", o.scenario, o.endpoint, o.verdict);
@@ -186,6 +207,11 @@ struct JsonResult<'a> {
     endpoint: EndpointKind,
     verdict: Verdict,
     expected: Option<Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_invariants: Option<&'a InvariantMatch>,
+    gated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mismatch: Option<String>,
     violations: &'a [Violation],
     simulated_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -206,6 +232,9 @@ pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
                         endpoint: o.endpoint,
                         verdict: o.verdict,
                         expected: o.expected,
+                        expected_invariants: o.expected_invariants.as_ref(),
+                        gated: o.gated(),
+                        mismatch: o.mismatch(),
                         violations: &o.violations,
                         simulated_ms: o.simulated_ms,
                         trace: with_trace.then_some(o.trace.as_slice()),
@@ -229,16 +258,23 @@ pub fn junit(outcomes: &[RunOutcome]) -> Result<String, quick_junit::SerializeEr
     for (name, runs) in by_scenario(outcomes) {
         let mut suite = TestSuite::new(name);
         for o in runs {
-            let status = if o.matches_expectation() {
-                TestCaseStatus::success()
-            } else {
+            let status = if !o.gated() {
+                // Replayed and judged, but checked against nothing: not a pass.
+                let mut status = TestCaseStatus::skipped();
+                status.set_message(format!(
+                    "not gated: [expect] names no verdict for {}; the run got {}",
+                    o.endpoint, o.verdict
+                ));
+                status
+            } else if let Some(why) = o.mismatch() {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                let expected = o.expected.map_or("-", Verdict::name);
-                status.set_message(format!("expected {expected}, got {}", o.verdict));
+                status.set_message(why);
                 status.set_type("verdict-mismatch");
                 let detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
                 status.set_description(detail.join("\n"));
                 status
+            } else {
+                TestCaseStatus::success()
             };
             let mut case = TestCase::new(format!("{name} [{}]", o.endpoint), status);
             case.set_classname(o.file.display().to_string());

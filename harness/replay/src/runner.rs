@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::backend::Backend;
 use crate::endpoint::EndpointKind;
 use crate::oracle::{self, Violation};
-use crate::scenario::{Scenario, User, Verdict};
+use crate::scenario::{InvariantMatch, Scenario, User, Verdict};
 use crate::trace::{EventKind, Frame, Recorder, TraceEvent};
 use crate::transport::fake::{self, ClientEvent, ClientSendError, FakeClient};
 
@@ -35,6 +35,9 @@ pub struct RunOutcome {
     pub verdict: Verdict,
     /// What `[expect]` says, if it gates this endpoint.
     pub expected: Option<Verdict>,
+    /// The invariants `[expect]` says a failing run must show, if it names them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_invariants: Option<InvariantMatch>,
     /// Every violation, by time.
     pub violations: Vec<Violation>,
     /// The timeline.
@@ -44,9 +47,47 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// False when the scenario gates this endpoint and the verdict differs.
+    /// False when the scenario gates this endpoint and the verdict differs, or the invariants
+    /// violated are not the ones `[expect]` names. An ungated run matches trivially: see
+    /// [`gated`](Self::gated).
     pub fn matches_expectation(&self) -> bool {
-        self.expected.is_none_or(|e| e == self.verdict)
+        self.mismatch().is_none()
+    }
+
+    /// True when `[expect]` gates this run.
+    pub fn gated(&self) -> bool {
+        self.expected.is_some()
+    }
+
+    /// How the run differs from `[expect]`, in words; `None` when it does not (or is ungated).
+    pub fn mismatch(&self) -> Option<String> {
+        let expected = self.expected?;
+        let got: Vec<&str> = {
+            let mut names: Vec<&str> = self.violations.iter().map(|v| v.invariant.name()).collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        };
+        let got_text = if got.is_empty() {
+            String::new()
+        } else {
+            format!(" with [{}]", got.join(", "))
+        };
+        if expected != self.verdict {
+            return Some(format!(
+                "expected {expected}, got {}{got_text}",
+                self.verdict
+            ));
+        }
+        match &self.expected_invariants {
+            Some(named) if !named.matches(self.violations.iter().map(|v| &v.invariant)) => {
+                Some(format!(
+                    "expected {expected} with {named}, got {}{got_text}",
+                    self.verdict
+                ))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -90,6 +131,7 @@ pub fn judge(
         endpoint,
         verdict,
         expected: scenario.expect.get(&endpoint).copied(),
+        expected_invariants: scenario.expect_invariants.get(&endpoint).cloned(),
         violations,
         trace,
         simulated_ms,

@@ -129,6 +129,7 @@ pub fn scenarios(users: UserRange) -> BoxedStrategy<Scenario> {
                 .map(|(i, d)| d.into_user(i + 1, spread))
                 .collect(),
             expect: IndexMap::new(),
+            expect_invariants: IndexMap::new(),
             settle_ms,
             protocol: Default::default(),
         })

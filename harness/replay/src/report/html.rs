@@ -52,7 +52,7 @@ h2{font-size:17px;margin:28px 0 4px;padding-top:8px;border-top:2px solid #d0d7de
 h3{font-size:14px;margin:14px 0 4px;font-weight:600}
 code,pre,.mono{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
 .summary{font-size:15px;margin:0 0 12px}
-.gate-pass{color:#116329}.gate-fail{color:#b42318;font-weight:700}
+.gate-pass{color:#116329}.gate-none{color:#9a6700;font-weight:700}.gate-fail{color:#b42318;font-weight:700}
 table.verdicts{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
 table.verdicts th,table.verdicts td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
 table.verdicts th{background:#f6f8fa}
@@ -112,15 +112,19 @@ pub fn html(outcomes: &[RunOutcome]) -> String {
     out.push_str("<title>racegate report</title>\n<style>");
     out.push_str(CSS);
     out.push_str("</style>\n</head>\n<body>\n<h1>racegate report</h1>\n");
-    let (class, gate) = if s.mismatches == 0 {
-        ("gate-pass", "gate passes")
-    } else {
-        ("gate-fail", "gate FAILS")
+    // The same words as the table's summary line; only the verdict at its end is coloured.
+    let line = s.line();
+    let (class, split) = match (s.gated, s.mismatches) {
+        (0, _) => ("gate-none", line.find("0 of ")),
+        (_, 0) => ("gate-pass", line.rfind("gate passes")),
+        _ => ("gate-fail", line.rfind("gate FAILS")),
     };
+    let (head, tail) = line.split_at(split.unwrap_or(0));
     let _ = writeln!(
         out,
-        "<p class=\"summary\">{} scenarios, {} runs, {} mismatches: <span class=\"{class}\">{gate}</span></p>",
-        s.scenarios, s.runs, s.mismatches
+        "<p class=\"summary\">{}<span class=\"{class}\">{}</span></p>",
+        text(head),
+        text(tail)
     );
 
     // The verdict table: a row per scenario, a cell per endpoint linking to its timeline.
@@ -142,10 +146,10 @@ pub fn html(outcomes: &[RunOutcome]) -> String {
                     if !o.matches_expectation() {
                         classes.push("mismatch");
                     }
-                    let mark = match o.expected {
-                        None => "",
-                        Some(e) if e == o.verdict => "✓ ",
-                        Some(_) => "✗ ",
+                    let mark = match (o.gated(), o.matches_expectation()) {
+                        (false, _) => "not gated: ",
+                        (true, true) => "✓ ",
+                        (true, false) => "✗ ",
                     };
                     let first = o
                         .violations

@@ -7,6 +7,7 @@
 mod raw;
 mod write;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::EndpointKind;
+use crate::oracle::Invariant;
 
 pub use write::to_toml;
 
@@ -32,6 +34,10 @@ pub struct Scenario {
     pub users: Vec<User>,
     /// The verdict each gated endpoint must get; endpoints left out are not gated.
     pub expect: IndexMap<EndpointKind, Verdict>,
+    /// The invariants a gated endpoint must fail with, where `[expect]` names them
+    /// (`{ verdict = "fail", invariants = [...] }`); endpoints left out are gated on the verdict
+    /// alone.
+    pub expect_invariants: IndexMap<EndpointKind, InvariantMatch>,
     /// Quiet time after the last scheduled activity before clients close (default 1000).
     pub settle_ms: u64,
     /// How `racegate probe` talks to a live server (`[protocol]`); the replay ignores it.
@@ -238,6 +244,44 @@ pub struct Timed {
     pub at_ms: u64,
     /// The payload.
     pub text: String,
+}
+
+/// Which invariants a failing run must have violated, as `[expect]` names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvariantMatch {
+    /// `invariants = [...]`: exactly these, no more and no fewer.
+    Exactly(BTreeSet<Invariant>),
+    /// `at_least = [...]`: these, and maybe others.
+    AtLeast(BTreeSet<Invariant>),
+}
+
+impl InvariantMatch {
+    /// True when the set of invariants violated (`got`, with repeats) satisfies this.
+    pub fn matches<'a>(&self, got: impl IntoIterator<Item = &'a Invariant>) -> bool {
+        let got: BTreeSet<Invariant> = got.into_iter().copied().collect();
+        match self {
+            InvariantMatch::Exactly(want) => *want == got,
+            InvariantMatch::AtLeast(want) => want.is_subset(&got),
+        }
+    }
+
+    /// The invariants named.
+    pub fn invariants(&self) -> &BTreeSet<Invariant> {
+        match self {
+            InvariantMatch::Exactly(s) | InvariantMatch::AtLeast(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for InvariantMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.invariants().iter().map(|i| i.name()).collect();
+        match self {
+            InvariantMatch::Exactly(_) => write!(f, "exactly [{}]", names.join(", ")),
+            InvariantMatch::AtLeast(_) => write!(f, "at least [{}]", names.join(", ")),
+        }
+    }
 }
 
 /// What an endpoint must get on a scenario.

@@ -4,6 +4,7 @@
 //! limits, names, ids, enum-like strings) are kept as [`Spanned`] so that an error points at the
 //! offending value itself, not at the table that holds it.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::Path;
 
@@ -11,8 +12,11 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
+use super::{
+    InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict,
+};
 use crate::endpoint::EndpointKind;
+use crate::oracle::Invariant;
 
 /// Quiet time after the last scheduled activity when `settle_ms` is left out.
 const DEFAULT_SETTLE_MS: u64 = 1000;
@@ -213,9 +217,9 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         None => ServerConfig::default(),
     };
     let users = users(at, raw.user.as_ref())?;
-    let expect = match &raw.expect {
+    let (expect, expect_invariants) = match &raw.expect {
         Some(e) => expect(at, e)?,
-        None => IndexMap::new(),
+        None => (IndexMap::new(), IndexMap::new()),
     };
     let protocol = match &raw.protocol {
         Some(p) => protocol(at, p)?,
@@ -228,6 +232,7 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         server,
         users,
         expect,
+        expect_invariants,
         settle_ms,
         protocol,
     })
@@ -500,11 +505,16 @@ fn phase(at: &Locator<'_>, raw: &Spanned<Value>) -> Result<Phase, ScenarioError>
     ))
 }
 
-fn expect(
-    at: &Locator<'_>,
-    raw: &RawExpect,
-) -> Result<IndexMap<EndpointKind, Verdict>, ScenarioError> {
-    let mut out = IndexMap::with_capacity(raw.0.len());
+/// Both halves of `[expect]`: each gated endpoint's verdict, and the invariants it must fail
+/// with where the file names them.
+type Expectations = (
+    IndexMap<EndpointKind, Verdict>,
+    IndexMap<EndpointKind, InvariantMatch>,
+);
+
+fn expect(at: &Locator<'_>, raw: &RawExpect) -> Result<Expectations, ScenarioError> {
+    let mut verdicts = IndexMap::with_capacity(raw.0.len());
+    let mut invariants = IndexMap::new();
     for (key, value) in &raw.0 {
         let Ok(kind) = key.get_ref().parse::<EndpointKind>() else {
             let valid: Vec<&str> = EndpointKind::ALL.iter().map(|k| k.name()).collect();
@@ -517,22 +527,105 @@ fn expect(
                 ),
             ));
         };
-        let verdict = match value.get_ref() {
-            Value::String(s) if s == "pass" => Verdict::Pass,
-            Value::String(s) if s == "fail" => Verdict::Fail,
-            other => {
-                return Err(at.at(
-                    value,
-                    format!(
-                        "the verdict for `{kind}` in [expect] must be \"pass\" or \"fail\", \
-                         got {other}"
-                    ),
-                ));
-            }
+        let bad_verdict = |got: &dyn std::fmt::Display| {
+            at.at(
+                value,
+                format!(
+                    "the verdict for `{kind}` in [expect] must be \"pass\" or \"fail\", \
+                     got {got} (or a table: {{ verdict = \"fail\", invariants = [...] }})"
+                ),
+            )
         };
-        out.insert(kind, verdict);
+        let verdict_of = |v: &Value| match v {
+            Value::String(s) if s == "pass" => Some(Verdict::Pass),
+            Value::String(s) if s == "fail" => Some(Verdict::Fail),
+            _ => None,
+        };
+        let verdict = match value.get_ref() {
+            Value::Table(table) => {
+                let (verdict, named) = expect_table(at, value, kind, table)?;
+                if let Some(named) = named {
+                    invariants.insert(kind, named);
+                }
+                verdict
+            }
+            other => verdict_of(other).ok_or_else(|| bad_verdict(other))?,
+        };
+        verdicts.insert(kind, verdict);
     }
-    Ok(out)
+    Ok((verdicts, invariants))
+}
+
+/// `{ verdict = "fail", invariants = [...] }` or `{ verdict = "fail", at_least = [...] }`. Inline
+/// tables carry no spans of their own keys, so errors point at the table.
+fn expect_table(
+    at: &Locator<'_>,
+    value: &Spanned<Value>,
+    kind: EndpointKind,
+    table: &toml::Table,
+) -> Result<(Verdict, Option<InvariantMatch>), ScenarioError> {
+    let err = |message: String| at.at(value, format!("[expect] `{kind}`: {message}"));
+    if let Some(key) = table
+        .keys()
+        .find(|k| !["verdict", "invariants", "at_least"].contains(&k.as_str()))
+    {
+        return Err(err(format!(
+            "unknown key `{key}`, expected one of `verdict`, `invariants`, `at_least`"
+        )));
+    }
+    let verdict = match table.get("verdict") {
+        Some(Value::String(s)) if s == "pass" => Verdict::Pass,
+        Some(Value::String(s)) if s == "fail" => Verdict::Fail,
+        Some(other) => {
+            return Err(err(format!(
+                "`verdict` must be \"pass\" or \"fail\", got {other}"
+            )));
+        }
+        None => return Err(err("missing `verdict` (\"pass\" or \"fail\")".into())),
+    };
+    let list = |key: &str| -> Result<Option<BTreeSet<Invariant>>, ScenarioError> {
+        let Some(v) = table.get(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            return Err(err(format!(
+                "`{key}` must be a list of invariant names, got {v}"
+            )));
+        };
+        let mut out = BTreeSet::new();
+        for item in items {
+            let Value::String(name) = item else {
+                return Err(err(format!(
+                    "`{key}` must be a list of invariant names, got {item}"
+                )));
+            };
+            let invariant = name.parse::<Invariant>().map_err(|e| err(e.to_string()))?;
+            if !out.insert(invariant) {
+                return Err(err(format!("`{key}` names `{name}` twice")));
+            }
+        }
+        Ok(Some(out))
+    };
+    let named = match (list("invariants")?, list("at_least")?) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "give `invariants` (exactly these) or `at_least` (these and maybe more), not both"
+                    .into(),
+            ));
+        }
+        (Some(set), None) => Some(InvariantMatch::Exactly(set)),
+        (None, Some(set)) => Some(InvariantMatch::AtLeast(set)),
+        (None, None) => None,
+    };
+    match (&named, verdict) {
+        (Some(m), Verdict::Pass) if !m.invariants().is_empty() => Err(err(
+            "a \"pass\" violates no invariant; name invariants only with verdict = \"fail\"".into(),
+        )),
+        (Some(m), Verdict::Fail) if m.invariants().is_empty() => Err(err(
+            "a \"fail\" violates at least one invariant; name it, or leave the list out".into(),
+        )),
+        _ => Ok((verdict, named)),
+    }
 }
 
 /// The longest time a scenario may name: a day of virtual time is far past any setup window,
@@ -719,6 +812,7 @@ mod tests {
                 (EndpointKind::Unfixed, Verdict::Fail),
                 (EndpointKind::Partial, Verdict::Fail),
             ]),
+            expect_invariants: IndexMap::new(),
             settle_ms: 250,
             protocol: Default::default(),
         };
@@ -812,6 +906,50 @@ mod tests {
                 auth_ms: 180,
                 ..ServerConfig::default()
             }
+        );
+    }
+
+    #[test]
+    fn expectations_may_name_invariants_exactly_or_at_least_and_round_trip() {
+        use crate::oracle::Invariant::{AcceptFirst, MessageLost, Stuck};
+        use crate::scenario::InvariantMatch;
+        use std::collections::BTreeSet;
+        let scenario = parse(&[
+            HEAD,
+            "[[user]]",
+            "id = \"a\"",
+            "[expect]",
+            "unfixed = { verdict = \"fail\", invariants = [\"message-lost\", \"accept-first\"] }",
+            "partial = { verdict = \"fail\", at_least = [\"stuck\"] }",
+            "state-machine = \"pass\"",
+        ])
+        .expect("valid scenario");
+        assert_eq!(
+            scenario.expect,
+            IndexMap::from([
+                (EndpointKind::Unfixed, Verdict::Fail),
+                (EndpointKind::Partial, Verdict::Fail),
+                (EndpointKind::StateMachine, Verdict::Pass),
+            ])
+        );
+        assert_eq!(
+            scenario.expect_invariants,
+            IndexMap::from([
+                (
+                    EndpointKind::Unfixed,
+                    InvariantMatch::Exactly(BTreeSet::from([AcceptFirst, MessageLost]))
+                ),
+                (
+                    EndpointKind::Partial,
+                    InvariantMatch::AtLeast(BTreeSet::from([Stuck]))
+                ),
+            ])
+        );
+        let written = crate::scenario::to_toml(&scenario, "");
+        let back = crate::scenario::parse(&written, Path::new("scenarios/s.toml")).unwrap();
+        assert_eq!(
+            back.expect_invariants, scenario.expect_invariants,
+            "{written}"
         );
     }
 
@@ -1028,6 +1166,35 @@ mod tests {
     #[case::a_field_name_of_the_wrong_type_points_at_the_value(
         &[HEAD, "[protocol]", "ack_type = 3", "[[user]]", "id = \"a\""], 3, 12,
         "expected a string"
+    )]
+    #[case::an_expectation_table_without_a_verdict_asks_for_one(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "unfixed = { invariants = [\"stuck\"] }"],
+        5, 11, "[expect] `unfixed`: missing `verdict`"
+    )]
+    #[case::an_unknown_invariant_lists_the_invariants(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "unfixed = { verdict = \"fail\", invariants = [\"lost\"] }"],
+        5, 11, "unknown invariant `lost`; expected one of accept-first, message-lost"
+    )]
+    #[case::exactly_and_at_least_together_are_refused(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "unfixed = { verdict = \"fail\", invariants = [\"stuck\"], at_least = [\"leak\"] }"],
+        5, 11, "not both"
+    )]
+    #[case::a_pass_that_names_invariants_is_a_contradiction(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "partial = { verdict = \"pass\", at_least = [\"leak\"] }"],
+        5, 11, "name invariants only with verdict = \"fail\""
+    )]
+    #[case::an_unknown_key_in_an_expectation_table_lists_the_keys(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "partial = { verdict = \"fail\", invariant = [\"leak\"] }"],
+        5, 11, "unknown key `invariant`, expected one of `verdict`, `invariants`, `at_least`"
+    )]
+    #[case::an_invariant_named_twice_is_refused(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "partial = { verdict = \"fail\", invariants = [\"leak\", \"leak\"] }"],
+        5, 11, "names `leak` twice"
     )]
     fn an_invalid_scenario_is_reported_at_the_offending_place(
         #[case] text: &[&str],

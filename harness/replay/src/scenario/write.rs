@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Protocol, Scenario};
+use super::{InvariantMatch, Protocol, Scenario};
 
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -71,7 +71,25 @@ pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
     if !scenario.expect.is_empty() {
         out.push_str("\n[expect]\n");
         for (endpoint, verdict) in &scenario.expect {
-            let _ = writeln!(out, "{endpoint} = {}", quote(verdict.name()));
+            match scenario.expect_invariants.get(endpoint) {
+                None => {
+                    let _ = writeln!(out, "{endpoint} = {}", quote(verdict.name()));
+                }
+                Some(named) => {
+                    let key = match named {
+                        InvariantMatch::Exactly(_) => "invariants",
+                        InvariantMatch::AtLeast(_) => "at_least",
+                    };
+                    let names: Vec<String> =
+                        named.invariants().iter().map(|i| quote(i.name())).collect();
+                    let _ = writeln!(
+                        out,
+                        "{endpoint} = {{ verdict = {}, {key} = [{}] }}",
+                        quote(verdict.name()),
+                        names.join(", ")
+                    );
+                }
+            }
         }
     }
     out
@@ -149,6 +167,7 @@ mod tests {
                 }],
             }],
             expect,
+            expect_invariants: indexmap::IndexMap::new(),
             settle_ms: 250,
             protocol: Default::default(),
         };
