@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use racegate_probe::{Options, Target, probe_all, report};
-use racegate_replay::{Verdict, scenario};
+use racegate_probe::{Options, ProbeVerdict, Target, probe_all, report};
+use racegate_replay::scenario;
 
 use crate::{Outcome, emit};
 
@@ -23,13 +23,18 @@ pub(crate) struct ProbeArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Budget per scenario, from its first connect; connections still waiting then are `stuck`.
-    /// Default: the scenario's own time plus 2000 ms.
+    /// Budget per scenario, from its first connect; clients wait for their chats' answers up to
+    /// then, and whatever is still waiting is `stuck`. Default: the scenario's own time plus
+    /// 10000 ms.
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
     /// Include what every client saw (table and JSON).
     #[arg(long)]
     trace: bool,
+    /// Do not fail the gate for a scenario that exercised nothing (every connection refused or
+    /// closed before a chat, or no chat answered).
+    #[arg(long)]
+    allow_inconclusive: bool,
     /// Write the output here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -77,14 +82,44 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
+    if args.timeout_ms.is_none()
+        && let Some(longest) = scenarios.iter().map(|s| options.timeout_for(s)).max()
+    {
+        eprintln!(
+            "note: waiting up to {longest} ms per scenario for answers (the scenario's own time \
+             plus {} ms; --timeout-ms sets it)",
+            racegate_probe::probe::DEFAULT_GRACE_MS
+        );
+    }
     let outcomes = probe_all(&target, &scenarios, &options)?;
+    let allow = args.allow_inconclusive;
     let text = match args.format {
-        Format::Table => report::table(target.url(), &outcomes, args.trace),
+        Format::Table => report::table(target.url(), &outcomes, args.trace, allow),
         Format::Json => report::json(target.url(), &outcomes, args.trace)?,
-        Format::Junit => report::junit(target.url(), &outcomes).context("writing JUnit XML")?,
+        Format::Junit => {
+            report::junit(target.url(), &outcomes, allow).context("writing JUnit XML")?
+        }
     };
     emit(args.out.as_ref(), &text)?;
-    Ok(if outcomes.iter().all(|o| o.verdict == Verdict::Pass) {
+    let summary = report::Summary::of(&outcomes);
+    // The table ends with this line already; any other output goes to a tool, so the person
+    // watching the CI log still gets the verdict on standard error.
+    if args.out.is_some() || !matches!(args.format, Format::Table) {
+        for o in outcomes.iter().filter(|o| o.verdict != ProbeVerdict::Pass) {
+            match &o.inconclusive {
+                Some(why) => eprintln!("{}: inconclusive: {why}", o.scenario),
+                None => {
+                    let mut names: Vec<&str> =
+                        o.violations.iter().map(|v| v.invariant.name()).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    eprintln!("{}: fail: {}", o.scenario, names.join(", "));
+                }
+            }
+        }
+        eprintln!("{}", summary.line(allow));
+    }
+    Ok(if summary.passes(allow) {
         Outcome::Pass
     } else {
         Outcome::Fail

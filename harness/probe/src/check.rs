@@ -276,13 +276,117 @@ pub fn check(scenario: &Scenario, records: &[Record]) -> Vec<Violation> {
     out
 }
 
+/// Why `records` prove nothing about the server, if they do not: every user the scenario
+/// expects to be served (no `fail_at`) was refused, or closed before its first chat, or no chat
+/// was ever answered. A verdict over such a run would be vacuous: a wrong `[protocol]` (the
+/// credentials, the ack's fields) looks exactly like this, so the reason carries a hint.
+pub fn inconclusive(scenario: &Scenario, records: &[Record]) -> Option<String> {
+    let protocol = &scenario.protocol;
+    let served: Vec<&str> = scenario
+        .users
+        .iter()
+        .filter(|u| u.fail_at.is_none())
+        .map(|u| u.id.as_str())
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let scheduled: usize = scenario
+        .users
+        .iter()
+        .filter(|u| u.fail_at.is_none())
+        .map(|u| u.sends.len())
+        .sum();
+    let mine = |r: &&Record| served.contains(&r.user.as_str());
+    let mut opened = 0;
+    let mut sent = 0;
+    let mut acked = 0;
+    let mut unrecognised = 0;
+    let mut endings: IndexMap<String, usize> = IndexMap::new();
+    // Per user that sent: whether the server ended the connection (not with 1000) after it did.
+    let mut refused_after_send: IndexMap<&str, bool> = IndexMap::new();
+    for r in records.iter().filter(mine) {
+        match &r.seen {
+            Seen::Open => opened += 1,
+            Seen::Send { .. } => {
+                sent += 1;
+                refused_after_send.insert(&r.user, false);
+            }
+            Seen::Refused { status, close_code } => {
+                let code = close_code.map_or(String::new(), |c| format!(" (close code {c})"));
+                *endings.entry(format!("HTTP {status}{code}")).or_default() += 1;
+            }
+            Seen::ServerClose { code, .. } => {
+                *endings.entry(format!("close {code}")).or_default() += 1;
+                if *code != 1000
+                    && let Some(refused) = refused_after_send.get_mut(r.user.as_str())
+                {
+                    *refused = true;
+                }
+            }
+            Seen::Dropped { .. } => {
+                *endings.entry("dropped".into()).or_default() += 1;
+                if let Some(refused) = refused_after_send.get_mut(r.user.as_str()) {
+                    *refused = true;
+                }
+            }
+            Seen::Recv { text } => {
+                let kind = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|f| field(&f, &protocol.type_field));
+                match kind {
+                    Some(k) if k == protocol.ack_type => acked += 1,
+                    Some(k)
+                        if k == protocol.error_type
+                            || k == protocol.push_type
+                            || protocol.events.contains(&k) => {}
+                    _ => unrecognised += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+    let seen = if endings.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = endings.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
+        format!(" (the server answered: {})", list.join(", "))
+    };
+    let auth_hint = "check the scenario's [protocol] credentials (`user_query`, `user_header`): \
+                     a server that refuses them refuses everyone";
+    if opened == 0 {
+        return Some(format!("no connection opened{seen}; {auth_hint}"));
+    }
+    if scheduled > 0 && sent == 0 {
+        return Some(format!(
+            "the server ended every connection before its first chat{seen}; {auth_hint}"
+        ));
+    }
+    // No chat answered proves nothing when the server spoke a language the scenario does not
+    // describe (a wrong `[protocol]`), or refused every chat with a close. A server that took
+    // the chats and stayed silent is different: that is loss, and `check` says so.
+    let all_refused = !refused_after_send.is_empty() && refused_after_send.values().all(|r| *r);
+    if sent > 0 && acked == 0 && (unrecognised > 0 || all_refused) {
+        let why = if unrecognised > 0 {
+            format!(
+                "{unrecognised} frame(s) of a type the scenario's [protocol] does not name came \
+                 instead; check its frame fields (`type_field`, `ack_type`, `id_field`)"
+            )
+        } else {
+            format!("the server closed each connection instead{seen}")
+        };
+        return Some(format!("no chat was answered: {sent} sent, {why}"));
+    }
+    None
+}
+
 fn millis(at_ms: f64) -> u64 {
     // Records are non-negative and far below u64::MAX milliseconds.
     at_ms.max(0.0) as u64
 }
 
 /// A dotted path's value as text (strings as they are, numbers and booleans printed).
-fn field(frame: &Value, path: &str) -> Option<String> {
+pub(crate) fn field(frame: &Value, path: &str) -> Option<String> {
     let mut v = frame;
     for key in path.split('.') {
         v = v.as_object()?.get(key)?;

@@ -26,7 +26,7 @@ pub mod report;
 pub mod session;
 pub mod target;
 
-pub use probe::{Options, ProbeOutcome, probe_all, probe_scenario};
+pub use probe::{Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
 pub use session::{Record, Seen};
 pub use target::Target;
 

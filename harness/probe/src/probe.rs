@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use racegate_replay::Violation;
 use racegate_replay::scenario::Scenario;
-use racegate_replay::{Verdict, Violation};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -18,8 +18,34 @@ use crate::target::Target;
 use crate::{ProbeError, check};
 
 /// How long past its own timings a scenario may take before its connections are `stuck`, when
-/// `--timeout-ms` is not given.
-pub const DEFAULT_GRACE_MS: u64 = 2000;
+/// `--timeout-ms` is not given. Clients wait for their chats' answers up to then, so this is
+/// what a correct but slow server (a cold CI runner, a staging deployment) gets: generous,
+/// because a server that answers sooner ends the probe sooner.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+
+/// What a probe concluded about one scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeVerdict {
+    /// Exercised, and no invariant was violated.
+    Pass,
+    /// An invariant was violated.
+    Fail,
+    /// Nothing was exercised (every connection refused or closed before a chat, or no chat
+    /// answered): no verdict either way. Fails the gate unless `--allow-inconclusive`.
+    Inconclusive,
+}
+
+impl ProbeVerdict {
+    /// `pass`, `fail` or `inconclusive`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProbeVerdict::Pass => "pass",
+            ProbeVerdict::Fail => "fail",
+            ProbeVerdict::Inconclusive => "inconclusive",
+        }
+    }
+}
 
 /// How a probe runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,8 +70,11 @@ pub struct ProbeOutcome {
     pub scenario: String,
     /// Its file.
     pub file: PathBuf,
-    /// `pass` when no invariant was violated.
-    pub verdict: Verdict,
+    /// `pass` when exercised and no invariant was violated; `inconclusive` when nothing was
+    /// exercised, whatever the violations.
+    pub verdict: ProbeVerdict,
+    /// Why the run proves nothing, when it is inconclusive.
+    pub inconclusive: Option<String>,
     /// Every violation, by time.
     pub violations: Vec<Violation>,
     /// What every client saw, by time.
@@ -150,14 +179,16 @@ pub async fn probe_scenario(
     // Stable: one user's records keep their order on a tie.
     records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
     let violations = check::check(scenario, &records);
+    let inconclusive = check::inconclusive(scenario, &records);
     Ok(ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
-        verdict: if violations.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Fail
+        verdict: match (&inconclusive, violations.is_empty()) {
+            (Some(_), _) => ProbeVerdict::Inconclusive,
+            (None, true) => ProbeVerdict::Pass,
+            (None, false) => ProbeVerdict::Fail,
         },
+        inconclusive,
         violations,
         records,
         own_ms: own,

@@ -3,14 +3,18 @@
 use std::fmt::Write as _;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-use racegate_replay::Verdict;
 use serde::Serialize;
 
-use crate::probe::ProbeOutcome;
+use crate::probe::{ProbeOutcome, ProbeVerdict};
 
 /// One line per scenario (verdict, wall time against its own time), then each violation
 /// indented under it; with `trace`, every record too. Ends with a summary line.
-pub fn table(url: &str, outcomes: &[ProbeOutcome], trace: bool) -> String {
+pub fn table(
+    url: &str,
+    outcomes: &[ProbeOutcome],
+    trace: bool,
+    allow_inconclusive: bool,
+) -> String {
     let mut out = format!("probe {url}\n");
     let width = outcomes
         .iter()
@@ -18,41 +22,69 @@ pub fn table(url: &str, outcomes: &[ProbeOutcome], trace: bool) -> String {
         .max()
         .unwrap_or(0)
         .max("scenario".len());
-    let _ = writeln!(out, "{:<width$}  verdict  took (own)", "scenario");
+    let verdict_width = outcomes
+        .iter()
+        .map(|o| o.verdict.name().len())
+        .max()
+        .unwrap_or(0)
+        .max("verdict".len());
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<verdict_width$}  took (own)",
+        "scenario", "verdict"
+    );
     for o in outcomes {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<7}  {:.0} ms ({} ms)",
+            "{:<width$}  {:<verdict_width$}  {:.0} ms ({} ms)",
             o.scenario,
             o.verdict.name(),
             o.elapsed_ms,
             o.own_ms
         );
+        if let Some(why) = &o.inconclusive {
+            let _ = writeln!(out, "    ? inconclusive: {why}");
+        }
         for v in &o.violations {
             let _ = writeln!(out, "    ✗ {v}");
         }
         if trace {
-            for r in &o.records {
-                let seen = serde_json::to_string(&r.seen).unwrap_or_default();
-                let _ = writeln!(out, "    {:>9.1} ms  {}  {seen}", r.at_ms, r.user);
-            }
+            out.push_str(&timeline(o));
         }
     }
-    let failed = outcomes
-        .iter()
-        .filter(|o| o.verdict == Verdict::Fail)
-        .count();
-    let _ = writeln!(
-        out,
-        "{} scenarios, {} pass, {failed} fail: {}",
-        outcomes.len(),
-        outcomes.len() - failed,
-        if failed == 0 {
-            "probe passes"
-        } else {
-            "probe fails"
-        }
-    );
+    let _ = writeln!(out, "{}", Summary::of(outcomes).line(allow_inconclusive));
+    out
+}
+
+/// One record per line, in the shape `run --trace` prints a replay's timeline: the time, the
+/// user, and what the client saw in words.
+pub fn timeline(o: &ProbeOutcome) -> String {
+    use crate::Seen;
+    let mut out = String::new();
+    for r in &o.records {
+        let what = match &r.seen {
+            Seen::Connect => "client connect".to_string(),
+            Seen::Open => "client open".to_string(),
+            Seen::Refused { status, close_code } => match close_code {
+                Some(code) => format!("upgrade refused: HTTP {status}, close code {code}"),
+                None => format!("upgrade refused: HTTP {status}"),
+            },
+            Seen::Send { id } => format!("client send {id}"),
+            Seen::Unsent { id, reason } => format!("client unsent {id}: {reason}"),
+            Seen::Recv { text } => format!("client recv {text}"),
+            Seen::RecvBinary { bytes } => format!("client recv binary ({bytes} bytes)"),
+            Seen::ServerClose { code, reason } if reason.is_empty() => {
+                format!("client sees close {code}")
+            }
+            Seen::ServerClose { code, reason } => format!("client sees close {code} ({reason})"),
+            Seen::Dropped { error } => format!("connection dropped: {error}"),
+            Seen::ClientClose => "client close".to_string(),
+            Seen::CloseAnswered { code: Some(code) } => format!("close answered {code}"),
+            Seen::CloseAnswered { code: None } => "close answered".to_string(),
+            Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
+        };
+        let _ = writeln!(out, "{:>9.1} ms  {:<24} {what}", r.at_ms, r.user);
+    }
     out
 }
 
@@ -67,7 +99,9 @@ struct Json<'a> {
 struct JsonScenario<'a> {
     name: &'a str,
     file: String,
-    verdict: Verdict,
+    verdict: ProbeVerdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inconclusive: Option<&'a str>,
     violations: &'a [racegate_replay::Violation],
     elapsed_ms: f64,
     own_ms: u64,
@@ -76,11 +110,60 @@ struct JsonScenario<'a> {
     records: Option<&'a [crate::Record]>,
 }
 
-#[derive(Serialize)]
-struct Summary {
-    scenarios: usize,
-    passed: usize,
-    failed: usize,
+/// Counts over a probe: `passed + failed + inconclusive == scenarios`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Scenarios probed.
+    pub scenarios: usize,
+    /// Exercised with no violation.
+    pub passed: usize,
+    /// With a violation.
+    pub failed: usize,
+    /// That exercised nothing.
+    pub inconclusive: usize,
+}
+
+impl Summary {
+    /// Counts `outcomes`.
+    pub fn of(outcomes: &[ProbeOutcome]) -> Summary {
+        let count = |v| outcomes.iter().filter(|o| o.verdict == v).count();
+        Summary {
+            scenarios: outcomes.len(),
+            passed: count(ProbeVerdict::Pass),
+            failed: count(ProbeVerdict::Fail),
+            inconclusive: count(ProbeVerdict::Inconclusive),
+        }
+    }
+
+    /// True when the probe passes the gate: nothing failed, and nothing was inconclusive
+    /// unless that is allowed.
+    pub fn passes(&self, allow_inconclusive: bool) -> bool {
+        self.failed == 0 && (allow_inconclusive || self.inconclusive == 0)
+    }
+
+    /// The closing line, e.g. `3 scenarios, 2 pass, 0 fail, 1 inconclusive: probe fails`.
+    pub fn line(&self, allow_inconclusive: bool) -> String {
+        let inconclusive = match self.inconclusive {
+            0 => String::new(),
+            n => format!(", {n} inconclusive"),
+        };
+        format!(
+            "{} {}, {} pass, {} fail{inconclusive}: {}",
+            self.scenarios,
+            if self.scenarios == 1 {
+                "scenario"
+            } else {
+                "scenarios"
+            },
+            self.passed,
+            self.failed,
+            if self.passes(allow_inconclusive) {
+                "probe passes"
+            } else {
+                "probe fails"
+            }
+        )
+    }
 }
 
 /// `{"url","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
@@ -91,10 +174,6 @@ pub fn json(
     outcomes: &[ProbeOutcome],
     trace: bool,
 ) -> Result<String, serde_json::Error> {
-    let failed = outcomes
-        .iter()
-        .filter(|o| o.verdict == Verdict::Fail)
-        .count();
     let doc = Json {
         url,
         scenarios: outcomes
@@ -103,6 +182,7 @@ pub fn json(
                 name: &o.scenario,
                 file: o.file.display().to_string(),
                 verdict: o.verdict,
+                inconclusive: o.inconclusive.as_deref(),
                 violations: &o.violations,
                 elapsed_ms: (o.elapsed_ms * 10.0).round() / 10.0,
                 own_ms: o.own_ms,
@@ -110,11 +190,7 @@ pub fn json(
                 records: trace.then_some(o.records.as_slice()),
             })
             .collect(),
-        summary: Summary {
-            scenarios: outcomes.len(),
-            passed: outcomes.len() - failed,
-            failed,
-        },
+        summary: Summary::of(outcomes),
     };
     let mut text = serde_json::to_string_pretty(&doc)?;
     text.push('\n');
@@ -123,11 +199,24 @@ pub fn json(
 
 /// JUnit XML: one suite `racegate probe <url>`, one test case per scenario, failing with the
 /// violated invariants.
-pub fn junit(url: &str, outcomes: &[ProbeOutcome]) -> Result<String, quick_junit::SerializeError> {
+pub fn junit(
+    url: &str,
+    outcomes: &[ProbeOutcome],
+    allow_inconclusive: bool,
+) -> Result<String, quick_junit::SerializeError> {
     let mut report = Report::new("racegate probe");
     let mut suite = TestSuite::new(format!("racegate probe {url}"));
     for o in outcomes {
-        let status = if o.violations.is_empty() {
+        let status = if let Some(why) = &o.inconclusive {
+            let mut status = if allow_inconclusive {
+                TestCaseStatus::skipped()
+            } else {
+                TestCaseStatus::non_success(NonSuccessKind::Failure)
+            };
+            status.set_message(format!("inconclusive: {why}"));
+            status.set_type("inconclusive");
+            status
+        } else if o.violations.is_empty() {
             TestCaseStatus::success()
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);

@@ -191,12 +191,26 @@ pub async fn run(
             .max(opened + Duration::from_millis(last_send) + schedule.after_last_send),
     };
     let mut next = 0;
+    let mut pending = Pending::default();
     loop {
         let send_at = user
             .sends
             .get(next)
             .map(|s| opened + Duration::from_millis(s.at_ms));
-        let wake = send_at.map_or(close_at, |s| s.min(close_at)).min(deadline);
+        // A client without a `close_ms` of its own keeps its connection until every chat it sent
+        // is answered (or the deadline): a correct but slow server must not fail for being slow.
+        // Missing answers are judged only after that.
+        // It stops waiting a little before the deadline, so the server's answer to its close
+        // still fits.
+        let awaiting = user.close_ms.is_none() && !pending.is_empty();
+        let answers_until = deadline
+            .checked_sub(CLOSE_REPLY_GRACE)
+            .unwrap_or(deadline)
+            .max(close_at);
+        let close_when = if awaiting { answers_until } else { close_at };
+        let wake = send_at
+            .map_or(close_when, |s| s.min(close_when))
+            .min(deadline);
         tokio::select! {
             biased;
             msg = ws.next() => {
@@ -207,9 +221,12 @@ pub async fn run(
                         .await;
                     return Ok(log.records);
                 }
+                if let Some(Record { seen: Seen::Recv { text }, .. }) = log.records.last() {
+                    pending.answered_by(protocol, text);
+                }
             }
             () = sleep_until(wake) => {
-                if wake == deadline && Some(wake) != send_at && wake != close_at {
+                if wake == deadline && Some(wake) != send_at && wake != close_when {
                     log.push(Seen::Timeout { waiting_for: "the scheduled close".into() });
                     return Ok(log.records);
                 }
@@ -218,7 +235,10 @@ pub async fn run(
                     let text = protocol.render_chat(&id, &user.sends[next].text, &user.id);
                     next += 1;
                     match ws.send(Message::text(text)).await {
-                        Ok(()) => log.push(Seen::Send { id }),
+                        Ok(()) => {
+                            pending.sent(&id);
+                            log.push(Seen::Send { id });
+                        }
                         Err(e) => {
                             log.push(Seen::Dropped { error: format!("sending {id}: {e}") });
                             return Ok(log.records);
@@ -277,6 +297,55 @@ async fn close(ws: &mut Ws, log: &mut Log, deadline: Instant) {
         Err(_) => log.push(Seen::Timeout {
             waiting_for: "the server to answer the client's close".into(),
         }),
+    }
+}
+
+/// The chats a client sent and still expects an answer to: its ack and the last event of its
+/// run, or an error frame (a visible refusal, taken as answering the oldest chat still open).
+#[derive(Default)]
+struct Pending {
+    /// Chat id → (ack seen, run complete).
+    open: indexmap::IndexMap<String, (bool, bool)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    fn sent(&mut self, id: &str) {
+        self.open.insert(id.to_string(), (false, false));
+    }
+
+    fn answered_by(&mut self, protocol: &Protocol, text: &str) {
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else {
+            return;
+        };
+        let kind = crate::check::field(&frame, &protocol.type_field).unwrap_or_default();
+        if kind == protocol.error_type {
+            self.open.shift_remove_index(0);
+            return;
+        }
+        let last_event = protocol.events.last();
+        let (id, is_ack) = if kind == protocol.ack_type {
+            (crate::check::field(&frame, &protocol.id_field), true)
+        } else if last_event == Some(&kind) {
+            (crate::check::field(&frame, &protocol.run_field), false)
+        } else {
+            return;
+        };
+        let Some(id) = id else { return };
+        if let Some((ack, done)) = self.open.get_mut(&id) {
+            if is_ack {
+                *ack = true;
+            } else {
+                *done = true;
+            }
+            // A protocol without run events is answered by its ack alone.
+            if *ack && (*done || last_event.is_none()) {
+                self.open.shift_remove(&id);
+            }
+        }
     }
 }
 

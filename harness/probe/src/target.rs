@@ -49,7 +49,22 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        // `port_u16` is `None` both for "no port" and for a port that is no u16 (`:99999`,
+        // `:abc`, a bare `:`), and the second must not quietly become port 80.
+        let given = uri
+            .authority()
+            .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
+            .and_then(|host_port| host_port.rsplit_once(':'))
+            .filter(|(_, after)| !after.ends_with(']'))
+            .map(|(_, port)| port);
+        let port = match given {
+            None => 80,
+            Some(text) => text.parse::<u16>().map_err(|_| {
+                bad(&format!(
+                    "invalid port `{text}`; expected a number from 1 to 65535"
+                ))
+            })?,
+        };
         if port == 0 {
             return Err(bad("port 0 is not a server's port"));
         }
@@ -123,6 +138,11 @@ mod tests {
         assert_eq!(t.addr(), ("127.0.0.1", 9000));
         assert_eq!(Target::parse("ws://example.test/").unwrap().addr().1, 80);
         assert_eq!(
+            Target::parse("ws://u:p@example.test/").unwrap().addr().1,
+            80
+        );
+        assert_eq!(Target::parse("ws://[::1]/").unwrap().addr().1, 80);
+        assert_eq!(
             Target::parse("ws://[::1]:81/x").unwrap().addr_text(),
             "[::1]:81"
         );
@@ -137,6 +157,9 @@ mod tests {
             ("ws://", "expected ws://HOST:PORT/PATH"),
             ("ws://host:0/", "port 0"),
             ("ws://exa mple/", "expected ws://HOST:PORT/PATH"),
+            ("ws://127.0.0.1:99999/ws", "invalid port `99999`"),
+            ("ws://127.0.0.1:abc/ws", "invalid port"),
+            ("ws://127.0.0.1:/ws", "invalid port"),
         ] {
             match Target::parse(url) {
                 Err(e @ ProbeError::BadUrl { .. }) => {

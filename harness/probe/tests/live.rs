@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use racegate_probe::{Options, ProbeError, ProbeOutcome, Target, probe_scenario};
+use racegate_probe::{Options, ProbeError, ProbeOutcome, ProbeVerdict, Target, probe_scenario};
+use racegate_replay::Invariant;
 use racegate_replay::scenario::{self, Scenario};
-use racegate_replay::{Invariant, Verdict};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -45,6 +45,11 @@ enum Behaviour {
     Close4000,
     /// Drops the TCP connection at the first chat.
     Drop,
+    /// Closes every connection with 1008 right after the handshake, before any chat (what a
+    /// server does with credentials it does not accept).
+    Refuse1008,
+    /// racegate's wire protocol, done right, but each answer takes 2.5 s (a slow setup).
+    Slow,
 }
 
 /// The user id the upgrade carried: `?token=` or the `x-user` header.
@@ -88,6 +93,19 @@ async fn connection(stream: TcpStream, behaviour: Behaviour) {
             // Hold the connection open, unread, until the client gives up.
             tokio::time::sleep(Duration::from_secs(30)).await; // real-time: the probe times out first
             return;
+        }
+        Behaviour::Refuse1008 => {
+            let frame = CloseFrame {
+                code: 1008.into(),
+                reason: "bad token".into(),
+            };
+            let _ = ws.close(Some(frame)).await;
+            while let Some(Ok(_)) = ws.next().await {}
+            return;
+        }
+        Behaviour::Slow => {
+            // real-time: the slowness is the point; the probe must wait it out
+            tokio::time::sleep(Duration::from_millis(2500)).await;
         }
         Behaviour::StarletteError => {
             let error = json!({"type": "error", "message":
@@ -174,7 +192,7 @@ fn invariants(o: &ProbeOutcome) -> Vec<Invariant> {
 async fn a_server_that_keeps_the_protocol_passes() {
     let addr = serve(Behaviour::Good).await;
     let o = probe(addr, &two_users(""), 3000).await;
-    assert_eq!(o.verdict, Verdict::Pass, "{:#?}", o.violations);
+    assert_eq!(o.verdict, ProbeVerdict::Pass, "{:#?}", o.violations);
     let frames = o
         .records
         .iter()
@@ -266,12 +284,46 @@ async fn a_protocol_table_describes_another_servers_wire_format() {
     let s = two_users("[protocol]\nuser_header = \"X-User\"\nclose_codes = [1000, 4000]");
     let addr = serve(Behaviour::Good).await;
     let o = probe(addr, &s, 3000).await;
-    assert_eq!(o.verdict, Verdict::Pass, "{:#?}", o.violations);
+    assert_eq!(o.verdict, ProbeVerdict::Pass, "{:#?}", o.violations);
     let addr = serve(Behaviour::Close4000).await;
     let o = probe(addr, &s, 3000).await;
-    assert_eq!(o.verdict, Verdict::Pass, "{:#?}", o.violations);
+    // 4000 is expected, so nothing is violated; but no chat was ever answered, so nothing was
+    // proven either.
+    assert!(o.violations.is_empty(), "{:#?}", o.violations);
+    assert_eq!(o.verdict, ProbeVerdict::Inconclusive);
     // Error patterns are the scenario's to choose.
     let s = two_users("[protocol]\nerror_patterns = [\"something else\"]");
     let addr = serve(Behaviour::StarletteError).await;
-    assert_eq!(probe(addr, &s, 3000).await.verdict, Verdict::Pass);
+    assert_eq!(probe(addr, &s, 3000).await.verdict, ProbeVerdict::Pass);
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_everyone_before_the_first_chat_is_inconclusive() {
+    let addr = serve(Behaviour::Refuse1008).await;
+    let o = probe(addr, &two_users(""), 3000).await;
+    assert_eq!(o.verdict, ProbeVerdict::Inconclusive, "{o:#?}");
+    let why = o.inconclusive.as_deref().unwrap();
+    assert!(why.contains("before its first chat"), "{why}");
+    assert!(why.contains("close 1008 ×2"), "{why}");
+    assert!(why.contains("[protocol] credentials"), "{why}");
+}
+
+#[tokio::test]
+async fn a_correct_server_slower_than_the_scenarios_model_passes() {
+    // The scenario models a 0.5 s setup; the server takes 2.5 s before it answers anything.
+    let s = scenario::parse(
+        "name = \"slow\"\nsettle_ms = 100\n[server]\nauth_ms = 500\n\
+         [[user]]\nid = \"u1\"\nsend = [{ at_ms = 0, text = \"hi\" }]\n",
+        Path::new("slow.toml"),
+    )
+    .unwrap();
+    let addr = serve(Behaviour::Slow).await;
+    let o = probe(addr, &s, 8000).await;
+    assert_eq!(o.verdict, ProbeVerdict::Pass, "{o:#?}");
+    assert!(o.elapsed_ms >= 2500.0, "{}", o.elapsed_ms);
+    assert!(
+        o.elapsed_ms < 8000.0,
+        "it waited for answers, not for the timeout: {}",
+        o.elapsed_ms
+    );
 }
