@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use racegate_replay::Violation;
 use racegate_replay::scenario::Scenario;
+use racegate_replay::schedule::{self, Pushes};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -87,31 +88,11 @@ pub struct ProbeOutcome {
     pub timeout_ms: u64,
 }
 
-/// When clients close, in milliseconds from the first connect: every user's latest scheduled
-/// action after the scenario's own setup time, one agent run, and `settle_ms`, as the replay's
-/// horizon but without pushes (a probe cannot issue them).
+/// When clients close, in milliseconds from the first connect: the replay's horizon
+/// ([`schedule::horizon_ms`]) without pushes (a probe cannot issue them), with runs of the
+/// protocol's own events.
 pub fn own_ms(scenario: &Scenario) -> u64 {
-    let server = &scenario.server;
-    let latest = scenario
-        .users
-        .iter()
-        .map(|u| {
-            let last = u
-                .sends
-                .iter()
-                .map(|t| t.at_ms)
-                .chain(u.close_ms)
-                .max()
-                .unwrap_or(0);
-            u.connect_ms + server.setup_ms() + last
-        })
-        .max()
-        .unwrap_or(0);
-    latest + run_ms(scenario) + scenario.settle_ms
-}
-
-fn run_ms(scenario: &Scenario) -> u64 {
-    scenario.server.event_gap_ms * scenario.protocol.events.len() as u64
+    schedule::horizon_ms(scenario, Pushes::Ignored, scenario.protocol.events.len())
 }
 
 /// Probes `scenario` against `target` on the current runtime.
@@ -133,13 +114,10 @@ pub async fn probe_scenario(
     let timeout_ms = options.timeout_for(scenario);
     let origin = Instant::now();
     let deadline = origin + Duration::from_millis(timeout_ms);
-    let after_last_send = Duration::from_millis(
-        scenario.server.auth_ms
-            + scenario.server.services_ms
-            + scenario.server.register_ms
-            + run_ms(scenario)
-            + scenario.settle_ms,
-    );
+    let after_last_send = Duration::from_millis(schedule::after_open_ms(
+        scenario,
+        scenario.protocol.events.len(),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, user) in scenario.users.iter().enumerate() {
         let close_at = origin

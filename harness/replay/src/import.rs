@@ -808,7 +808,8 @@ fn infer(
     if let Some(h) = horizon
         && crate::runner::horizon_ms(&scenario) < h
     {
-        let fixed = scenario.server.setup_ms() + 5 * scenario.server.event_gap_ms + settle_ms;
+        let events = crate::trace::AgentEvent::RUN.len();
+        let fixed = scenario.server.setup_ms() + crate::schedule::tail_ms(&scenario, events);
         let never_sent = users.iter().map(|(_, c, _)| c.sends.len());
         for (u, sent) in scenario.users.iter_mut().zip(never_sent) {
             if u.sends.len() > sent

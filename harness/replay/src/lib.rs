@@ -29,7 +29,7 @@
 //! [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
 //! one here), [`backend`] (the server's phases, manager, router), [`endpoint`] (`unfixed`,
 //! `partial`, `state-machine`), [`trace`] (the timeline), [`oracle`] (invariants over a trace),
-//! [`runner`] (virtual-time replay), [`report`] (table, JSON, JUnit, the HTML report with a
+//! [`schedule`] (when clients close, for every driver), [`runner`] (virtual-time replay), [`report`] (table, JSON, JUnit, the HTML report with a
 //! timeline per run, Mermaid), [`explore`] (proptest searches timings for violations and shrinks
 //! each to a scenario file), and [`import`] (staging-style JSON logs back into a scenario).
 
@@ -41,6 +41,7 @@ pub mod oracle;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod schedule;
 pub mod trace;
 pub mod transport;
 

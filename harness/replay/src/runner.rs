@@ -19,7 +19,8 @@ use crate::backend::Backend;
 use crate::endpoint::EndpointKind;
 use crate::oracle::{self, Violation};
 use crate::scenario::{InvariantMatch, Scenario, User, Verdict};
-use crate::trace::{EventKind, Frame, Recorder, TraceEvent};
+use crate::schedule::{self, Pushes};
+use crate::trace::{AgentEvent, EventKind, Frame, Recorder, TraceEvent};
 use crate::transport::fake::{self, ClientEvent, ClientSendError, FakeClient};
 
 /// The result of one scenario × endpoint.
@@ -185,29 +186,10 @@ impl Connector for FakeConnector {
     }
 }
 
-/// When clients close: after every scheduled action, the longest setup and one agent run, plus
-/// the scenario's settle time.
+/// When clients close in a replay: [`schedule::horizon_ms`] with pushes and racegate's own
+/// five-event runs.
 pub fn horizon_ms(scenario: &Scenario) -> u64 {
-    let server = &scenario.server;
-    let run = 5 * server.event_gap_ms;
-    scenario
-        .users
-        .iter()
-        .map(|u| {
-            let latest = u
-                .sends
-                .iter()
-                .chain(&u.pushes)
-                .map(|t| t.at_ms)
-                .chain(u.close_ms)
-                .max()
-                .unwrap_or(0);
-            u.connect_ms + server.setup_ms() + latest
-        })
-        .max()
-        .unwrap_or(0)
-        + run
-        + scenario.settle_ms
+    schedule::horizon_ms(scenario, Pushes::Included, AgentEvent::RUN.len())
 }
 
 /// How long servers get, after clients close at the horizon, to reach a terminal state before
