@@ -368,3 +368,93 @@ fn a_partly_gated_run_says_how_many_runs_were_not_gated() {
         r.context()
     );
 }
+
+#[test]
+fn outside_a_checkout_run_uses_the_bundled_scenarios_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = util::racegate_in(dir.path(), &["run"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr()
+            .contains("using the 23 scenarios built into racegate"),
+        "{}",
+        r.context()
+    );
+    assert!(
+        r.stdout().contains("23 scenarios, 69 runs"),
+        "{}",
+        r.context()
+    );
+    // Inside a checkout, scenarios/ wins: a folder with one scenario is what runs.
+    std::fs::create_dir(dir.path().join("scenarios")).unwrap();
+    write(&dir.path().join("scenarios"), "good.toml", GOOD);
+    let r = util::racegate_in(dir.path(), &["run"]);
+    r.expect_code(0);
+    assert!(r.stdout().contains("1 scenario, 3 runs"), "{}", r.context());
+    assert!(
+        !r.stderr().contains("built into racegate"),
+        "{}",
+        r.context()
+    );
+}
+
+#[test]
+fn scenarios_list_and_export_give_the_bundled_files_byte_for_byte() {
+    let r = racegate(&["scenarios", "list"]);
+    r.expect_code(0);
+    assert!(
+        r.stdout()
+            .contains("staging-user-101463487227881885914     push during the accept window"),
+        "{}",
+        r.context()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mine");
+    racegate(&["scenarios", "export", out.to_str().unwrap()]).expect_code(0);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut names: Vec<_> = std::fs::read_dir(&repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 23);
+    for name in &names {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(repo.join(name)).unwrap(),
+            "{name:?}"
+        );
+    }
+    // A file the user changed is left alone, and said so, with exit 2.
+    std::fs::write(out.join(&names[0]), "name = \"mine\"\n").unwrap();
+    let r = racegate(&["scenarios", "export", out.to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(
+        r.stderr().contains("left 1 file(s) alone"),
+        "{}",
+        r.context()
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join(&names[0])).unwrap(),
+        "name = \"mine\"\n"
+    );
+}
+
+#[test]
+fn scenario_folders_are_searched_with_their_subfolders() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("auth");
+    std::fs::create_dir(&sub).unwrap();
+    write(&sub, "good.toml", GOOD);
+    let r = racegate(&["run", dir.path().to_str().unwrap()]);
+    r.expect_code(0);
+    assert!(r.stdout().contains("1 scenario, 3 runs"), "{}", r.context());
+    let empty = tempfile::tempdir().unwrap();
+    let r = racegate(&["run", empty.path().to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(
+        r.stderr().contains("searched with their subfolders"),
+        "{}",
+        r.context()
+    );
+}

@@ -16,6 +16,7 @@ mod load;
 mod logging;
 mod probe;
 mod run;
+mod scenarios;
 mod serve;
 
 #[derive(Parser)]
@@ -43,6 +44,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Replay scenarios' clients against a live WebSocket server; check what a client sees.
     Probe(probe::ProbeArgs),
+    /// The scenario files built into racegate: list them, or export them to start your own set.
+    Scenarios(scenarios::ScenariosArgs),
 }
 
 /// What a command concluded, for the exit code.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load::load(args),
         Command::Import(args) => import::import(args),
         Command::Probe(args) => probe::probe(args),
+        Command::Scenarios(args) => scenarios::scenarios(args),
     };
     match result {
         Ok(Outcome::Pass) => ExitCode::SUCCESS,

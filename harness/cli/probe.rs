@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use racegate_probe::{Options, ProbeVerdict, Target, probe_all, report};
-use racegate_replay::scenario;
 
 use crate::{Outcome, emit};
 
@@ -17,8 +16,9 @@ pub(crate) struct ProbeArgs {
     /// scenario's `[protocol]` says otherwise.
     #[arg(long)]
     url: String,
-    /// Scenario files or folders of `*.toml` files (repeatable).
-    #[arg(long = "scenario", value_name = "FILE|DIR", num_args = 1.., default_value = "scenarios")]
+    /// Scenario files or folders of `*.toml` files (repeatable). Default: `scenarios/` if it is
+    /// here, else the scenarios built into racegate.
+    #[arg(long = "scenario", value_name = "FILE|DIR", num_args = 1..)]
     scenarios: Vec<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -49,15 +49,7 @@ enum Format {
 
 pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     let target = Target::parse(&args.url)?;
-    let scenarios = scenario::load_all(&args.scenarios)?;
-    if scenarios.is_empty() {
-        let shown: Vec<String> = args
-            .scenarios
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        anyhow::bail!("no scenario files (*.toml) found in {}", shown.join(", "));
-    }
+    let scenarios = crate::scenarios::resolve(&args.scenarios)?;
     if args.timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }

@@ -11,8 +11,8 @@ use crate::{Outcome, emit};
 
 #[derive(Parser)]
 pub(crate) struct RunArgs {
-    /// Scenario files or folders of `*.toml` files.
-    #[arg(default_value = "scenarios")]
+    /// Scenario files or folders of `*.toml` files. Default: `scenarios/` if it is here, else
+    /// the scenarios built into racegate.
     paths: Vec<PathBuf>,
     /// Which endpoint to replay.
     #[arg(long, value_enum, default_value_t = EndpointArg::All)]
@@ -74,11 +74,7 @@ enum Format {
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let scenarios = scenario::load_all(&args.paths)?;
-    if scenarios.is_empty() {
-        let shown: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
-        anyhow::bail!("no scenario files (*.toml) found in {}", shown.join(", "));
-    }
+    let scenarios = crate::scenarios::resolve(&args.paths)?;
     let runs = scenarios.len() * args.endpoint.kinds().len();
     if matches!(args.format, Format::Mermaid) && runs != 1 {
         anyhow::bail!(

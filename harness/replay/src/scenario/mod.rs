@@ -369,14 +369,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
             message: e.to_string(),
         })?;
         if meta.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| ScenarioError::Io {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let mut files: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .collect();
+            let mut files = Vec::new();
+            walk(path, &mut files)?;
             files.sort();
             out.extend(files);
         } else {
@@ -384,6 +378,25 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ScenarioError> {
         }
     }
     Ok(out)
+}
+
+/// Every `*.toml` file under `dir`, subfolders included (a repository may group its scenarios
+/// by area). Symlinked folders are not followed, so a link cycle cannot loop.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ScenarioError::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let is_real_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_real_dir {
+            walk(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "toml") && path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Loads every scenario under `paths`, refusing duplicate names.
