@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test loom lint bench ci
+.PHONY: run test loom lint bench ci conformance
 
 ## Run the regression gate on the bundled scenarios; also write the HTML report to $(REPORT).
 REPORT ?= target/racegate-report.html
@@ -14,6 +14,16 @@ run:
 test:
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+## The conformance suite: the fake and the real-socket transports against Starlette under uvicorn
+## (docs/conformance.md). Needs the Python environment (`make py`, or RACEGATE_PYTHON). Prints the
+## case table, then ends with exactly one summary line.
+conformance:
+	@mkdir -p target && rm -f target/conformance-summary.txt
+	@$(CARGO) test -p racegate-net --test conformance -- --nocapture > target/conformance.log 2>&1; \
+	  status=$$?; grep -v '^conformance: ' target/conformance.log; \
+	  cat target/conformance-summary.txt 2>/dev/null || echo "conformance: did not run (see above)"; \
+	  exit $$status
 
 ## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
 loom:

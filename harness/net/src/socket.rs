@@ -296,6 +296,37 @@ impl WsSocket {
     fn set_application(&self, to: WsState) {
         self.shared.lock().application = to;
     }
+
+    /// Reads `stream`'s upgrade request and returns the socket still waiting for its `101`, as
+    /// the server hands it to an endpoint: for a caller that drives one socket itself (the
+    /// conformance suite). Default limits, no pre-accept delay, never shutting down.
+    pub async fn from_upgrade(
+        mut stream: TcpStream,
+        limits: Limits,
+    ) -> Result<WsSocket, handshake::HandshakeError> {
+        let upgrade =
+            handshake::read_upgrade(&mut stream, limits.max_head_bytes, limits.handshake_timeout)
+                .await?;
+        // Its sender is dropped at once: the lifecycle stays `Serving` for good.
+        let (_, lifecycle) = watch::channel(Lifecycle::Serving);
+        let ctx = SocketCtx {
+            limits,
+            lifecycle,
+            counters: Arc::default(),
+        };
+        let guard = OpenGuard::new(ctx.counters.clone());
+        Ok(WsSocket::new(stream, upgrade, Duration::ZERO, ctx, guard))
+    }
+
+    /// Starlette's `application_state`.
+    pub fn application_state(&self) -> WsState {
+        self.shared.lock().application
+    }
+
+    /// Starlette's `client_state`.
+    pub fn client_state(&self) -> WsState {
+        self.shared.lock().client
+    }
 }
 
 /// True when the client closed or reset while waiting for its `101`. Frames it pipelined after

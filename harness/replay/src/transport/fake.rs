@@ -116,6 +116,11 @@ impl FakeSocket {
     pub fn application_state(&self) -> WsState {
         self.lock().application
     }
+
+    /// Starlette's `client_state`.
+    pub fn client_state(&self) -> WsState {
+        self.lock().client
+    }
 }
 
 impl ServerSocket for FakeSocket {
