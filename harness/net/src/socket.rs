@@ -254,8 +254,8 @@ impl WsSocket {
         WsSocket {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    // The upgrade request itself is the client's `websocket.connect`.
-                    client: WsState::Connected,
+                    // Starlette reads the client's `websocket.connect` inside `accept()`.
+                    client: WsState::Connecting,
                     application: WsState::Connecting,
                     peer_closed: false,
                     server_closed: None,
@@ -389,6 +389,7 @@ impl ServerSocket for WsSocket {
             let mut state = self.shared.lock();
             match state.application {
                 WsState::Connecting => {
+                    state.client = WsState::Connected;
                     state.application = WsState::Connected;
                     None
                 }

@@ -81,8 +81,9 @@ pub fn pair(accept_delay: Duration) -> (Arc<FakeSocket>, FakeClient) {
     let (to_client, events) = mpsc::unbounded_channel();
     let socket = Arc::new(FakeSocket {
         state: Mutex::new(State {
-            // The upgrade request itself is the client's `websocket.connect`.
-            client: WsState::Connected,
+            // Starlette reads the client's `websocket.connect` inside `accept()`: until then the
+            // client state is CONNECTING, whatever the client does.
+            client: WsState::Connecting,
             application: WsState::Connecting,
             peer_closed: false,
             server_closed: None,
@@ -145,6 +146,7 @@ impl ServerSocket for FakeSocket {
             state.application = WsState::Disconnected;
             return Err(TransportError::disconnected(1006));
         }
+        state.client = WsState::Connected;
         state.application = WsState::Connected;
         drop(state);
         self.tell_client(ClientEvent::Open);
