@@ -297,6 +297,21 @@ impl WsSocket {
         self.shared.lock().application = to;
     }
 
+    /// `accept()` found the client gone. Starlette took its `websocket.connect` and set
+    /// CONNECTED before sending; uvicorn raises `ClientDisconnected` and queues the disconnect
+    /// with 1006 (lost before the handshake), which the next receive gets.
+    fn client_left_before_accept(&self) -> TransportError {
+        {
+            let mut state = self.shared.lock();
+            if state.application == WsState::Connecting {
+                state.client = WsState::Connected;
+                state.application = WsState::Connected;
+            }
+        }
+        self.shared.peer_gone(1006);
+        TransportError::client_disconnected()
+    }
+
     /// Reads `stream`'s upgrade request and returns the socket still waiting for its `101`, as
     /// the server hands it to an endpoint: for a caller that drives one socket itself (the
     /// conformance suite). Default limits, no pre-accept delay, never shutting down.
@@ -361,9 +376,7 @@ impl ServerSocket for WsSocket {
             return Err(TransportError::expected_send("websocket.accept"));
         };
         if client_gone(&mut pending) {
-            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
-            self.set_application(WsState::Disconnected);
-            return Err(TransportError::disconnected(1006));
+            return Err(self.client_left_before_accept());
         }
         if *self.ctx.lifecycle.borrow() != Lifecycle::Serving {
             self.set_application(WsState::Disconnected);
@@ -374,8 +387,7 @@ impl ServerSocket for WsSocket {
             .await
             .is_err()
         {
-            self.set_application(WsState::Disconnected);
-            return Err(TransportError::disconnected(1006));
+            return Err(self.client_left_before_accept());
         }
         let ws = WebSocketStream::from_partially_read(
             pending.stream,

@@ -65,6 +65,8 @@ fn describe(e: &TransportError) -> String {
         }
         ErrorKind::UnexpectedMessage => format!("RuntimeError: {}", e.message),
         ErrorKind::Disconnected(code) => format!("WebSocketDisconnect({code})"),
+        // uvicorn's `ClientDisconnected` has no text.
+        ErrorKind::ClientDisconnected => "ClientDisconnected".into(),
     }
 }
 

@@ -141,13 +141,14 @@ impl ServerSocket for FakeSocket {
             WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => return Err(TransportError::send_after_close()),
         }
-        if state.peer_closed {
-            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
-            state.application = WsState::Disconnected;
-            return Err(TransportError::disconnected(1006));
-        }
+        // Starlette takes the client's `websocket.connect` and sets CONNECTED before it sends the
+        // accept; uvicorn then raises `ClientDisconnected` if the client is gone, and the state
+        // stays CONNECTED: the disconnect (1006) waits for the next receive.
         state.client = WsState::Connected;
         state.application = WsState::Connected;
+        if state.peer_closed {
+            return Err(TransportError::client_disconnected());
+        }
         drop(state);
         self.tell_client(ClientEvent::Open);
         Ok(())
@@ -250,13 +251,21 @@ impl FakeClient {
     }
 
     /// Closes the client's side with 1000. Returns false if it was already closed.
+    ///
+    /// Before the handshake completes a client has no WebSocket to close: it leaves by closing
+    /// its TCP connection, and the application sees 1006 (uvicorn's code for a connection lost
+    /// before the handshake).
     pub fn close(&self) -> bool {
         let mut state = self.socket.lock();
         if state.peer_closed || state.server_closed.is_some() {
             return false;
         }
+        let code = match state.application {
+            WsState::Connecting => 1006,
+            WsState::Connected | WsState::Disconnected => 1000,
+        };
         state.peer_closed = true;
-        state.inbound.push_back(Inbound::Disconnect(1000));
+        state.inbound.push_back(Inbound::Disconnect(code));
         drop(state);
         self.socket.inbound_ready.notify_one();
         true
