@@ -537,9 +537,7 @@ impl ServerSocket for WsSocket {
 
     fn is_connected_and_ready(&self) -> bool {
         let state = self.shared.lock();
-        state.application == WsState::Connected
-            && state.client == WsState::Connected
-            && !state.peer_closed
+        state.application == WsState::Connected && state.client == WsState::Connected
     }
 }
 

@@ -225,9 +225,7 @@ impl ServerSocket for FakeSocket {
 
     fn is_connected_and_ready(&self) -> bool {
         let state = self.lock();
-        state.application == WsState::Connected
-            && state.client == WsState::Connected
-            && !state.peer_closed
+        state.application == WsState::Connected && state.client == WsState::Connected
     }
 }
 

@@ -142,6 +142,8 @@ pub trait ServerSocket: Send + Sync + 'static {
     fn close(&self, code: u16) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// The seed's basic check: the application state is `CONNECTED`.
     fn is_connected(&self) -> bool;
-    /// The partial fix's check: application and client both `CONNECTED`.
+    /// The partial fix's check: application and client both `CONNECTED`. As in Starlette, the
+    /// client state stays `CONNECTED` until the application has *received* the disconnect: a
+    /// peer that closed is still "ready" while its close waits in the queue.
     fn is_connected_and_ready(&self) -> bool;
 }
