@@ -512,23 +512,34 @@ impl ServerSocket for WsSocket {
                 state.server_closed = Some(code);
             }
         }
-        let tell = !state.peer_closed;
+        let gone = state.peer_closed;
         drop(state);
+        self.shared.inbound_ready.notify_one();
         match was {
             WsState::Connecting => {
                 // Starlette answers a close before accept with HTTP 403; the code rides along.
-                if let Some(pending) = self.take_pending() {
+                // A client that already left gets nothing, and the app uvicorn's
+                // ClientDisconnected.
+                if let Some(mut pending) = self.take_pending() {
+                    if client_gone(&mut pending) {
+                        return Err(TransportError::client_disconnected());
+                    }
                     tokio::spawn(refuse_pending(pending, 403, "Forbidden", code));
                 }
+                Ok(())
+            }
+            // The client already left: Starlette turns uvicorn's ClientDisconnected into
+            // WebSocketDisconnect(1006), so code after the close does not run.
+            WsState::Connected | WsState::Disconnected if gone => {
+                Err(TransportError::disconnected(1006))
             }
             WsState::Connected | WsState::Disconnected => {
-                if tell && let Some(tx) = self.out.get() {
+                if let Some(tx) = self.out.get() {
                     let _ = tx.send(Out::Close(code));
                 }
+                Ok(())
             }
         }
-        self.shared.inbound_ready.notify_one();
-        Ok(())
     }
 
     fn is_connected(&self) -> bool {

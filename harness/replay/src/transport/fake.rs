@@ -205,16 +205,25 @@ impl ServerSocket for FakeSocket {
         let mut state = self.lock();
         match state.application {
             WsState::Disconnected => Err(TransportError::send_after_close()),
-            WsState::Connecting | WsState::Connected => {
+            was @ (WsState::Connecting | WsState::Connected) => {
                 state.application = WsState::Disconnected;
                 state.server_closed = Some(code);
-                let tell = !state.peer_closed;
+                let gone = state.peer_closed;
                 drop(state);
-                if tell {
-                    self.tell_client(ClientEvent::Closed(code));
-                }
                 self.inbound_ready.notify_one();
-                Ok(())
+                if !gone {
+                    self.tell_client(ClientEvent::Closed(code));
+                    return Ok(());
+                }
+                // The client already left: uvicorn's send raises ClientDisconnected, which
+                // Starlette turns into WebSocketDisconnect(1006) once accepted and lets through
+                // before. Code after the close does not run.
+                Err(match was {
+                    WsState::Connecting => TransportError::client_disconnected(),
+                    WsState::Connected | WsState::Disconnected => {
+                        TransportError::disconnected(1006)
+                    }
+                })
             }
         }
     }
