@@ -243,12 +243,16 @@ fn run_fake(case: &Case) -> Outcome {
                         let _ = c.send_chat(&format!("c{sent}"), &"x".repeat(n));
                     }
                 }
-                // The fake client closes with 1000 only, and has no TCP drop: its close is what
-                // the replay runner uses for a client leaving, at any time.
-                ClientOp::Close(_) | ClientOp::Drop => {
+                ClientOp::Close(code) => {
                     seen.done = true;
                     if let Some(c) = &client {
-                        c.close();
+                        c.close_with(code);
+                    }
+                }
+                ClientOp::Drop => {
+                    seen.done = true;
+                    if let Some(c) = &client {
+                        c.drop_connection();
                     }
                 }
                 ClientOp::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,

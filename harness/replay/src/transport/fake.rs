@@ -263,13 +263,29 @@ impl FakeClient {
     /// its TCP connection, and the application sees 1006 (uvicorn's code for a connection lost
     /// before the handshake).
     pub fn close(&self) -> bool {
+        self.close_with(1000)
+    }
+
+    /// Closes the client's side with a close frame carrying `code` (before the handshake: a
+    /// TCP leave, see [`FakeClient::close`]). Returns false if it was already closed.
+    pub fn close_with(&self, code: u16) -> bool {
+        self.leave(code, 1006)
+    }
+
+    /// Ends the TCP connection without a close frame: the application sees 1005 (uvicorn's
+    /// code for a connection lost after the handshake), or 1006 before it.
+    pub fn drop_connection(&self) -> bool {
+        self.leave(1005, 1006)
+    }
+
+    fn leave(&self, open_code: u16, connecting_code: u16) -> bool {
         let mut state = self.socket.lock();
         if state.peer_closed || state.server_closed.is_some() {
             return false;
         }
         let code = match state.application {
-            WsState::Connecting => 1006,
-            WsState::Connected | WsState::Disconnected => 1000,
+            WsState::Connecting => connecting_code,
+            WsState::Connected | WsState::Disconnected => open_code,
         };
         state.peer_closed = true;
         state.inbound.push_back(Inbound::Disconnect(code));
