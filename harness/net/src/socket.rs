@@ -240,6 +240,11 @@ pub struct WsSocket {
     ctx: SocketCtx,
 }
 
+/// The code the application receives when the TCP connection ends after the handshake without a
+/// close frame: uvicorn's `connection_lost` reports 1005 once the handshake is complete (1006
+/// only before it).
+const LOST: u16 = 1005;
+
 /// A close with the code carried over HTTP, for a close before accept (Starlette answers 403).
 pub const CLOSE_CODE_HEADER: &str = "X-WebSocket-Close-Code";
 
@@ -697,7 +702,7 @@ impl Actor {
             }
             Some(Err(e)) => return Some(self.read_error(e)),
             None => {
-                self.shared.peer_gone(1006);
+                self.shared.peer_gone(LOST);
                 return Some(End::Gone);
             }
         };
@@ -730,7 +735,7 @@ impl Actor {
                 use tokio_tungstenite::tungstenite::error::ProtocolError;
                 match p {
                     ProtocolError::ResetWithoutClosingHandshake => {
-                        self.shared.peer_gone(1006);
+                        self.shared.peer_gone(LOST);
                         End::Gone
                     }
                     other => End::Fail(1002, format!("protocol error: {other}")),
@@ -745,7 +750,7 @@ impl Actor {
             | WsError::Url(_)
             | WsError::Http(_)
             | WsError::HttpFormat(_) => {
-                self.shared.peer_gone(1006);
+                self.shared.peer_gone(LOST);
                 End::Gone
             }
         }
