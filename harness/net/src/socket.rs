@@ -274,7 +274,10 @@ impl WsSocket {
             pending: Mutex::new(Some(Pending {
                 stream,
                 key: upgrade.key,
-                leftover: upgrade.leftover,
+                // Frames that came in the same read as the upgrade request are lost, as under
+                // uvicorn (websockets-sansio): only what the client sends after it is kept.
+                // (`upgrade.leftover` is dropped with `upgrade`.)
+                leftover: Vec::new(),
                 guard,
             })),
             out: OnceLock::new(),
@@ -349,8 +352,8 @@ impl WsSocket {
     }
 }
 
-/// True when the client closed or reset while waiting for its `101`. Frames it pipelined after
-/// its request are kept for the WebSocket.
+/// True when the client closed or reset while waiting for its `101`. Frames it sent after its
+/// request (in later reads) are kept for the WebSocket.
 fn client_gone(pending: &mut Pending) -> bool {
     let mut buf = [0u8; 1024];
     loop {
