@@ -366,6 +366,23 @@ fn client_gone(pending: &mut Pending) -> bool {
     }
 }
 
+/// The application is done with the socket (its last handle is gone). One that never accepted
+/// nor closed gets uvicorn's answer to an ASGI app that returned, or raised, before the
+/// handshake: HTTP 500. (After accept, the actor drops the TCP connection: the client sees the
+/// stream end without a close frame, as under uvicorn.)
+impl Drop for WsSocket {
+    fn drop(&mut self) {
+        if let Some(mut pending) = self.take_pending()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let why = "Internal Server Error";
+                handshake::write_refusal(&mut pending.stream, 500, why, why).await;
+            });
+        }
+    }
+}
+
 async fn refuse_pending(mut pending: Pending, status: u16, reason: &str, code: u16) {
     let body = format!("closed with {code}");
     let head_extra = format!("{CLOSE_CODE_HEADER}: {code}\r\n");
