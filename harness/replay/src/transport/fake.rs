@@ -1,7 +1,8 @@
 //! An in-memory WebSocket with Starlette's states and errors, driven by the harness.
 //!
 //! The server half implements [`ServerSocket`]; the [`FakeClient`] half is what a scenario's
-//! user does. The only delay in here is the handshake (`accept_ms`, e.g. Cloud Run latency);
+//! user does. The only delay in here is the time before the handshake (`accept_ms`: what the
+//! application spends before it calls `accept()`, e.g. Cloud Run latency; accept itself is instant);
 //! every other delay belongs to the server's phases or the client's schedule. All waiting is on
 //! tokio's clock, so under a paused runtime it costs no wall time.
 
@@ -131,13 +132,15 @@ impl ServerSocket for FakeSocket {
             WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => return Err(TransportError::send_after_close()),
         }
+        // `accept_ms`: the application's own time before it calls accept (state CONNECTING);
+        // Starlette's accept then completes without waiting for the client.
         if !self.accept_delay.is_zero() {
             tokio::time::sleep(self.accept_delay).await;
         }
         let mut state = self.lock();
         match state.application {
             WsState::Connecting => {}
-            // Another task closed (or accepted) while the handshake was in flight.
+            // Another task closed (or accepted) during the pre-accept time.
             WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => return Err(TransportError::send_after_close()),
         }
