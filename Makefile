@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom lint bench ci
+.PHONY: run test py loom lint bench ci conformance
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -36,6 +36,16 @@ $(PY_STAMP): python/requirements.txt
 	@$(PYTHON3) -m venv $(PY_ENV) || { rm -rf $(PY_ENV); echo "$(PY_NEEDS)" >&2; exit 1; }
 	$(PY_ENV)/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
 	@touch $@
+
+## The conformance suite: the fake and the real-socket transports against Starlette under uvicorn
+## (docs/conformance.md). Needs the Python environment (`make py`, or RACEGATE_PYTHON). Prints the
+## case table, then ends with exactly one summary line.
+conformance: py
+	@mkdir -p target && rm -f target/conformance-summary.txt
+	@RACEGATE_PYTHON=$(abspath $(PY_ENV)/bin/python) $(CARGO) test -p racegate-net --test conformance -- --nocapture > target/conformance.log 2>&1; \
+	  status=$$?; grep -v '^conformance: ' target/conformance.log; \
+	  cat target/conformance-summary.txt 2>/dev/null || echo "conformance: did not run (see above)"; \
+	  exit $$status
 
 ## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
 loom:

@@ -240,6 +240,11 @@ pub struct WsSocket {
     ctx: SocketCtx,
 }
 
+/// The code the application receives when the TCP connection ends after the handshake without a
+/// close frame: uvicorn's `connection_lost` reports 1005 once the handshake is complete (1006
+/// only before it).
+const LOST: u16 = 1005;
+
 /// A close with the code carried over HTTP, for a close before accept (Starlette answers 403).
 pub const CLOSE_CODE_HEADER: &str = "X-WebSocket-Close-Code";
 
@@ -254,8 +259,8 @@ impl WsSocket {
         WsSocket {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    // The upgrade request itself is the client's `websocket.connect`.
-                    client: WsState::Connected,
+                    // Starlette reads the client's `websocket.connect` inside `accept()`.
+                    client: WsState::Connecting,
                     application: WsState::Connecting,
                     peer_closed: false,
                     server_closed: None,
@@ -269,7 +274,10 @@ impl WsSocket {
             pending: Mutex::new(Some(Pending {
                 stream,
                 key: upgrade.key,
-                leftover: upgrade.leftover,
+                // Frames that came in the same read as the upgrade request are lost, as under
+                // uvicorn (websockets-sansio): only what the client sends after it is kept.
+                // (`upgrade.leftover` is dropped with `upgrade`.)
+                leftover: Vec::new(),
                 guard,
             })),
             out: OnceLock::new(),
@@ -296,10 +304,56 @@ impl WsSocket {
     fn set_application(&self, to: WsState) {
         self.shared.lock().application = to;
     }
+
+    /// `accept()` found the client gone. Starlette took its `websocket.connect` and set
+    /// CONNECTED before sending; uvicorn raises `ClientDisconnected` and queues the disconnect
+    /// with 1006 (lost before the handshake), which the next receive gets.
+    fn client_left_before_accept(&self) -> TransportError {
+        {
+            let mut state = self.shared.lock();
+            if state.application == WsState::Connecting {
+                state.client = WsState::Connected;
+                state.application = WsState::Connected;
+            }
+        }
+        self.shared.peer_gone(1006);
+        TransportError::client_disconnected()
+    }
+
+    /// Reads `stream`'s upgrade request and returns the socket still waiting for its `101`, as
+    /// the server hands it to an endpoint: for a caller that drives one socket itself (the
+    /// conformance suite). Default limits, no pre-accept delay, never shutting down.
+    pub async fn from_upgrade(
+        mut stream: TcpStream,
+        limits: Limits,
+    ) -> Result<WsSocket, handshake::HandshakeError> {
+        let upgrade =
+            handshake::read_upgrade(&mut stream, limits.max_head_bytes, limits.handshake_timeout)
+                .await?;
+        // Its sender is dropped at once: the lifecycle stays `Serving` for good.
+        let (_, lifecycle) = watch::channel(Lifecycle::Serving);
+        let ctx = SocketCtx {
+            limits,
+            lifecycle,
+            counters: Arc::default(),
+        };
+        let guard = OpenGuard::new(ctx.counters.clone());
+        Ok(WsSocket::new(stream, upgrade, Duration::ZERO, ctx, guard))
+    }
+
+    /// Starlette's `application_state`.
+    pub fn application_state(&self) -> WsState {
+        self.shared.lock().application
+    }
+
+    /// Starlette's `client_state`.
+    pub fn client_state(&self) -> WsState {
+        self.shared.lock().client
+    }
 }
 
-/// True when the client closed or reset while waiting for its `101`. Frames it pipelined after
-/// its request are kept for the WebSocket.
+/// True when the client closed or reset while waiting for its `101`. Frames it sent after its
+/// request (in later reads) are kept for the WebSocket.
 fn client_gone(pending: &mut Pending) -> bool {
     let mut buf = [0u8; 1024];
     loop {
@@ -308,6 +362,23 @@ fn client_gone(pending: &mut Pending) -> bool {
             Ok(n) => pending.leftover.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(_) => return true,
+        }
+    }
+}
+
+/// The application is done with the socket (its last handle is gone). One that never accepted
+/// nor closed gets uvicorn's answer to an ASGI app that returned, or raised, before the
+/// handshake: HTTP 500. (After accept, the actor drops the TCP connection: the client sees the
+/// stream end without a close frame, as under uvicorn.)
+impl Drop for WsSocket {
+    fn drop(&mut self) {
+        if let Some(mut pending) = self.take_pending()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let why = "Internal Server Error";
+                handshake::write_refusal(&mut pending.stream, 500, why, why).await;
+            });
         }
     }
 }
@@ -330,9 +401,7 @@ impl ServerSocket for WsSocket {
             return Err(TransportError::expected_send("websocket.accept"));
         };
         if client_gone(&mut pending) {
-            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
-            self.set_application(WsState::Disconnected);
-            return Err(TransportError::disconnected(1006));
+            return Err(self.client_left_before_accept());
         }
         if *self.ctx.lifecycle.borrow() != Lifecycle::Serving {
             self.set_application(WsState::Disconnected);
@@ -343,8 +412,7 @@ impl ServerSocket for WsSocket {
             .await
             .is_err()
         {
-            self.set_application(WsState::Disconnected);
-            return Err(TransportError::disconnected(1006));
+            return Err(self.client_left_before_accept());
         }
         let ws = WebSocketStream::from_partially_read(
             pending.stream,
@@ -358,6 +426,7 @@ impl ServerSocket for WsSocket {
             let mut state = self.shared.lock();
             match state.application {
                 WsState::Connecting => {
+                    state.client = WsState::Connected;
                     state.application = WsState::Connected;
                     None
                 }
@@ -468,23 +537,34 @@ impl ServerSocket for WsSocket {
                 state.server_closed = Some(code);
             }
         }
-        let tell = !state.peer_closed;
+        let gone = state.peer_closed;
         drop(state);
+        self.shared.inbound_ready.notify_one();
         match was {
             WsState::Connecting => {
                 // Starlette answers a close before accept with HTTP 403; the code rides along.
-                if let Some(pending) = self.take_pending() {
+                // A client that already left gets nothing, and the app uvicorn's
+                // ClientDisconnected.
+                if let Some(mut pending) = self.take_pending() {
+                    if client_gone(&mut pending) {
+                        return Err(TransportError::client_disconnected());
+                    }
                     tokio::spawn(refuse_pending(pending, 403, "Forbidden", code));
                 }
+                Ok(())
+            }
+            // The client already left: Starlette turns uvicorn's ClientDisconnected into
+            // WebSocketDisconnect(1006), so code after the close does not run.
+            WsState::Connected | WsState::Disconnected if gone => {
+                Err(TransportError::disconnected(1006))
             }
             WsState::Connected | WsState::Disconnected => {
-                if tell && let Some(tx) = self.out.get() {
+                if let Some(tx) = self.out.get() {
                     let _ = tx.send(Out::Close(code));
                 }
+                Ok(())
             }
         }
-        self.shared.inbound_ready.notify_one();
-        Ok(())
     }
 
     fn is_connected(&self) -> bool {
@@ -493,9 +573,7 @@ impl ServerSocket for WsSocket {
 
     fn is_connected_and_ready(&self) -> bool {
         let state = self.shared.lock();
-        state.application == WsState::Connected
-            && state.client == WsState::Connected
-            && !state.peer_closed
+        state.application == WsState::Connected && state.client == WsState::Connected
     }
 }
 
@@ -644,7 +722,7 @@ impl Actor {
             }
             Some(Err(e)) => return Some(self.read_error(e)),
             None => {
-                self.shared.peer_gone(1006);
+                self.shared.peer_gone(LOST);
                 return Some(End::Gone);
             }
         };
@@ -677,7 +755,7 @@ impl Actor {
                 use tokio_tungstenite::tungstenite::error::ProtocolError;
                 match p {
                     ProtocolError::ResetWithoutClosingHandshake => {
-                        self.shared.peer_gone(1006);
+                        self.shared.peer_gone(LOST);
                         End::Gone
                     }
                     other => End::Fail(1002, format!("protocol error: {other}")),
@@ -692,7 +770,7 @@ impl Actor {
             | WsError::Url(_)
             | WsError::Http(_)
             | WsError::HttpFormat(_) => {
-                self.shared.peer_gone(1006);
+                self.shared.peer_gone(LOST);
                 End::Gone
             }
         }

@@ -149,7 +149,9 @@ impl Protocol {
 /// The `[server]` table: each phase's duration, in milliseconds of virtual time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Upgrade received → `accept()` completes.
+    /// Upgrade received → the application calls `accept()`: time it spends before accepting
+    /// (a slow handshake path, a pre-accept `await`), state CONNECTING. `accept()` itself does
+    /// not wait, as in Starlette: it sets CONNECTED and sends the response at once.
     pub accept_ms: u64,
     /// Accept → authenticated.
     pub auth_ms: u64,

@@ -1,7 +1,8 @@
 //! An in-memory WebSocket with Starlette's states and errors, driven by the harness.
 //!
 //! The server half implements [`ServerSocket`]; the [`FakeClient`] half is what a scenario's
-//! user does. The only delay in here is the handshake (`accept_ms`, e.g. Cloud Run latency);
+//! user does. The only delay in here is the time before the handshake (`accept_ms`: what the
+//! application spends before it calls `accept()`, e.g. Cloud Run latency; accept itself is instant);
 //! every other delay belongs to the server's phases or the client's schedule. All waiting is on
 //! tokio's clock, so under a paused runtime it costs no wall time.
 
@@ -81,8 +82,9 @@ pub fn pair(accept_delay: Duration) -> (Arc<FakeSocket>, FakeClient) {
     let (to_client, events) = mpsc::unbounded_channel();
     let socket = Arc::new(FakeSocket {
         state: Mutex::new(State {
-            // The upgrade request itself is the client's `websocket.connect`.
-            client: WsState::Connected,
+            // Starlette reads the client's `websocket.connect` inside `accept()`: until then the
+            // client state is CONNECTING, whatever the client does.
+            client: WsState::Connecting,
             application: WsState::Connecting,
             peer_closed: false,
             server_closed: None,
@@ -116,6 +118,11 @@ impl FakeSocket {
     pub fn application_state(&self) -> WsState {
         self.lock().application
     }
+
+    /// Starlette's `client_state`.
+    pub fn client_state(&self) -> WsState {
+        self.lock().client
+    }
 }
 
 impl ServerSocket for FakeSocket {
@@ -125,22 +132,26 @@ impl ServerSocket for FakeSocket {
             WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => return Err(TransportError::send_after_close()),
         }
+        // `accept_ms`: the application's own time before it calls accept (state CONNECTING);
+        // Starlette's accept then completes without waiting for the client.
         if !self.accept_delay.is_zero() {
             tokio::time::sleep(self.accept_delay).await;
         }
         let mut state = self.lock();
         match state.application {
             WsState::Connecting => {}
-            // Another task closed (or accepted) while the handshake was in flight.
+            // Another task closed (or accepted) during the pre-accept time.
             WsState::Connected => return Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => return Err(TransportError::send_after_close()),
         }
-        if state.peer_closed {
-            // The handshake response has nowhere to go: Starlette maps the OSError to 1006.
-            state.application = WsState::Disconnected;
-            return Err(TransportError::disconnected(1006));
-        }
+        // Starlette takes the client's `websocket.connect` and sets CONNECTED before it sends the
+        // accept; uvicorn then raises `ClientDisconnected` if the client is gone, and the state
+        // stays CONNECTED: the disconnect (1006) waits for the next receive.
+        state.client = WsState::Connected;
         state.application = WsState::Connected;
+        if state.peer_closed {
+            return Err(TransportError::client_disconnected());
+        }
         drop(state);
         self.tell_client(ClientEvent::Open);
         Ok(())
@@ -197,16 +208,25 @@ impl ServerSocket for FakeSocket {
         let mut state = self.lock();
         match state.application {
             WsState::Disconnected => Err(TransportError::send_after_close()),
-            WsState::Connecting | WsState::Connected => {
+            was @ (WsState::Connecting | WsState::Connected) => {
                 state.application = WsState::Disconnected;
                 state.server_closed = Some(code);
-                let tell = !state.peer_closed;
+                let gone = state.peer_closed;
                 drop(state);
-                if tell {
-                    self.tell_client(ClientEvent::Closed(code));
-                }
                 self.inbound_ready.notify_one();
-                Ok(())
+                if !gone {
+                    self.tell_client(ClientEvent::Closed(code));
+                    return Ok(());
+                }
+                // The client already left: uvicorn's send raises ClientDisconnected, which
+                // Starlette turns into WebSocketDisconnect(1006) once accepted and lets through
+                // before. Code after the close does not run.
+                Err(match was {
+                    WsState::Connecting => TransportError::client_disconnected(),
+                    WsState::Connected | WsState::Disconnected => {
+                        TransportError::disconnected(1006)
+                    }
+                })
             }
         }
     }
@@ -217,9 +237,7 @@ impl ServerSocket for FakeSocket {
 
     fn is_connected_and_ready(&self) -> bool {
         let state = self.lock();
-        state.application == WsState::Connected
-            && state.client == WsState::Connected
-            && !state.peer_closed
+        state.application == WsState::Connected && state.client == WsState::Connected
     }
 }
 
@@ -243,13 +261,37 @@ impl FakeClient {
     }
 
     /// Closes the client's side with 1000. Returns false if it was already closed.
+    ///
+    /// Before the handshake completes a client has no WebSocket to close: it leaves by closing
+    /// its TCP connection, and the application sees 1006 (uvicorn's code for a connection lost
+    /// before the handshake).
     pub fn close(&self) -> bool {
+        self.close_with(1000)
+    }
+
+    /// Closes the client's side with a close frame carrying `code` (before the handshake: a
+    /// TCP leave, see [`FakeClient::close`]). Returns false if it was already closed.
+    pub fn close_with(&self, code: u16) -> bool {
+        self.leave(code, 1006)
+    }
+
+    /// Ends the TCP connection without a close frame: the application sees 1005 (uvicorn's
+    /// code for a connection lost after the handshake), or 1006 before it.
+    pub fn drop_connection(&self) -> bool {
+        self.leave(1005, 1006)
+    }
+
+    fn leave(&self, open_code: u16, connecting_code: u16) -> bool {
         let mut state = self.socket.lock();
         if state.peer_closed || state.server_closed.is_some() {
             return false;
         }
+        let code = match state.application {
+            WsState::Connecting => connecting_code,
+            WsState::Connected | WsState::Disconnected => open_code,
+        };
         state.peer_closed = true;
-        state.inbound.push_back(Inbound::Disconnect(1000));
+        state.inbound.push_back(Inbound::Disconnect(code));
         drop(state);
         self.socket.inbound_ready.notify_one();
         true

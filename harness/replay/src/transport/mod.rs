@@ -38,6 +38,10 @@ pub enum ErrorKind {
     ReceiveAfterDisconnect,
     /// The peer is gone (Starlette's `WebSocketDisconnect`), with its code.
     Disconnected(u16),
+    /// `accept()` found the client already gone: uvicorn's `ClientDisconnected` (an `OSError`
+    /// that Starlette lets through from `accept`). Not a state error: the application state is
+    /// CONNECTED afterwards, and the next receive gets the disconnect (1006).
+    ClientDisconnected,
 }
 
 /// An error raised by the transport, with Starlette's exact text.
@@ -103,6 +107,14 @@ impl TransportError {
         }
     }
 
+    /// `accept()` with the client already gone.
+    pub fn client_disconnected() -> Self {
+        TransportError {
+            kind: ErrorKind::ClientDisconnected,
+            message: "ClientDisconnected".into(),
+        }
+    }
+
     /// True for the errors that mean "used before accept or after close": the race.
     pub fn is_lifecycle_violation(&self) -> bool {
         match self.kind {
@@ -110,7 +122,7 @@ impl TransportError {
             | ErrorKind::UnexpectedMessage
             | ErrorKind::SendAfterClose
             | ErrorKind::ReceiveAfterDisconnect => true,
-            ErrorKind::Disconnected(_) => false,
+            ErrorKind::Disconnected(_) | ErrorKind::ClientDisconnected => false,
         }
     }
 }
@@ -130,6 +142,8 @@ pub trait ServerSocket: Send + Sync + 'static {
     fn close(&self, code: u16) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// The seed's basic check: the application state is `CONNECTED`.
     fn is_connected(&self) -> bool;
-    /// The partial fix's check: application and client both `CONNECTED`.
+    /// The partial fix's check: application and client both `CONNECTED`. As in Starlette, the
+    /// client state stays `CONNECTED` until the application has *received* the disconnect: a
+    /// peer that closed is still "ready" while its close waits in the queue.
     fn is_connected_and_ready(&self) -> bool;
 }
