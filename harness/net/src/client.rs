@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::server::serve_stream;
-use crate::socket::{CLOSE_CODE_HEADER, Counters, Lifecycle, Limits, SocketCtx};
+use crate::socket::{Counters, Lifecycle, Limits, SocketCtx};
 use crate::wire;
 
 #[derive(Debug, Default)]
@@ -111,14 +111,11 @@ impl ReplayClient for WsClient {
     }
 }
 
-/// The close code a refused upgrade carries, if the server said one.
-fn refused_code(err: &WsError) -> Option<u16> {
+/// The HTTP status of a refused upgrade (uvicorn: 403 for a close before accept, 500 for an
+/// application that ended before accepting; no close code either way).
+fn refused_status(err: &WsError) -> Option<u16> {
     match err {
-        WsError::Http(response) => response
-            .headers()
-            .get(CLOSE_CODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
+        WsError::Http(response) => Some(response.status().as_u16()),
         _ => None,
     }
 }
@@ -141,10 +138,10 @@ async fn run(
     let mut ws = match handshake {
         Ok((ws, _)) => ws,
         Err(e) => {
-            // Refused before accept (Starlette's 403): the client learns the close code.
-            if let Some(code) = refused_code(&e) {
+            // Refused before accept: the client learns the HTTP status, not a close code.
+            if let Some(status) = refused_status(&e) {
                 lock(&flags).closed_by_server = true;
-                let _ = events.send(ClientEvent::Closed(code));
+                let _ = events.send(ClientEvent::Refused(status));
             }
             return;
         }
@@ -181,7 +178,21 @@ async fn run(
                     return;
                 }
                 Some(Ok(Message::Binary(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(_)) | None => return,
+                // Ended without a close frame (uvicorn drops the TCP connection when the
+                // application ends after accepting): the client sees that, unless it was
+                // closing itself.
+                Some(Err(_)) | None => {
+                    let ours = {
+                        let mut f = lock(&flags);
+                        let ours = f.closed_by_us;
+                        f.closed_by_server = true;
+                        ours
+                    };
+                    if !ours {
+                        let _ = events.send(ClientEvent::Dropped);
+                    }
+                    return;
+                }
             },
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Chat(text)) => {

@@ -245,9 +245,6 @@ pub struct WsSocket {
 /// only before it).
 const LOST: u16 = 1005;
 
-/// A close with the code carried over HTTP, for a close before accept (Starlette answers 403).
-pub const CLOSE_CODE_HEADER: &str = "X-WebSocket-Close-Code";
-
 impl WsSocket {
     pub(crate) fn new(
         stream: TcpStream,
@@ -383,10 +380,10 @@ impl Drop for WsSocket {
     }
 }
 
-async fn refuse_pending(mut pending: Pending, status: u16, reason: &str, code: u16) {
-    let body = format!("closed with {code}");
-    let head_extra = format!("{CLOSE_CODE_HEADER}: {code}\r\n");
-    handshake::write_refusal_with(&mut pending.stream, status, reason, &head_extra, &body).await;
+/// Starlette under uvicorn answers a close before accept with a bare 403: no body, and the
+/// close code goes nowhere (docs/conformance.md).
+async fn refuse_pending(mut pending: Pending, status: u16, reason: &str) {
+    handshake::write_refusal(&mut pending.stream, status, reason, "").await;
 }
 
 impl ServerSocket for WsSocket {
@@ -405,7 +402,7 @@ impl ServerSocket for WsSocket {
         }
         if *self.ctx.lifecycle.borrow() != Lifecycle::Serving {
             self.set_application(WsState::Disconnected);
-            refuse_pending(pending, 503, "Service Unavailable", 1001).await;
+            refuse_pending(pending, 503, "Service Unavailable").await;
             return Err(TransportError::disconnected(1001));
         }
         if handshake::write_accept(&mut pending.stream, &pending.key)
@@ -542,14 +539,14 @@ impl ServerSocket for WsSocket {
         self.shared.inbound_ready.notify_one();
         match was {
             WsState::Connecting => {
-                // Starlette answers a close before accept with HTTP 403; the code rides along.
+                // Starlette answers a close before accept with HTTP 403; the code is lost.
                 // A client that already left gets nothing, and the app uvicorn's
                 // ClientDisconnected.
                 if let Some(mut pending) = self.take_pending() {
                     if client_gone(&mut pending) {
                         return Err(TransportError::client_disconnected());
                     }
-                    tokio::spawn(refuse_pending(pending, 403, "Forbidden", code));
+                    tokio::spawn(refuse_pending(pending, 403, "Forbidden"));
                 }
                 Ok(())
             }

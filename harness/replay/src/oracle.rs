@@ -178,6 +178,9 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
                     c.server_close = Some((at, *code));
                 }
             }
+            // A refused upgrade: nothing was sent on it, and the runner records the chats it
+            // refused as rejected.
+            EventKind::ClientRefused { .. } => c.ended = true,
             EventKind::ClientSend { id } => {
                 owner.insert(id, user);
                 c.sends.push((id.clone(), at));
@@ -306,9 +309,11 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             // A chat still in flight when the server closed with an error code, and never read
             // by it, was refused by that close: the client knows it was not acknowledged. One
             // the server read and then dropped is lost whatever came after.
+            // A dropped connection (1006: no close frame; the application ended or crashed)
+            // refuses nothing: only a close the server chose says "not this one".
             let refused_by_close = c
                 .server_close
-                .is_some_and(|(closed, code)| code != 1000 && closed >= *at)
+                .is_some_and(|(closed, code)| !matches!(code, 1000 | 1005 | 1006) && closed >= *at)
                 && !c.dropped.contains_key(id);
             if !acked.contains(id.as_str()) && !c.rejected.contains(id) && !refused_by_close {
                 violate(Invariant::MessageLost, *at, lost_detail(id));

@@ -181,7 +181,12 @@ impl Connector for FakeConnector {
 
     fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> FakeClient {
         let (socket, client) = fake::pair(Duration::from_millis(backend.config.accept_ms));
-        tokio::spawn(endpoint.serve(backend.clone(), socket, user.id.clone()));
+        let (backend, user) = (backend.clone(), user.id.clone());
+        tokio::spawn(async move {
+            endpoint.serve(backend, socket.clone(), user).await;
+            // The endpoint function returned: uvicorn ends the connection (docs/conformance.md).
+            socket.app_finished();
+        });
         client
     }
 }
@@ -301,6 +306,15 @@ async fn client<K: Connector>(
                     rec.record(id, EventKind::ClientClosed { code });
                     break ClientEnd::Refused(code);
                 }
+                Some(ClientEvent::Refused(status)) => {
+                    rec.record(id, EventKind::ClientRefused { status });
+                    break ClientEnd::HttpRefused(status);
+                }
+                // What a WebSocket client API reports for a connection lost without a close.
+                Some(ClientEvent::Dropped) => {
+                    rec.record(id, EventKind::ClientClosed { code: 1006 });
+                    break ClientEnd::Refused(1006);
+                }
                 None => break ClientEnd::Gone,
             },
             () = sleep_until(wake) => {
@@ -336,7 +350,7 @@ async fn client<K: Connector>(
     // with a code): that is a visible rejection. One that closed on its own schedule chose not
     // to send. Any other chat the client meant to send but could not is judged as unsent.
     let unsent_reason = match (end, opened) {
-        (ClientEnd::Refused(_), _) => None,
+        (ClientEnd::Refused(_) | ClientEnd::HttpRefused(_), _) => None,
         (ClientEnd::OwnClose, None) if Instant::now() > open_due => {
             Some("the connection never opened")
         }
@@ -355,6 +369,13 @@ async fn client<K: Connector>(
                     reason: format!("server closed the connection with {code} before it was sent"),
                 },
             ),
+            (ClientEnd::HttpRefused(status), _) => rec.record(
+                id,
+                EventKind::Rejected {
+                    id: chat,
+                    reason: format!("server refused the upgrade with HTTP {status}"),
+                },
+            ),
             (_, Some(reason)) => rec.record(
                 id,
                 EventKind::ClientUnsent {
@@ -370,8 +391,10 @@ async fn client<K: Connector>(
 /// How one client's part of a run ended.
 #[derive(Debug, Clone, Copy)]
 enum ClientEnd {
-    /// The server closed the connection (or refused the upgrade) with this code.
+    /// The server closed the connection with this code (1006: it dropped it).
     Refused(u16),
+    /// The server answered the upgrade with this HTTP status.
+    HttpRefused(u16),
     /// The client closed at its scenario's `close_ms`.
     OwnClose,
     /// The run's horizon came first.

@@ -146,6 +146,11 @@ pub enum EventKind {
         /// The close code.
         code: u16,
     },
+    /// The server answered the client's upgrade with an HTTP status instead of a WebSocket.
+    ClientRefused {
+        /// The HTTP status (403: closed before accept; 500: the app ended before accept).
+        status: u16,
+    },
     /// The client closed its side.
     ClientClose,
     /// The client waited until the end of the run and its connection neither opened nor was
@@ -224,6 +229,7 @@ impl fmt::Display for EventKind {
             EventKind::ClientUnsent { id, reason } => write!(f, "client unsent {id}: {reason}"),
             EventKind::ClientRecv { frame } => write!(f, "client recv {frame}"),
             EventKind::ClientClosed { code } => write!(f, "client sees close {code}"),
+            EventKind::ClientRefused { status } => write!(f, "client sees HTTP {status}"),
             EventKind::ClientClose => f.write_str("client close"),
             EventKind::ClientGaveUp => f.write_str("client gave up: the connection never opened"),
             EventKind::PushIssued { id } => write!(f, "push issued {id}"),
@@ -348,6 +354,7 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::ClientUnsent { .. } => "client_unsent",
         EventKind::ClientRecv { .. } => "client_recv",
         EventKind::ClientClosed { .. } => "client_closed",
+        EventKind::ClientRefused { .. } => "client_refused",
         EventKind::ClientClose => "client_close",
         EventKind::ClientGaveUp => "client_gave_up",
         EventKind::PushIssued { .. } => "push_issued",

@@ -215,7 +215,7 @@ async fn read_all(
         }
         let code = head.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case(racegate_net::socket::CLOSE_CODE_HEADER)
+            name.eq_ignore_ascii_case("x-websocket-close-code")
                 .then(|| value.trim().to_string())
         });
         if let Some(code) = code {

@@ -164,12 +164,18 @@ impl FakeSeen {
                 self.responded = true;
                 "http 101".to_string()
             }
-            // A close before the handshake: the fake's stand-in for WsSocket's refusal, an
-            // HTTP 403 whose body and header carry the code.
-            Some(ClientEvent::Closed(code)) if !self.responded => {
+            // The fake models a refusal's status, not its bytes: uvicorn's 500 carries its
+            // "Internal Server Error" text and its 403 (Starlette's close before accept) nothing,
+            // and that is all a body can be here.
+            Some(ClientEvent::Refused(status)) => {
                 self.responded = true;
                 self.ended = true;
-                format!("http 403 body code {code}")
+                let body = if status == 500 { " body" } else { "" };
+                format!("http {status}{body}")
+            }
+            Some(ClientEvent::Dropped) => {
+                self.ended = true;
+                "dropped".into()
             }
             Some(ClientEvent::Closed(code)) => {
                 self.ended = true;
@@ -219,7 +225,13 @@ fn run_fake(case: &Case) -> Outcome {
                             let _ = c.send_chat(&format!("c{sent}"), text);
                         }
                     }
-                    app = Some(tokio::spawn(run_app(socket, case.app)));
+                    let script = case.app;
+                    app = Some(tokio::spawn(async move {
+                        let steps = run_app(socket.clone(), script).await;
+                        // The script is the ASGI callable: its end is the app's end.
+                        socket.app_finished();
+                        steps
+                    }));
                     client = Some(c);
                     if *op != ClientOp::Start {
                         let c = client.as_mut().unwrap();

@@ -408,6 +408,7 @@ fn lanes(trace: &[TraceEvent]) -> IndexMap<&str, Lane> {
             EventKind::ClientClose => mark(Row::Client, Glyph::Square, CLIENT, None),
             EventKind::ClientGaveUp => mark(Row::Client, Glyph::Cross, REJECT, None),
             EventKind::ClientClosed { .. } => mark(Row::Client, Glyph::Bar, CLIENT, None),
+            EventKind::ClientRefused { .. } => mark(Row::Client, Glyph::Bar, REJECT, None),
             EventKind::ClientRecv { frame } => match frame {
                 Frame::Ack { id, .. } => mark(
                     Row::Server,

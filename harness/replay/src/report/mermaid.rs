@@ -80,6 +80,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
             EventKind::ClientClosed { code } => {
                 (&s, "--x", &c, format!("client sees close {code}"))
             }
+            EventKind::ClientRefused { status } => (&s, "--x", &c, format!("HTTP {status}")),
             EventKind::ClientClose => (&c, "-x", &s, "close".to_string()),
             EventKind::ClientGaveUp => (&c, "-x", &c, e.kind.to_string()),
             EventKind::PushIssued { id } => (&notifier_id, "->>", &s, format!("push {id}")),

@@ -35,6 +35,13 @@ pub enum ClientEvent {
     Frame(Frame),
     /// The server closed with this code.
     Closed(u16),
+    /// The server answered the upgrade with this HTTP status instead of a WebSocket: Starlette
+    /// under uvicorn answers a close before accept with 403 (no body, no close code) and an
+    /// application that ended before accepting with 500.
+    Refused(u16),
+    /// The connection ended without a close frame: the application ended (returned or raised)
+    /// after accepting without closing, and uvicorn dropped the TCP connection.
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -102,6 +109,28 @@ pub fn pair(accept_delay: Duration) -> (Arc<FakeSocket>, FakeClient) {
 }
 
 impl FakeSocket {
+    /// The application (the ASGI callable) has returned or raised: what uvicorn does with the
+    /// connection then. Before accept the client gets HTTP 500; after accept, without a close,
+    /// the TCP connection drops (no close frame) and later sends from tasks the application left
+    /// behind raise `WebSocketDisconnect(1006)`, as Starlette turns uvicorn's
+    /// `ClientDisconnected` into it. A connection the application closed is already over.
+    pub fn app_finished(&self) {
+        let mut state = self.lock();
+        if state.peer_closed || state.application == WsState::Disconnected {
+            return;
+        }
+        let connecting = state.application == WsState::Connecting;
+        state.peer_closed = true;
+        state.inbound.push_back(Inbound::Disconnect(1006));
+        drop(state);
+        self.inbound_ready.notify_one();
+        self.tell_client(if connecting {
+            ClientEvent::Refused(500)
+        } else {
+            ClientEvent::Dropped
+        });
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         match self.state.lock() {
             Ok(guard) => guard,
@@ -215,7 +244,12 @@ impl ServerSocket for FakeSocket {
                 drop(state);
                 self.inbound_ready.notify_one();
                 if !gone {
-                    self.tell_client(ClientEvent::Closed(code));
+                    self.tell_client(match was {
+                        // No WebSocket yet: Starlette sends `websocket.close` as an HTTP 403,
+                        // and the client never learns the code.
+                        WsState::Connecting => ClientEvent::Refused(403),
+                        WsState::Connected | WsState::Disconnected => ClientEvent::Closed(code),
+                    });
                     return Ok(());
                 }
                 // The client already left: uvicorn's send raises ClientDisconnected, which
