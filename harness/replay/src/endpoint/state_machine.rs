@@ -241,7 +241,7 @@ impl<S: ServerSocket> Conn<S> {
         // 403 refusal. (Found by explore, seed 1, with a one-message queue.)
         let accepted = ended.from != ConnectionState::Connecting;
         if let Some(code) = code
-            && !(accepted && !self.socket.is_connected())
+            && (!accepted || self.socket.is_connected())
         {
             match self.socket.close(code).await {
                 Ok(()) => self
