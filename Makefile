@@ -37,10 +37,13 @@ $(PY_STAMP): python/requirements.txt
 	$(PY_ENV)/bin/python -m pip install --quiet --disable-pip-version-check -r python/requirements.txt
 	@touch $@
 
-## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
+## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything);
+## then the deliberately broken machine, which ready_handoff must find violated (its own dir too).
 loom:
 	RUSTFLAGS="$(LOOM_FLAGS)" $(CARGO) test -p racegate-core --release --target-dir target/loom \
 		--test 'loom_*' -- --nocapture --test-threads=1
+	RUSTFLAGS="$(LOOM_FLAGS) --cfg racegate_loom_broken" $(CARGO) test -p racegate-core --release \
+		--target-dir target/loom-broken --test loom_machine -- --nocapture broken_
 
 lint:
 	$(CARGO) fmt --all -- --check
