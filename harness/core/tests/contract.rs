@@ -41,9 +41,10 @@ fn limits(max_messages: usize, max_bytes: usize) -> QueueLimits {
 /// it fail.
 const LET_IT_BLOCK: Duration = Duration::from_millis(100);
 
-/// How long a woken waiter may take to report back before the test calls the wake-up lost:
-/// generous, since a loaded 2-core machine can stall a thread for seconds.
-const WAKE_UP_MARGIN: Duration = Duration::from_secs(20);
+/// How long a woken waiter may take to report back before the test calls the wake-up lost. A
+/// runnable thread left unscheduled for 10 s is beyond any load a 2-core CI machine sees, and a
+/// lost wake-up must fail well inside `.cargo/mutants.toml`'s test timeout, not hang into it.
+const WAKE_UP_MARGIN: Duration = Duration::from_secs(10);
 
 // ---- MessageQueue ----
 
