@@ -526,7 +526,12 @@ fn register_cleanup_racing_readiness_and_failure_runs_once_or_is_committed() {
         let consistent = match registration {
             Registration::Registered => {
                 ended.cleanups_run == expected_runs
-                    && (ended.from == ServicesReady) == !became_ready
+                    && ended.from
+                        == if became_ready {
+                            ProcessingReady
+                        } else {
+                            ServicesReady
+                        }
             }
             Registration::RanImmediately => !became_ready && ended.cleanups_run == 0,
             Registration::Committed => became_ready && ended.cleanups_run == 0,
