@@ -45,7 +45,7 @@ loom:
 	RUSTFLAGS="$(LOOM_FLAGS) --cfg racegate_loom_broken" $(CARGO) test -p racegate-core --release \
 		--target-dir target/loom-broken --test loom_machine -- --nocapture broken_
 
-## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about N minutes
+## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about 5 minutes
 ## on 2 cores). Settings and every excluded mutant, with its reason, are in .cargo/mutants.toml;
 ## the table in target/mutants and the gate (>= 95 % of viable mutants killed) come last.
 ## Install with `cargo install --locked cargo-mutants`.
