@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom lint bench ci conformance
+.PHONY: run test py loom mutants lint bench ci conformance
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -47,10 +47,31 @@ conformance: py
 	  cat target/conformance-summary.txt 2>/dev/null || echo "conformance: did not run (see above)"; \
 	  exit $$status
 
-## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything).
+## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything);
+## then the deliberately broken machine, which ready_handoff must find violated (its own dir too).
 loom:
 	RUSTFLAGS="$(LOOM_FLAGS)" $(CARGO) test -p racegate-core --release --target-dir target/loom \
 		--test 'loom_*' -- --nocapture --test-threads=1
+	RUSTFLAGS="$(LOOM_FLAGS) --cfg racegate_loom_broken" $(CARGO) test -p racegate-core --release \
+		--target-dir target/loom-broken --test loom_machine -- --nocapture broken_
+
+## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about 5 minutes
+## on 2 cores). Settings and every excluded mutant, with its reason, are in .cargo/mutants.toml;
+## the table in target/mutants and the gate (>= 95 % of viable mutants killed) come last.
+## Install with `cargo install --locked cargo-mutants`.
+MUTANTS_JOBS ?= 2
+MUTANTS_MIN ?= 95
+# One file (or glob) a line; each is mutated and judged by the tests of the crate that owns it.
+MUTANTS_FILES := \
+	harness/core/src/*.rs \
+
+mutants:
+	@$(CARGO) mutants --version >/dev/null 2>&1 || \
+		{ echo "racegate: make mutants needs cargo-mutants (cargo install --locked cargo-mutants)" >&2; exit 1; }
+	@# cargo-mutants exits 2 for missed mutants and 3 for timeouts: results the table judges.
+	$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --output target/mutants \
+		$(foreach f,$(MUTANTS_FILES),-f '$(f)') || { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; }
+	$(PYTHON3) .ci/mutants_table.py target/mutants/mutants.out --min $(MUTANTS_MIN)
 
 lint:
 	$(CARGO) fmt --all -- --check

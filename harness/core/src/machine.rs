@@ -166,6 +166,19 @@ struct Inner<M, S> {
 /// conn.deliver_or_enqueue("second".to_string()).unwrap();
 /// assert_eq!(*handled.lock().unwrap(), ["hello", "second"]);
 /// ```
+///
+/// # Panics
+///
+/// A panicking [`Sink`] or cleanup propagates to the caller; the machine stays usable and
+/// consistent, never poisoned:
+/// - The message the sink was given counts as delivered (the sink owned it).
+/// - A panic mid-flush leaves the state `ProcessingReady` (something was delivered, so setup is
+///   committed and the cleanups dropped), and every message not yet flushed still queued, in
+///   order. Later messages queue behind them, never overtaking, and [`close`](Self::close) or
+///   [`fail`](Self::fail) hands them back in [`Ended::undelivered`]. Waiters were already woken.
+/// - A cleanup panicking inside [`end`](Self::end) does so after the connection ended: the
+///   state is terminal, the later cleanups are dropped unrun, and the unwinding drops the
+///   [`Ended`] value, undelivered messages included.
 pub struct ConnectionStateMachine<M, S> {
     inner: Mutex<Inner<M, S>>,
     /// A mirror of `inner.state`, written only under the lock, for lock-free readiness queries.
@@ -208,16 +221,26 @@ impl<M: Payload, S: Sink<M>> ConnectionStateMachine<M, S> {
     /// Delivers `msg` now if the connection is ready and nothing is queued ahead of it, otherwise
     /// holds it until `ProcessingReady`. One atomic step: no check-then-act window.
     pub fn deliver_or_enqueue(&self, msg: M) -> Result<Delivery, EnqueueError<M>> {
+        #[cfg_attr(racegate_loom_broken, allow(unused_mut))] // the broken arm locks again
         let mut inner = self.inner.lock();
+        let (state, nothing_held) = (inner.state, inner.queue.is_empty());
+        // The regression the loom models must catch: production once read readiness under one
+        // acquisition and enqueued under another. Compiled only for `loom_machine`'s
+        // `broken` test, which must find `ready_handoff` violated.
+        #[cfg(racegate_loom_broken)]
+        let mut inner = {
+            drop(inner);
+            self.inner.lock()
+        };
         let inner = &mut *inner;
-        match inner.state {
-            ConnectionState::ProcessingReady if inner.queue.is_empty() => {
+        match state {
+            ConnectionState::ProcessingReady if nothing_held => {
                 inner.sink.deliver(msg);
                 Ok(Delivery::Delivered)
             }
             ConnectionState::Closed | ConnectionState::Failed => Err(EnqueueError::Closed {
                 message: msg,
-                state: inner.state,
+                state,
             }),
             ConnectionState::Connecting
             | ConnectionState::Accepted
@@ -235,7 +258,13 @@ impl<M: Payload, S: Sink<M>> ConnectionStateMachine<M, S> {
     /// Moves one step forward. Entering `ProcessingReady` flushes the queue to the sink, in
     /// order, before the lock is released. Ending goes through [`close`](Self::close) or
     /// [`fail`](Self::fail), which return what was left undelivered.
+    ///
+    /// The new state is recorded, and waiters woken, before the sink runs, so a sink that panics
+    /// mid-flush leaves a machine that says what happened (see the type's "Panics" section).
     pub fn advance(&self, to: ConnectionState) -> Result<Advanced, TransitionError> {
+        // Declared before the guard so it is dropped after it, outside the lock, even on unwind:
+        // dropping a closure runs its captures' destructors, which may call back in.
+        let _committed: Vec<Cleanup>;
         let mut inner = self.inner.lock();
         let from = inner.state;
         if to.is_terminal() {
@@ -243,21 +272,22 @@ impl<M: Payload, S: Sink<M>> ConnectionStateMachine<M, S> {
             return Err(TransitionError { from, to });
         }
         let to = from.transition(to)?;
-        let mut flushed = 0;
-        if to.is_ready() {
-            let inner = &mut *inner;
-            while let Some(msg) = inner.queue.pop() {
-                inner.sink.deliver(msg);
-                flushed += 1;
-            }
-            // Setup is committed: the rollback actions no longer apply.
-            inner.cleanups.clear();
-            inner.was_ready = true;
-        }
         inner.state = to;
         self.snapshot.store(to as u8, Ordering::Release);
-        drop(inner);
+        // Woken under the lock, a waiter runs once the flush below has released it.
         self.changed.notify_all();
+        if !to.is_ready() {
+            return Ok(Advanced { to, flushed: 0 });
+        }
+        // Setup is committed: the rollback actions no longer apply.
+        let inner = &mut *inner;
+        inner.was_ready = true;
+        _committed = std::mem::take(&mut inner.cleanups);
+        let mut flushed = 0;
+        while let Some(msg) = inner.queue.pop() {
+            inner.sink.deliver(msg);
+            flushed += 1;
+        }
         Ok(Advanced { to, flushed })
     }
 

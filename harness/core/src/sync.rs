@@ -21,8 +21,12 @@ pub(crate) use imp::{AtomicU8, MutexGuard, Ordering};
 
 /// A mutex whose `lock()` ignores poisoning.
 ///
-/// A panic inside a delivery sink or a cleanup must not turn every later call into a second
-/// panic: the machine's invariants are re-established before any user code runs under the lock.
+/// A panic inside a delivery sink must not turn every later call into a second panic, and it
+/// need not: the only user code run under the lock is the sink, and the machine calls it only
+/// once its own state is consistent (the state is set and waiters woken before a flush starts; a
+/// message is popped, byte count included, before it is handed over). A sink that panics leaves
+/// the message it was given as delivered and everything not yet flushed still queued, in order.
+/// Cleanups run outside the lock. `ConnectionStateMachine`'s "Panics" section is the contract.
 #[derive(Debug)]
 pub(crate) struct Mutex<T>(imp::RawMutex<T>);
 

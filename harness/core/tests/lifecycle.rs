@@ -336,15 +336,20 @@ fn wait_ready_wakes_on_ready_and_on_failure() {
     for outcome in [Ok(()), Err(Failed)] {
         let (conn, _) = machine(QueueLimits::default());
         let conn = Arc::new(conn);
-        let waiter = {
+        // A channel, not `join`: a lost wake-up must fail the test, not hang it.
+        let (tx, waiter) = std::sync::mpsc::channel();
+        {
             let conn = conn.clone();
-            thread::spawn(move || conn.wait_ready())
-        };
+            thread::spawn(move || tx.send(conn.wait_ready()));
+        }
         match outcome {
             Ok(()) => to_ready(&conn),
             Err(_) => drop(conn.fail().unwrap()),
         }
-        assert_eq!(waiter.join().unwrap(), outcome);
+        assert_eq!(
+            waiter.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(outcome)
+        );
     }
     let (conn, _) = machine(QueueLimits::default());
     assert_eq!(

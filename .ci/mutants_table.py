@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Per-file table of a cargo-mutants run, and the gate: >= 95 % of viable mutants killed.
+
+Usage: mutants_table.py [mutants.out] [--min PERCENT]. A viable mutant is one that built;
+killed means caught (a test failed). Timeouts are listed apart: a hang is not a behaviour a test
+states, so they count as viable and not killed. Exit 1 below the minimum.
+"""
+import json
+import sys
+from collections import OrderedDict
+
+SUMMARY = {
+    "CaughtMutant": "caught",
+    "MissedMutant": "missed",
+    "Unviable": "unviable",
+    "Timeout": "timeout",
+}
+
+
+def main(argv):
+    out, minimum = "mutants.out", 95.0
+    args = list(argv)
+    while args:
+        a = args.pop(0)
+        if a == "--min":
+            minimum = float(args.pop(0))
+        else:
+            out = a
+    with open(f"{out}/outcomes.json") as f:
+        outcomes = json.load(f)["outcomes"]
+    rows = OrderedDict()
+    missed = []
+    for o in outcomes:
+        mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
+        if mutant is None:
+            continue  # the unmutated baseline
+        kind = SUMMARY.get(o["summary"], o["summary"])
+        row = rows.setdefault(mutant["file"], {k: 0 for k in SUMMARY.values()})
+        row[kind] = row.get(kind, 0) + 1
+        if kind in ("missed", "timeout"):
+            missed.append(f"{kind.upper():8} {mutant['name']}")
+    total = {k: sum(r.get(k, 0) for r in rows.values()) for k in SUMMARY.values()}
+    print(f"{'file':48} {'caught':>6} {'missed':>6} {'unviab':>6} {'t/out':>6} {'killed':>7}")
+    for name, r in sorted(rows.items()) + [("TOTAL", total)]:
+        viable = r["caught"] + r["missed"] + r["timeout"]
+        pct = 100.0 * r["caught"] / viable if viable else 100.0
+        print(f"{name:48} {r['caught']:6} {r['missed']:6} {r['unviable']:6} {r['timeout']:6} {pct:6.1f}%")
+    for line in missed:
+        print(line)
+    viable = total["caught"] + total["missed"] + total["timeout"]
+    pct = 100.0 * total["caught"] / viable if viable else 100.0
+    if pct < minimum:
+        print(f"racegate: {pct:.1f} % of viable mutants killed, below {minimum:.0f} %", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
