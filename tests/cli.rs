@@ -376,12 +376,12 @@ fn outside_a_checkout_run_uses_the_bundled_scenarios_and_says_so() {
     r.expect_code(0);
     assert!(
         r.stderr()
-            .contains("using the 23 scenarios built into racegate"),
+            .contains("using the 24 scenarios built into racegate"),
         "{}",
         r.context()
     );
     assert!(
-        r.stdout().contains("23 scenarios, 69 runs"),
+        r.stdout().contains("24 scenarios, 72 runs"),
         "{}",
         r.context()
     );
@@ -417,7 +417,7 @@ fn scenarios_list_and_export_give_the_bundled_files_byte_for_byte() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 24);
     for name in &names {
         assert_eq!(
             std::fs::read(out.join(name)).unwrap(),

@@ -134,7 +134,15 @@ async fn run(
     let _ = stream.set_nodelay(true);
     let url = format!("ws://{addr}{target}");
     let handshake =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(limits.ws_config())).await;
+        tokio_tungstenite::client_async_with_config(url, stream, Some(limits.ws_config()));
+    // A client that leaves before the handshake completes closes its TCP connection (dropping
+    // the handshake drops the stream): the server's accept() must find it gone, as uvicorn's
+    // raises ClientDisconnected.
+    let handshake = tokio::select! {
+        done = handshake => done,
+        // Only a close can come now: `send_chat` refuses a connection that is not open.
+        _ = cmds.recv() => return,
+    };
     let mut ws = match handshake {
         Ok((ws, _)) => ws,
         Err(e) => {

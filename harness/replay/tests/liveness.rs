@@ -161,3 +161,35 @@ fn exploration_finds_a_never_serving_server_within_300_cases() {
         "a never-serving server survived the first drawn cases"
     );
 }
+
+#[test]
+fn a_client_leaving_before_accept_charges_no_endpoint_with_accept_first() {
+    // Starlette under uvicorn: accept() after the client left raises ClientDisconnected, and
+    // later calls WebSocketDisconnect(1006); neither is a state error. Only an endpoint that
+    // itself reads before accept (unfixed, at 0 ms, before the client left) is charged.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+    let s = scenario::load(&dir.join("client-leaves-before-accept.toml")).unwrap();
+    for endpoint in EndpointKind::ALL {
+        let o = replay(&s, endpoint).unwrap();
+        let charged: Vec<_> = o
+            .violations
+            .iter()
+            .filter(|v| v.invariant == Invariant::AcceptFirst && v.user == "user-gone")
+            .filter(|v| v.at_ms >= 50)
+            .collect();
+        let before_leaving = o
+            .violations
+            .iter()
+            .filter(|v| v.invariant == Invariant::AcceptFirst && v.user == "user-gone")
+            .count()
+            - charged.len();
+        match endpoint {
+            // Its reader keeps calling receive_text before accept, every 50 ms.
+            EndpointKind::Unfixed => assert!(before_leaving >= 1, "{:?}", o.violations),
+            _ => assert!(
+                charged.is_empty() && before_leaving == 0,
+                "{endpoint}: {charged:?}"
+            ),
+        }
+    }
+}
