@@ -33,7 +33,7 @@ pub(crate) struct RunArgs {
     #[arg(long, value_enum, default_value_t = Transport::Fake)]
     transport: Transport,
     /// With `--transport ws`, how many runs go at once (each on its own thread and port).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     jobs: usize,
 }
 
@@ -184,4 +184,13 @@ fn gated_by_file(scenarios: &[scenario::Scenario], outcome: &racegate_replay::Ru
         .iter()
         .find(|s| s.name == outcome.scenario)
         .is_some_and(|s| s.expect.contains_key(&outcome.endpoint))
+}
+
+/// `--jobs`: a count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

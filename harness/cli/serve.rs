@@ -102,8 +102,9 @@ pub(crate) struct ServeArgs {
     /// The endpoint to serve: unfixed, partial or state-machine.
     #[arg(long)]
     endpoint: EndpointKind,
-    /// Where to listen (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// Where to listen: HOST:PORT, a name (`localhost:8000`) or an address; port 0 picks a
+    /// free one.
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = resolve_addr)]
     addr: SocketAddr,
     #[command(flatten)]
     server: ServerFlags,
@@ -160,4 +161,18 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
             _ = term.recv() => "SIGTERM",
         }
     })
+}
+
+/// `--addr`: an address, or a host name with a port, resolved to its first address.
+fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut found = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{text}` (expected HOST:PORT): {e}"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }

@@ -36,7 +36,8 @@ pub use socket::{Counters, Limits, WsSocket};
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// The address could not be bound.
-    #[error("could not listen on {addr}: {source}")]
+    // The OS's reason is the source: the binary prints the chain, so it must not repeat here.
+    #[error("could not listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
