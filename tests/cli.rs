@@ -208,6 +208,8 @@ fn two_files_with_one_name_exit_2() {
 #[case::empty_folder(&["run", "__EMPTY__"], "no scenario files")]
 #[case::unknown_endpoint(&["run", "--endpoint", "fixed"], "fixed")]
 #[case::unknown_format(&["run", "--format", "xml"], "xml")]
+#[case::zero_jobs(&["run", "--transport", "ws", "--jobs", "0"], "must be at least 1")]
+#[case::unresolvable_addr(&["serve", "--endpoint", "unfixed", "--addr", "no-such-host.invalid:80"], "cannot resolve")]
 fn bad_invocations_exit_2_with_a_message(#[case] args: &[&str], #[case] phrase: &str) {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().to_str().unwrap().to_string();

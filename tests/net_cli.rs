@@ -103,7 +103,10 @@ fn serve_refuses_an_address_in_use_with_exit_2() {
     let args = ["serve", "--endpoint", "unfixed", "--addr", &addr];
     let out = run(&args);
     assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("could not listen on"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not listen on"), "{stderr}");
+    // The OS's reason, once: the error chain must not repeat it.
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
 }
 
 #[test]
