@@ -48,6 +48,13 @@ pub fn table(
         for v in &o.violations {
             let _ = writeln!(out, "    ✗ {v}");
         }
+        for i in &o.indeterminate {
+            let _ = writeln!(
+                out,
+                "    ~ indeterminate user={} {} at {} ms: {}",
+                i.user, i.id, i.at_ms, i.reason
+            );
+        }
         if trace {
             out.push_str(&timeline(o));
         }
@@ -103,6 +110,7 @@ struct JsonScenario<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     inconclusive: Option<&'a str>,
     violations: &'a [racegate_replay::Violation],
+    indeterminate: &'a [racegate_replay::Indeterminate],
     elapsed_ms: f64,
     own_ms: u64,
     timeout_ms: u64,
@@ -167,7 +175,7 @@ impl Summary {
 }
 
 /// `{"url","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
-/// "detail"}],"elapsed_ms","own_ms","timeout_ms"(,"records")}],"summary":{"scenarios","passed",
+/// "detail"}],"indeterminate":[{"user","id","at_ms","reason"}],"elapsed_ms","own_ms","timeout_ms"(,"records")}],"summary":{"scenarios","passed",
 /// "failed"}}`.
 pub fn json(
     url: &str,
@@ -184,6 +192,7 @@ pub fn json(
                 verdict: o.verdict,
                 inconclusive: o.inconclusive.as_deref(),
                 violations: &o.violations,
+                indeterminate: &o.indeterminate,
                 elapsed_ms: (o.elapsed_ms * 10.0).round() / 10.0,
                 own_ms: o.own_ms,
                 timeout_ms: o.timeout_ms,

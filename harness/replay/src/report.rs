@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+use crate::checker::Indeterminate;
 use crate::endpoint::EndpointKind;
 use crate::oracle::Violation;
 use crate::runner::RunOutcome;
@@ -175,6 +176,13 @@ pub fn table(outcomes: &[RunOutcome], with_trace: bool) -> String {
             for v in &o.violations {
                 let _ = writeln!(out, "  ! {v}");
             }
+            for i in &o.indeterminate {
+                let _ = writeln!(
+                    out,
+                    "  ~ indeterminate user={} {} at {} ms: {}",
+                    i.user, i.id, i.at_ms, i.reason
+                );
+            }
         }
     }
     out
@@ -213,6 +221,8 @@ struct JsonResult<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mismatch: Option<String>,
     violations: &'a [Violation],
+    /// Chats whose fate the run cannot tell: neither a pass nor a loss.
+    indeterminate: &'a [Indeterminate],
     simulated_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a [TraceEvent]>,
@@ -236,6 +246,7 @@ pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
                         gated: o.gated(),
                         mismatch: o.mismatch(),
                         violations: &o.violations,
+                        indeterminate: &o.indeterminate,
                         simulated_ms: o.simulated_ms,
                         trace: with_trace.then_some(o.trace.as_slice()),
                     })
