@@ -517,7 +517,7 @@ fn cross_user(f: &Facts<'_>, owners: &BTreeMap<&str, &str>, out: &mut Vec<Violat
                 format!("client received {what} {id} addressed to user {c}")
             }
             (_, Some(o)) if *o != f.user => {
-                format!("client received {what} {id} produced for user {o}'s {id}")
+                format!("client received {what} {id}, produced for user {o}")
             }
             _ => continue,
         };

@@ -167,20 +167,18 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
                     c.ready_reached = true;
                 }
             }
-            EventKind::Handled { id, .. } => {
-                if c.state != "processing_ready" {
-                    let state = if c.state.is_empty() {
-                        "unknown"
-                    } else {
-                        c.state
-                    };
-                    out.push(Violation {
-                        invariant: Invariant::BeforeReady,
-                        user: user.to_string(),
-                        at_ms: at,
-                        detail: format!("{id} handled while the connection was {state}"),
-                    });
-                }
+            EventKind::Handled { id, .. } if c.state != "processing_ready" => {
+                let state = if c.state.is_empty() {
+                    "unknown"
+                } else {
+                    c.state
+                };
+                out.push(Violation {
+                    invariant: Invariant::BeforeReady,
+                    user: user.to_string(),
+                    at_ms: at,
+                    detail: format!("{id} handled while the connection was {state}"),
+                });
             }
             EventKind::Registered => c.registered = true,
             EventKind::Unregistered => c.registered = false,
@@ -190,11 +188,7 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
             EventKind::CleanupRan { name } => {
                 c.cleanups.entry(name).or_insert((at, 0)).1 += 1;
             }
-            EventKind::Terminal { state } => {
-                if c.terminal.is_none() {
-                    c.terminal = Some(state);
-                }
-            }
+            EventKind::Terminal { state } if c.terminal.is_none() => c.terminal = Some(state),
             _ => {}
         }
     }
