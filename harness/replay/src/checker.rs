@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use indexmap::IndexMap;
 use serde::Serialize;
 
 use crate::history::{Act, Got, History, Op};
@@ -90,7 +89,7 @@ pub fn tally(history: &History<'_>) -> Tally {
     for (user, ops) in &history.conns {
         let f = Facts::of(user, ops);
         let mut j = Judgement::default();
-        for (id, fate) in fates(&f) {
+        for (id, _, fate) in fates(&f) {
             match fate {
                 Fate::Answered if run_complete(&f, history, id) => t.answered += 1,
                 Fate::Answered => {}
@@ -136,6 +135,9 @@ enum Ending {
     OwnAfterWaiting,
 }
 
+/// One run's events as received: (index in the protocol's list, time, position in `ops`).
+type RunEvents = Vec<(usize, u64, usize)>;
+
 /// What the rules read about one connection, gathered in one pass.
 struct Facts<'h> {
     user: &'h str,
@@ -149,7 +151,7 @@ struct Facts<'h> {
     acks: Vec<(&'h str, u64, usize)>,
     pushes_got: Vec<(&'h str, u64)>,
     /// Run id → (event index, time, position).
-    runs: IndexMap<&'h str, Vec<(usize, u64, usize)>>,
+    runs: Vec<(&'h str, RunEvents)>,
     /// Refused visibly: an error frame naming it, or a refusal the server or notifier recorded
     /// when the connection was over (or not yet known to the server).
     refused: BTreeSet<&'h str>,
@@ -172,7 +174,7 @@ impl<'h> Facts<'h> {
             pushes: Vec::new(),
             acks: Vec::new(),
             pushes_got: Vec::new(),
-            runs: IndexMap::new(),
+            runs: Vec::new(),
             refused: BTreeSet::new(),
             refused_early: BTreeMap::new(),
             dropped: BTreeMap::new(),
@@ -200,7 +202,13 @@ impl<'h> Facts<'h> {
                     Got::Ack { id, .. } => f.acks.push((id, at, pos)),
                     Got::Push { id, .. } => f.pushes_got.push((id, at)),
                     Got::Event { index, run, .. } => {
-                        f.runs.entry(run).or_default().push((*index, at, pos))
+                        {
+                            // Runs come one after another: look at the latest first.
+                            match f.runs.iter_mut().rev().find(|(r, _)| r == run) {
+                                Some((_, events)) => events.push((*index, at, pos)),
+                                None => f.runs.push((run, vec![(*index, at, pos)])),
+                            }
+                        }
                     }
                     Got::Error {
                         about: Some(id), ..
@@ -252,7 +260,21 @@ impl<'h> Facts<'h> {
         f
     }
 
+    /// True when this connection invoked `id` (sent it, meant to, or was issued it).
+    fn invoked(&self, id: &str) -> bool {
+        self.sends.iter().any(|(s, _, _)| *s == id)
+            || self.pushes.iter().any(|(p, _)| *p == id)
+            || self.unsent.iter().any(|(u, _, _)| *u == id)
+    }
+
     /// How the connection ended first after position `pos`, if it did.
+    fn run(&self, id: &str) -> Option<&[(usize, u64, usize)]> {
+        self.runs
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, e)| e.as_slice())
+    }
+
     fn ending_after(&self, pos: usize) -> Option<Ending> {
         self.endings.iter().find(|(p, _)| *p > pos).map(|(_, e)| *e)
     }
@@ -293,12 +315,13 @@ pub enum Fate {
 ///      server owing an account (handled-and-answered or refused), so it is lost;
 ///    - without it (probe, load), indeterminate: only the server knows;
 /// 5. otherwise (no ending, a 1000 close, or the client's close after waiting) → lost.
-fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, Fate)> {
-    let acked: BTreeSet<&str> = f.acks.iter().map(|(id, _, _)| *id).collect();
+fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, u64, Fate)> {
+    let mut acked: Vec<&str> = f.acks.iter().map(|(id, _, _)| *id).collect();
+    acked.sort_unstable();
     f.sends
         .iter()
-        .map(|&(id, _, pos)| {
-            let fate = if acked.contains(id) {
+        .map(|&(id, at, pos)| {
+            let fate = if acked.binary_search(&id).is_ok() {
                 Fate::Answered
             } else if f.refused.contains(id) {
                 Fate::Refused
@@ -316,7 +339,7 @@ fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, Fate)> {
                     _ => Fate::Lost(format!("{id} was never delivered and never rejected")),
                 }
             };
-            (id, fate)
+            (id, at, fate)
         })
         .collect()
 }
@@ -326,9 +349,7 @@ fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, Fate)> {
 /// neither delivered nor refused (a refusal while the user's connection was still opening does
 /// not count). Indeterminate chats are recorded in `j.indeterminate`, not here.
 fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
-    let sent_at: BTreeMap<&str, u64> = f.sends.iter().map(|(id, at, _)| (*id, *at)).collect();
-    for (id, fate) in fates(f) {
-        let at = sent_at.get(id).copied().unwrap_or_default();
+    for (id, at, fate) in fates(f) {
         match fate {
             Fate::Answered | Fate::Refused => {}
             Fate::Lost(detail) => {
@@ -350,9 +371,8 @@ fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
             format!("{id} never sent: {reason}"),
         ));
     }
-    let pushed: BTreeSet<&str> = f.pushes_got.iter().map(|(id, _)| *id).collect();
     for (id, at) in &f.pushes {
-        if pushed.contains(id) || f.refused.contains(id) {
+        if f.pushes_got.iter().any(|(got, _)| got == id) || f.refused.contains(id) {
             continue;
         }
         let detail = match (f.dropped.get(id), f.refused_early.get(id)) {
@@ -372,42 +392,54 @@ fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
 /// driver: a second ack or push for the same id is `out-of-order`. The flag says which kind.
 fn out_of_order(f: &Facts<'_>) -> Vec<(Violation, bool)> {
     let mut out = Vec::new();
-    let acks: Vec<(&str, u64)> = f.acks.iter().map(|(id, at, _)| (*id, *at)).collect();
-    let sends: Vec<&str> = f.sends.iter().map(|(id, _, _)| *id).collect();
-    let pushes: Vec<&str> = f.pushes.iter().map(|(id, _)| *id).collect();
-    for (what, sent, got) in [("ack", &sends, &acks), ("push", &pushes, &f.pushes_got)] {
-        let index: BTreeMap<&str, usize> =
-            sent.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        let mut last: Option<(usize, &str)> = None;
-        let mut seen = BTreeSet::new();
-        for (id, at) in got.iter() {
-            let Some(&i) = index.get(id) else {
-                continue; // not this connection's: cross-user's business
-            };
-            if !seen.insert(i) {
-                let detail = format!("{what} {id} received twice");
-                out.push((f.violation(Invariant::OutOfOrder, *at, detail), true));
-                continue;
-            }
-            if let Some((prev, prev_id)) = last
-                && i < prev
-            {
-                let detail =
-                    format!("{what} {id} received after {prev_id}, but was sent before it");
-                out.push((f.violation(Invariant::OutOfOrder, *at, detail), false));
-            }
-            if last.is_none_or(|(p, _)| i > p) {
-                last = Some((i, id));
-            }
+    let sends = f.sends.iter().map(|(id, _, _)| *id);
+    let acks = f.acks.iter().map(|(id, at, _)| (*id, *at));
+    order(f, "ack", sends, acks, &mut out);
+    let pushes = f.pushes.iter().map(|(id, _)| *id);
+    order(f, "push", pushes, f.pushes_got.iter().copied(), &mut out);
+    out
+}
+
+/// [`out_of_order`] for one kind: `got` against the order of `sent`.
+fn order<'h>(
+    f: &Facts<'h>,
+    what: &str,
+    sent: impl Iterator<Item = &'h str>,
+    got: impl Iterator<Item = (&'h str, u64)>,
+    out: &mut Vec<(Violation, bool)>,
+) {
+    let mut index: Vec<(&str, usize)> = sent.enumerate().map(|(i, id)| (id, i)).collect();
+    if index.is_empty() {
+        return;
+    }
+    index.sort_unstable();
+    let mut seen = vec![false; index.len()];
+    let mut last: Option<(usize, &str)> = None;
+    for (id, at) in got {
+        let Ok(k) = index.binary_search_by(|(i, _)| (*i).cmp(id)) else {
+            continue; // not this connection's: cross-user's business
+        };
+        let i = index[k].1;
+        if std::mem::replace(&mut seen[i], true) {
+            let detail = format!("{what} {id} received twice");
+            out.push((f.violation(Invariant::OutOfOrder, at, detail), true));
+            continue;
+        }
+        if let Some((prev, prev_id)) = last
+            && i < prev
+        {
+            let detail = format!("{what} {id} received after {prev_id}, but was sent before it");
+            out.push((f.violation(Invariant::OutOfOrder, at, detail), false));
+        }
+        if last.is_none_or(|(p, _)| i > p) {
+            last = Some((i, id));
         }
     }
-    out
 }
 
 /// The event indexes received for run `run`, in order.
 fn run_events(f: &Facts<'_>, run: &str) -> Vec<usize> {
-    f.runs
-        .get(run)
+    f.run(run)
         .map(|e| e.iter().map(|(i, _, _)| *i).collect())
         .unwrap_or_default()
 }
@@ -426,27 +458,27 @@ fn run_complete(f: &Facts<'_>, history: &History<'_>, run: &str) -> bool {
 /// one (the server must say it refused the rest).
 fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
     let names = &history.protocol.events;
-    let own: BTreeSet<&str> = f.sends.iter().map(|(id, _, _)| *id).collect();
-    // Each run, from its first ack or event: time and position.
-    let mut runs: IndexMap<&str, (u64, usize)> = IndexMap::new();
+    let own = |id: &str| f.sends.iter().any(|(s, _, _)| *s == id);
+    // Each own run, from its first ack or event: time and position.
+    let mut runs: Vec<(&str, u64, usize)> = Vec::new();
     for (id, at, pos) in &f.acks {
-        if own.contains(id) {
-            runs.entry(id).or_insert((*at, *pos));
+        if own(id) && !runs.iter().any(|(r, _, _)| r == id) {
+            runs.push((id, *at, *pos));
         }
     }
     for (run, events) in &f.runs {
-        if own.contains(run) {
-            runs.entry(run).or_insert((events[0].1, events[0].2));
+        if own(run) && !runs.iter().any(|(r, _, _)| r == run) {
+            runs.push((run, events[0].1, events[0].2));
         }
     }
-    for (run, (at, pos)) in runs {
-        let got = run_events(f, run);
-        if got.iter().copied().eq(0..names.len()) {
+    for (run, at, pos) in runs {
+        let events = f.run(run).unwrap_or_default();
+        if events.iter().map(|(i, _, _)| *i).eq(0..names.len()) {
             continue;
         }
+        let got = run_events(f, run);
         let (last_at, last_pos) = f
-            .runs
-            .get(run)
+            .run(run)
             .and_then(|e| e.last())
             .map_or((at, pos), |e| (e.1, e.2));
         let prefix = got.iter().enumerate().all(|(k, i)| *i == k) && got.len() < names.len();
@@ -488,22 +520,37 @@ fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
     }
 }
 
-/// Which user invoked each chat or push id (sent it, meant to, or was issued it).
-fn owners<'h>(history: &'h History<'_>) -> BTreeMap<&'h str, &'h str> {
-    let mut owner = BTreeMap::new();
+/// Which user invoked each chat or push id (sent it, meant to, or was issued it), sorted by id.
+struct Owners<'h>(Vec<(&'h str, &'h str)>);
+
+impl<'h> Owners<'h> {
+    fn get(&self, id: &str) -> Option<&'h str> {
+        self.0
+            .binary_search_by(|(i, _)| (*i).cmp(id))
+            .ok()
+            .map(|k| self.0[k].1)
+    }
+}
+
+fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
+    let mut owner = Vec::new();
     for (user, ops) in &history.conns {
         for op in ops {
             if let Act::Send { id } | Act::Unsent { id, .. } | Act::PushIssued { id } = &op.act {
-                owner.insert(id.as_ref(), user.as_ref());
+                owner.push((id.as_ref(), user.as_ref()));
             }
         }
     }
-    owner
+    // The last invocation of an id names its owner, as a map's last insert would.
+    owner.reverse();
+    owner.sort_by(|a, b| a.0.cmp(b.0));
+    owner.dedup_by(|a, b| a.0 == b.0);
+    Owners(owner)
 }
 
 /// `cross-user`: a client received an ack, event or push that names another user, or is about
 /// a chat or push another user invoked. One violation per frame.
-fn cross_user(f: &Facts<'_>, owners: &BTreeMap<&str, &str>, out: &mut Vec<Violation>) {
+fn cross_user(f: &Facts<'_>, owners: &Owners<'_>, out: &mut Vec<Violation>) {
     for op in f.ops {
         let Act::Recv(got) = &op.act else { continue };
         let (what, id, claimed) = match got {
@@ -512,11 +559,14 @@ fn cross_user(f: &Facts<'_>, owners: &BTreeMap<&str, &str>, out: &mut Vec<Violat
             Got::Push { id, user } => ("push", id, user),
             Got::Error { .. } | Got::Text(_) | Got::Other => continue,
         };
+        if claimed.as_deref().is_none_or(|c| c == f.user) && f.invoked(id) {
+            continue; // the common case: its own frame
+        }
         let detail = match (claimed.as_deref(), owners.get(id.as_ref())) {
             (Some(c), _) if c != f.user => {
                 format!("client received {what} {id} addressed to user {c}")
             }
-            (_, Some(o)) if *o != f.user => {
+            (_, Some(o)) if o != f.user => {
                 format!("client received {what} {id}, produced for user {o}")
             }
             _ => continue,

@@ -199,12 +199,11 @@ impl<'a> History<'a> {
         let mut served: Vec<bool> = Vec::new();
         for ev in trace {
             let user = ev.user.as_str();
-            let entry = h.conns.entry(Cow::Borrowed(user));
-            let index = entry.index();
-            let ops = entry.or_default();
+            let index = user_index(&mut h.conns, user, trace.len());
             if served.len() <= index {
                 served.resize(index + 1, false);
             }
+            let ops = &mut h.conns[index];
             let mut server = |ops: &mut Vec<Op<'a>>| {
                 if !served[index] {
                     served[index] = true;
@@ -285,6 +284,25 @@ impl<'a> History<'a> {
         }
         h
     }
+}
+
+/// The index of `user`'s connection in `conns`, added (with room for `room` steps) if new. A
+/// replay has a handful of users: comparing names beats hashing every event's.
+fn user_index<'a>(
+    conns: &mut IndexMap<Cow<'a, str>, Vec<Op<'a>>>,
+    user: &'a str,
+    room: usize,
+) -> usize {
+    if conns.len() <= 8 {
+        if let Some(i) = conns.keys().position(|k| k == user) {
+            return i;
+        }
+    } else if let Some(i) = conns.get_index_of(user) {
+        return i;
+    }
+    conns
+        .insert_full(Cow::Borrowed(user), Vec::with_capacity(room.min(64)))
+        .0
 }
 
 /// A replay frame as the checker reads it: its event's position in the five-event run.

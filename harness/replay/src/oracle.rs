@@ -129,7 +129,6 @@ struct ServerConn {
     terminal: Option<&'static str>,
     registered: bool,
     cleanups: IndexMap<&'static str, (u64, usize)>,
-    last_ms: u64,
 }
 
 /// Checks every invariant over `trace`: the client-observable ones with the
@@ -155,10 +154,32 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
     let mut conns: IndexMap<&str, ServerConn> = IndexMap::new();
     let end_ms = trace.last().map_or(0, |e| e.at_ms);
     for ev in trace {
+        // Only what the server recorded about its lifecycle matters here.
+        if !matches!(
+            ev.kind,
+            EventKind::State { .. }
+                | EventKind::Handled { .. }
+                | EventKind::Registered
+                | EventKind::Unregistered
+                | EventKind::CleanupRegistered { .. }
+                | EventKind::CleanupRan { .. }
+                | EventKind::Terminal { .. }
+        ) {
+            continue;
+        }
         let user = ev.user.as_str();
         let at = ev.at_ms;
-        let c = conns.entry(user).or_default();
-        c.last_ms = at;
+        // A handful of users: comparing names beats hashing every event's.
+        let found = if conns.len() <= 8 {
+            conns.keys().position(|k| *k == user)
+        } else {
+            conns.get_index_of(user)
+        };
+        let i = match found {
+            Some(i) => i,
+            None => conns.insert_full(user, ServerConn::default()).0,
+        };
+        let c = &mut conns[i];
         match &ev.kind {
             EventKind::State { state } => {
                 c.server_seen = true;
@@ -220,9 +241,15 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
             ),
             Some(_) if !c.ready_reached => {
                 if c.registered {
+                    // When the user's part of the run ended: its last event of any kind.
+                    let last_ms = trace
+                        .iter()
+                        .rev()
+                        .find(|e| e.user == *user)
+                        .map_or(0, |e| e.at_ms);
                     violate(
                         Invariant::Leak,
-                        c.last_ms,
+                        last_ms,
                         "ended before ready but is still registered with the connection manager"
                             .into(),
                     );
