@@ -242,6 +242,20 @@ pub fn junit(
         let mut case = TestCase::new(o.scenario.clone(), status);
         case.set_classname(o.file.display().to_string());
         case.set_time(std::time::Duration::from_secs_f64(o.elapsed_ms / 1000.0));
+        if !o.indeterminate.is_empty() {
+            // Neither a pass nor a failure: said, so nobody reads it as either.
+            let lines: Vec<String> = o
+                .indeterminate
+                .iter()
+                .map(|i| {
+                    format!(
+                        "indeterminate user={} {} at {} ms: {}",
+                        i.user, i.id, i.at_ms, i.reason
+                    )
+                })
+                .collect();
+            case.set_system_out(lines.join("\n"));
+        }
         suite.add_test_case(case);
     }
     report.add_test_suite(suite);

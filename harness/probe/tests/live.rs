@@ -268,7 +268,7 @@ async fn each_misbehaviour_is_named_by_its_invariant() {
         (Behaviour::WrongUser, vec![Invariant::CrossUser]),
         (Behaviour::SwappedEvents, vec![Invariant::EventOrder]),
         (Behaviour::StarletteError, vec![Invariant::AcceptFirst]),
-        // The close refuses the chat visibly: not lost, but 4000 is not an expected code.
+        // The close cuts the chat off: indeterminate, not lost; but 4000 is not expected.
         (Behaviour::Close4000, vec![Invariant::AbnormalClose]),
         (Behaviour::Drop, vec![Invariant::AbnormalClose]),
     ];
@@ -276,6 +276,14 @@ async fn each_misbehaviour_is_named_by_its_invariant() {
         let addr = serve(behaviour).await;
         let o = probe(addr, &two_users(""), 3000).await;
         assert_eq!(invariants(&o), expected, "{:#?}", o.violations);
+        // A chat whose answer the close or drop cut off is indeterminate: reported, not lost.
+        let cut_off = matches!(behaviour, Behaviour::Close4000 | Behaviour::Drop);
+        assert_eq!(
+            !o.indeterminate.is_empty(),
+            cut_off,
+            "{:#?}",
+            o.indeterminate
+        );
     }
 }
 

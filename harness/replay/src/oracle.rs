@@ -22,8 +22,10 @@ use crate::trace::{EventKind, TraceEvent};
 pub enum Invariant {
     /// The transport was used before accept or after close (Starlette raised).
     AcceptFirst,
-    /// A chat or push was neither delivered nor explicitly rejected. A chat still in flight,
-    /// unread, when the server closed with an error code counts as refused by that close.
+    /// A chat or push was neither delivered nor explicitly rejected. A chat whose answer an
+    /// error close cut off is refused by it when the server's trace shows it was not dropped,
+    /// and indeterminate (reported apart, not a violation) where there is no server trace.
+    /// The rule: [`checker`](crate::checker) and `docs/invariants.md`.
     MessageLost,
     /// Chats were acknowledged, or pushes delivered, out of the order they were sent (or twice).
     OutOfOrder,
@@ -31,8 +33,8 @@ pub enum Invariant {
     BeforeReady,
     /// A client received a frame meant for, or produced for, another user.
     CrossUser,
-    /// An acknowledged chat's five agent events were out of order, or missing without the
-    /// server rejecting the rest.
+    /// An acknowledged chat's run events (the protocol's list; the replay's five agent events)
+    /// were out of order, repeated, or missing without the rest being refused.
     EventOrder,
     /// A connection that ended before ready left a registration or an unrun cleanup behind.
     Leak,

@@ -289,8 +289,14 @@ pub fn junit(outcomes: &[RunOutcome]) -> Result<String, quick_junit::SerializeEr
             };
             let mut case = TestCase::new(format!("{name} [{}]", o.endpoint), status);
             case.set_classname(o.file.display().to_string());
-            if !o.violations.is_empty() {
-                let detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+            if !o.violations.is_empty() || !o.indeterminate.is_empty() {
+                let mut detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+                detail.extend(o.indeterminate.iter().map(|i| {
+                    format!(
+                        "indeterminate user={} {} at {} ms: {}",
+                        i.user, i.id, i.at_ms, i.reason
+                    )
+                }));
                 case.set_system_out(detail.join("\n"));
             }
             suite.add_test_case(case);
