@@ -285,6 +285,13 @@ impl LoadReport {
                 each.join(" ")
             ));
         }
+        if self.figures.indeterminate > 0 {
+            out.push_str(&format!(
+                "{} chats indeterminate: a non-1000 close or a drop cut off their answer \
+                 (neither answered nor lost)\n",
+                self.figures.indeterminate
+            ));
+        }
         out.push_str(if self.clean() {
             "nothing lost, duplicated, reordered or crossed\n"
         } else {
@@ -326,8 +333,8 @@ impl LoadReport {
     }
 
     /// The median of several runs of the same load: the run with the median ratio (the median
-    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts,
-    /// which are the totals over all runs, so a race in any run still fails the gate. `None`
+    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts
+    /// (and the indeterminate count), which are the totals over all runs, so a race in any run still fails the gate. `None`
     /// for no runs.
     pub fn median_of(runs: Vec<LoadReport>) -> Option<LoadReport> {
         let key = |r: &LoadReport| r.ratio().unwrap_or(r.figures.msgs_per_s);
@@ -339,12 +346,14 @@ impl LoadReport {
             total(|f| f.out_of_order),
             total(|f| f.cross_user),
         );
+        let indeterminate = total(|f| f.indeterminate);
         let mut sorted = runs;
         sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
         let mut median = sorted.into_iter().nth(keys.len().checked_sub(1)? / 2)?;
         let f = &mut median.figures;
         (f.lost, f.duplicated, f.out_of_order, f.cross_user) =
             (lost, duplicated, out_of_order, cross_user);
+        f.indeterminate = indeterminate;
         if keys.len() > 1 {
             median.runs = keys;
         }
