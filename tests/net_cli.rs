@@ -106,7 +106,11 @@ fn serve_refuses_an_address_in_use_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("could not listen on"), "{stderr}");
     // The OS's reason, once: the error chain must not repeat it.
-    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]

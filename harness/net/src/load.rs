@@ -4,13 +4,17 @@
 //! N clients connect spread evenly over the window; each sends M chats as soon as its socket
 //! opens, then reads until every chat is answered (ack and five run events; for the echo
 //! baseline, the echo) or nothing has arrived for the quiet period, and stays connected until
-//! every client is done. Everything is counted on the client side, from what crossed the wire:
+//! every client is done. Each client records what crossed the wire ([`ClientLog`]); once the
+//! measurement is over, the logs become the shared client history and the shared checker counts
+//! them ([`checker::tally`]: the replay's and the probe's rules, written in `docs/invariants.md`):
 //!
-//! - **lost**: chats neither fully answered nor visibly rejected (an error frame naming the
-//!   chat, or a server close before its ack);
-//! - **duplicated**: an ack or run event received twice;
-//! - **out of order**: an ack before that of a chat sent earlier, or a run's events out of order;
-//! - **cross user**: a frame naming another user, or a chat id that is not the client's own.
+//! - **lost**: `message-lost` (neither acknowledged nor refused by an error frame naming it, and
+//!   no error end of the connection after it; or never sent because the socket never opened);
+//! - **indeterminate**: a chat whose answer a server close other than 1000, or a drop, cut off;
+//! - **duplicated**: an ack received twice (`out-of-order`, its duplicate kind);
+//! - **out of order**: an ack before that of a chat sent earlier (`out-of-order`), or a run
+//!   whose events came missing, twice or out of order (`event-order`);
+//! - **cross user**: `cross-user`, a frame naming another user, or another user's chat.
 //!
 //! Throughput is acknowledged chats per second over the span in which acks arrive (first to
 //! last), so the fixed setup latency, reported as time-to-ready, does not count against it.
@@ -21,15 +25,16 @@
 //! in a fresh process so neither inherits the other's heap.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use racegate_replay::EndpointKind;
-use racegate_replay::scenario::ServerConfig;
+use racegate_replay::checker::{self, Tally};
+use racegate_replay::history::{Act, DEFAULT_PROTOCOL, Got, History, refused_chat};
+use racegate_replay::scenario::{Protocol, ServerConfig};
 use racegate_replay::trace::AgentEvent;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -97,8 +102,12 @@ pub struct Figures {
     pub answered: usize,
     /// Chats visibly rejected.
     pub rejected: usize,
-    /// Chats neither answered nor rejected.
+    /// Chats neither answered nor rejected (`message-lost`).
     pub lost: usize,
+    /// Chats whose fate the client cannot tell: the server closed with an error code, or the
+    /// connection dropped, before their answer. Neither answered nor lost.
+    #[serde(default)]
+    pub indeterminate: usize,
     /// Acks or events received twice.
     pub duplicated: usize,
     /// Acks or events out of order.
@@ -173,6 +182,7 @@ impl LoadReport {
             "answered": f.answered,
             "rejected": f.rejected,
             "lost": f.lost,
+            "indeterminate": f.indeterminate,
             "duplicated": f.duplicated,
             "out_of_order": f.out_of_order,
             "cross_user": f.cross_user,
@@ -275,6 +285,13 @@ impl LoadReport {
                 each.join(" ")
             ));
         }
+        if self.figures.indeterminate > 0 {
+            out.push_str(&format!(
+                "{} chats indeterminate: a non-1000 close or a drop cut off their answer \
+                 (neither answered nor lost)\n",
+                self.figures.indeterminate
+            ));
+        }
         out.push_str(if self.clean() {
             "nothing lost, duplicated, reordered or crossed\n"
         } else {
@@ -316,8 +333,8 @@ impl LoadReport {
     }
 
     /// The median of several runs of the same load: the run with the median ratio (the median
-    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts,
-    /// which are the totals over all runs, so a race in any run still fails the gate. `None`
+    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts
+    /// (and the indeterminate count), which are the totals over all runs, so a race in any run still fails the gate. `None`
     /// for no runs.
     pub fn median_of(runs: Vec<LoadReport>) -> Option<LoadReport> {
         let key = |r: &LoadReport| r.ratio().unwrap_or(r.figures.msgs_per_s);
@@ -329,12 +346,14 @@ impl LoadReport {
             total(|f| f.out_of_order),
             total(|f| f.cross_user),
         );
+        let indeterminate = total(|f| f.indeterminate);
         let mut sorted = runs;
         sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
         let mut median = sorted.into_iter().nth(keys.len().checked_sub(1)? / 2)?;
         let f = &mut median.figures;
         (f.lost, f.duplicated, f.out_of_order, f.cross_user) =
             (lost, duplicated, out_of_order, cross_user);
+        f.indeterminate = indeterminate;
         if keys.len() > 1 {
             median.runs = keys;
         }
@@ -455,19 +474,220 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// What one client saw.
+/// What one client saw: its history for the checker, and its timings.
 #[derive(Debug, Default)]
 struct ConnStats {
-    opened: bool,
-    sent: usize,
-    answered: usize,
-    rejected: usize,
-    lost: usize,
-    duplicated: usize,
-    out_of_order: usize,
-    cross_user: usize,
+    log: ClientLog,
     ready: Option<Duration>,
     acks: Vec<Instant>,
+}
+
+/// What one load client did and heard, kept small on the hot path (indexes into its own chat
+/// ids; a string only for what is not its own) and turned into the shared client
+/// [`History`] once the measurement is over ([`tally`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientLog {
+    /// The user.
+    pub user: String,
+    /// Whether its socket opened.
+    pub opened: bool,
+    /// Its chat ids, in send order; the first `sent` went out.
+    pub ids: Vec<String>,
+    /// How many were sent.
+    pub sent: usize,
+    /// The frames it heard, in order.
+    pub heard: Vec<Heard>,
+    /// How the connection ended.
+    pub end: LoadEnd,
+}
+
+/// A chat a frame is about: one of the client's own (by index), or another id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatRef {
+    /// The client's own `n`th chat (0-based).
+    Own(usize),
+    /// An id that is not one of the client's chats.
+    Other(String),
+}
+
+/// One frame a load client heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// An ack; `claimed` is the user it names when that is not the client's own.
+    Ack {
+        /// Which chat.
+        chat: ChatRef,
+        /// Another user the frame names, if it does.
+        claimed: Option<String>,
+    },
+    /// A run event at `index` in the run.
+    Event {
+        /// Which run.
+        chat: ChatRef,
+        /// Its position in the five-event run.
+        index: usize,
+        /// Another user the frame names, if it does.
+        claimed: Option<String>,
+    },
+    /// An error frame, refusing the chat it names, if any.
+    Error {
+        /// Its text.
+        message: String,
+        /// The own chat it refuses.
+        refuses: Option<usize>,
+    },
+}
+
+/// How a load client's connection ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LoadEnd {
+    /// The client closed it, once its answers came or the quiet period passed.
+    #[default]
+    ClientClosed,
+    /// The server closed it with this code.
+    ServerClosed(u16),
+    /// It ended without a close frame.
+    Dropped,
+}
+
+impl ClientLog {
+    /// Reads one text frame the endpoint sent, in place, and records it.
+    pub fn hear_endpoint(&mut self, text: &str) {
+        if let Ok(frame) = wire::decode_server_ref(text) {
+            self.hear(frame);
+        }
+    }
+
+    /// Records one decoded frame.
+    fn hear(&mut self, frame: FrameRef<'_>) {
+        let own = |ids: &[String], id: &str| {
+            // Own ids are `{user}/m{n}`: try the one the id's number names before searching.
+            let guess = id
+                .rsplit_once("/m")
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1))
+                .filter(|&i| ids.get(i).is_some_and(|x| x == id));
+            match guess.or_else(|| ids.iter().position(|x| x == id)) {
+                Some(i) => ChatRef::Own(i),
+                None => ChatRef::Other(id.to_string()),
+            }
+        };
+        let claim = |u: &str| (u != self.user).then(|| u.to_string());
+        let heard = match frame {
+            FrameRef::Ack { id, user } => Heard::Ack {
+                chat: own(&self.ids, &id),
+                claimed: claim(&user),
+            },
+            FrameRef::Event { kind, run, user } => Heard::Event {
+                chat: own(&self.ids, &run),
+                index: AgentEvent::RUN
+                    .iter()
+                    .position(|k| *k == kind)
+                    .unwrap_or(usize::MAX),
+                claimed: claim(&user),
+            },
+            FrameRef::Error { message } => Heard::Error {
+                refuses: refused_chat(&message)
+                    .and_then(|id| self.ids.iter().position(|x| x == id)),
+                message: message.into_owned(),
+            },
+            FrameRef::Push { .. } => return,
+        };
+        self.heard.push(heard);
+    }
+}
+
+/// The protocol an echo server speaks: an ack (the echo) and no run events.
+static ECHO_PROTOCOL: LazyLock<Protocol> = LazyLock::new(|| Protocol {
+    events: Vec::new(),
+    ..Protocol::default()
+});
+
+/// The shared client history of `logs` (one connection per client), read with racegate's own
+/// protocol, or the echo's (no run events).
+pub fn history(logs: &[ClientLog], target: Target) -> History<'_> {
+    let protocol: &Protocol = match target {
+        Target::Endpoint => &DEFAULT_PROTOCOL,
+        Target::Echo => &ECHO_PROTOCOL,
+    };
+    let mut h = History::new(protocol);
+    for log in logs {
+        let user = log.user.as_str();
+        fn id<'a>(log: &'a ClientLog, c: &'a ChatRef) -> Cow<'a, str> {
+            match c {
+                ChatRef::Own(i) => Cow::Borrowed(log.ids.get(*i).map_or("", String::as_str)),
+                ChatRef::Other(id) => Cow::Borrowed(id.as_str()),
+            }
+        }
+        fn claimed<'a>(c: &'a Option<String>, user: &'a str) -> Option<Cow<'a, str>> {
+            Some(Cow::Borrowed(c.as_deref().unwrap_or(user)))
+        }
+        h.push(user, 0, Act::Connect);
+        if !log.opened {
+            for chat in &log.ids {
+                h.push(
+                    user,
+                    0,
+                    Act::Unsent {
+                        id: Cow::Borrowed(chat),
+                        reason: Cow::Borrowed("the connection never opened"),
+                    },
+                );
+            }
+            continue;
+        }
+        h.push(user, 0, Act::Open);
+        for chat in &log.ids[..log.sent.min(log.ids.len())] {
+            h.push(
+                user,
+                0,
+                Act::Send {
+                    id: Cow::Borrowed(chat),
+                },
+            );
+        }
+        for heard in &log.heard {
+            let got = match heard {
+                Heard::Ack { chat, claimed: c } => Got::Ack {
+                    id: id(log, chat),
+                    user: claimed(c, user),
+                },
+                Heard::Event {
+                    chat,
+                    index,
+                    claimed: c,
+                } => Got::Event {
+                    index: *index,
+                    run: id(log, chat),
+                    user: claimed(c, user),
+                },
+                Heard::Error { message, refuses } => Got::Error {
+                    message: Cow::Borrowed(message),
+                    about: refuses
+                        .and_then(|i| log.ids.get(i))
+                        .map(|s| Cow::Borrowed(s.as_str())),
+                },
+            };
+            h.push(user, 0, Act::Recv(got));
+        }
+        let end = match log.end {
+            LoadEnd::ClientClosed => Act::ClientClose { scheduled: false },
+            LoadEnd::ServerClosed(code) => Act::ServerClose {
+                code,
+                reason: Cow::Borrowed(""),
+            },
+            LoadEnd::Dropped => Act::Dropped {
+                error: Cow::Borrowed("the connection ended without a close frame"),
+            },
+        };
+        h.push(user, 0, end);
+    }
+    h
+}
+
+/// The race counts over `logs`, by the shared checker's rules ([`checker::tally`]).
+pub fn tally(logs: &[ClientLog], target: Target) -> Tally {
+    checker::tally(&history(logs, target))
 }
 
 fn measure_once(opts: &LoadOptions, target: Target) -> Result<Figures, NetError> {
@@ -503,7 +723,7 @@ fn measure_once(opts: &LoadOptions, target: Target) -> Result<Figures, NetError>
     let clients = clients.join().map_err(|_| NetError::Lost)?;
     served?;
     let (stats, elapsed, client_cpu_ms) = clients?;
-    let mut figures = summarize(&stats, opts.users, peak, rss_before, elapsed);
+    let mut figures = summarize(&stats, target, opts.users, peak, rss_before, elapsed);
     figures.server_cpu_ms = cpu_ms;
     figures.client_cpu_ms = client_cpu_ms;
     Ok(figures)
@@ -565,14 +785,6 @@ impl Drop for Measuring {
     }
 }
 
-/// What one client expects for one chat.
-#[derive(Debug, Default)]
-struct Expect {
-    acked: u32,
-    events: Vec<AgentEvent>,
-    rejected: bool,
-}
-
 async fn one_client(
     addr: SocketAddr,
     user: String,
@@ -592,20 +804,20 @@ async fn one_client(
             .await
             .ok()
     };
+    let ids: Vec<String> = (1..=messages).map(|n| format!("{user}/m{n}")).collect();
+    stats.log = ClientLog {
+        user: user.clone(),
+        ids,
+        ..ClientLog::default()
+    };
     let Ok(Some((mut ws, _))) = tokio::time::timeout(limits.handshake_timeout, connect).await
     else {
-        // Never opened: every chat it meant to send is lost, as in a replay.
-        stats.lost = messages;
+        // Never opened: every chat it meant to send is unsent, hence lost, as in a replay.
         return stats;
     };
-    stats.opened = true;
-    let ids: Vec<String> = (1..=messages).map(|n| format!("{user}/m{n}")).collect();
-    let index: BTreeMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    for id in &ids {
+    let log = &mut stats.log;
+    log.opened = true;
+    for id in &log.ids {
         if ws
             .feed(Message::text(wire::chat_text(id, "load")))
             .await
@@ -613,35 +825,36 @@ async fn one_client(
         {
             break;
         }
-        stats.sent += 1;
+        log.sent += 1;
     }
     if ws.flush().await.is_err() {
-        stats.sent = 0;
+        log.sent = 0;
     }
-    let mut expect: Vec<Expect> = ids.iter().map(|_| Expect::default()).collect();
-    let mut last_acked: Option<usize> = None;
+    // What is still owed: per chat, whether its ack came, how many events, a refusal.
+    let mut owed: Vec<(bool, usize, bool)> = vec![(false, 0, false); log.sent];
     let per_chat_events = match target {
         Target::Endpoint => AgentEvent::RUN.len(),
         Target::Echo => 0,
     };
-    let done = |expect: &[Expect]| {
-        expect[..stats.sent]
-            .iter()
-            .all(|e| e.rejected || (e.acked > 0 && e.events.len() >= per_chat_events))
+    let done = |owed: &[(bool, usize, bool)]| {
+        owed.iter()
+            .all(|(acked, events, refused)| *refused || (*acked && *events >= per_chat_events))
     };
-    let mut server_closed = false;
-    while !done(&expect) {
+    while !done(&owed) {
         let Ok(next) = tokio::time::timeout(quiet, ws.next()).await else {
             break;
         };
         let text = match next {
             Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) => {
-                server_closed = true;
+            Some(Ok(Message::Close(frame))) => {
+                log.end = LoadEnd::ServerClosed(frame.map_or(1005, |f| u16::from(f.code)));
                 break;
             }
             Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break,
+            Some(Err(_)) | None => {
+                log.end = LoadEnd::Dropped;
+                break;
+            }
         };
         let frame = match target {
             Target::Echo => match wire::parse_client(text.as_str()) {
@@ -657,69 +870,46 @@ async fn one_client(
                 Err(_) => continue,
             },
         };
-        let (id, claimed) = match &frame {
-            FrameRef::Ack { id, user } => (id, user),
-            FrameRef::Event { run, user, .. } => (run, user),
-            FrameRef::Error { message } => {
-                // The fixed endpoint's rejection names the chat: "message <id> rejected: …".
-                let named = message
-                    .strip_prefix("message ")
-                    .and_then(|rest| rest.split_once(" rejected"))
-                    .and_then(|(id, _)| index.get(id));
-                if let Some(&i) = named {
-                    expect[i].rejected = true;
-                }
-                continue;
-            }
-            FrameRef::Push { .. } => continue,
-        };
-        let Some(&i) = index.get(&**id).filter(|_| *claimed == user) else {
-            stats.cross_user += 1;
-            continue;
-        };
-        match frame {
-            FrameRef::Ack { .. } => {
+        let before = log.heard.len();
+        log.hear(frame);
+        // Only the wait needs counting here; the checker judges the log afterwards.
+        match log.heard.get(before) {
+            Some(Heard::Ack {
+                chat: ChatRef::Own(i),
+                ..
+            }) => {
                 let now = Instant::now();
                 if stats.ready.is_none() {
                     stats.ready = Some(now - t0);
                 }
-                expect[i].acked += 1;
-                if expect[i].acked > 1 {
-                    stats.duplicated += 1;
-                    continue;
-                }
-                stats.acks.push(now);
-                if last_acked.is_some_and(|last| i < last) {
-                    stats.out_of_order += 1;
-                }
-                last_acked = Some(last_acked.map_or(i, |last| last.max(i)));
-            }
-            FrameRef::Event { kind, .. } => {
-                let events = &mut expect[i].events;
-                if events.contains(&kind) {
-                    stats.duplicated += 1;
-                } else {
-                    if events.last().is_some_and(|last| *last > kind) {
-                        stats.out_of_order += 1;
-                    }
-                    events.push(kind);
+                if let Some(o) = owed.get_mut(*i)
+                    && !o.0
+                {
+                    o.0 = true;
+                    stats.acks.push(now);
                 }
             }
-            FrameRef::Error { .. } | FrameRef::Push { .. } => {}
+            Some(Heard::Event {
+                chat: ChatRef::Own(i),
+                ..
+            }) => {
+                if let Some(o) = owed.get_mut(*i) {
+                    o.1 += 1;
+                }
+            }
+            Some(Heard::Error {
+                refuses: Some(i), ..
+            }) => {
+                if let Some(o) = owed.get_mut(*i) {
+                    o.2 = true;
+                }
+            }
+            _ => {}
         }
     }
-    for e in &mut expect[..stats.sent] {
-        if e.acked > 0 && e.events.len() >= per_chat_events {
-            stats.answered += 1;
-        } else if e.rejected || (server_closed && e.acked == 0) {
-            // An error frame, or a close before the ack: the client knows it was refused.
-            stats.rejected += 1;
-        } else {
-            stats.lost += 1;
-        }
-    }
+    let server_ended = log.end != LoadEnd::ClientClosed;
     measuring.done().await;
-    if !server_closed {
+    if !server_ended {
         let _ = tokio::time::timeout(limits.close_timeout, ws.close(None)).await;
     }
     stats
@@ -735,6 +925,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn summarize(
     stats: &[ConnStats],
+    target: Target,
     users: usize,
     peak_kb: u64,
     rss_before_kb: u64,
@@ -745,19 +936,18 @@ fn summarize(
     let mut first_ack: Option<Instant> = None;
     let mut last_ack: Option<Instant> = None;
     let mut acked = 0usize;
+    let logs: Vec<ClientLog> = stats.iter().map(|s| s.log.clone()).collect();
+    let t = tally(&logs, target);
+    (f.answered, f.rejected, f.lost, f.indeterminate) =
+        (t.answered, t.refused, t.lost, t.indeterminate);
+    (f.duplicated, f.out_of_order, f.cross_user) = (t.duplicated, t.out_of_order, t.cross_user);
     for s in stats {
-        if s.opened {
+        if s.log.opened {
             f.opened += 1;
         } else {
             f.connect_failures += 1;
         }
-        f.sent += s.sent;
-        f.answered += s.answered;
-        f.rejected += s.rejected;
-        f.lost += s.lost;
-        f.duplicated += s.duplicated;
-        f.out_of_order += s.out_of_order;
-        f.cross_user += s.cross_user;
+        f.sent += s.log.sent;
         if let Some(r) = s.ready {
             ready.push(r.as_secs_f64() * 1000.0);
         }

@@ -1,279 +1,88 @@
-//! What a client can tell about a server, named like the oracle's invariants: a pure function
-//! from a probe's records to the violations, so every rule is tested without a socket.
+//! The probe's records as the shared client [`History`], judged by the shared
+//! [`checker`](racegate_replay::checker): the same rules as the replay's and `load`'s, written
+//! once in `docs/invariants.md`. Text frames are read with the scenario's `[protocol]` (its ack,
+//! event, push and error types; id, run and user fields; events by position in
+//! `protocol.events`). A probe has no server trace, so a chat whose answer an error close (or
+//! the client's own scheduled close) cut off is indeterminate, reported apart.
 //!
 //! | invariant | violated when |
 //! | --- | --- |
-//! | `message-lost` | a chat is not acknowledged exactly once, and no server close (other than 1000) or drop after it, nor the client's own early close (`close_ms`), excuses it; or it was never sent because the connection never opened |
-//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless the server ended the connection after the ones that came (cut short visibly) |
+//! | `message-lost` | a chat is neither acknowledged nor refused by an error frame naming it, and the connection did not end with an error (close other than 1000, drop) or the client's own early close (`close_ms`) after it (those make it indeterminate); or it was never sent because the connection never opened |
+//! | `out-of-order` | an ack comes for a chat sent before one already acknowledged, or twice |
+//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless it was refused, or the connection's error end cut it short (indeterminate) |
 //! | `cross-user` | a frame names another user, or another user's chat |
 //! | `accept-first` | an error frame (or a close reason, or a non-JSON text frame) matches one of the error patterns |
 //! | `abnormal-close` | the server closed with a code outside the expected set, dropped the connection without a close frame, or refused the upgrade |
 //! | `stuck` | the timeout passed while the client still waited: for the handshake, the scheduled close, or the server's answer to the client's close |
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use indexmap::IndexMap;
-use racegate_replay::runner::chat_id;
-use racegate_replay::scenario::{Protocol, Scenario};
-use racegate_replay::{Invariant, Violation};
+use racegate_replay::Violation;
+use racegate_replay::checker::{self, Judgement};
+use racegate_replay::history::{Act, Got, History, parse_frame};
+use racegate_replay::scenario::Scenario;
 use serde_json::Value;
 
 use crate::session::{Record, Seen};
 
-/// The longest frame text a violation quotes.
-const QUOTE_CHARS: usize = 160;
-
-#[derive(Default)]
-struct Conn<'a> {
-    sends: Vec<(&'a str, f64)>,
-    acks: IndexMap<String, (usize, f64)>,
-    runs: IndexMap<String, Vec<(usize, f64)>>,
-    /// When the server ended the connection other than with a 1000 close.
-    refused_from: Option<f64>,
-    /// When the client gave up on its own, at the scenario's `close_ms`.
-    abandoned_from: Option<f64>,
-}
-
 /// Checks the client-observable invariants over one scenario's `records` (all users, by time).
 /// Violations come sorted by time, then invariant, then user.
 pub fn check(scenario: &Scenario, records: &[Record]) -> Vec<Violation> {
+    judge(scenario, records).violations
+}
+
+/// [`check`], keeping the chats whose fate is unknowable apart.
+pub fn judge(scenario: &Scenario, records: &[Record]) -> Judgement {
+    checker::check(&history(scenario, records))
+}
+
+/// The client history of `records`: each record one step of its user's connection, each text
+/// frame parsed with the scenario's `[protocol]`.
+pub fn history<'a>(scenario: &'a Scenario, records: &'a [Record]) -> History<'a> {
     let protocol = &scenario.protocol;
-    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-    let early_close: Vec<&str> = scenario
-        .users
-        .iter()
-        .filter(|u| u.close_ms.is_some())
-        .map(|u| u.id.as_str())
-        .collect();
+    let mut h = History::new(protocol);
+    // Every user has a connection, in the scenario's order, even one that recorded nothing.
     for user in &scenario.users {
-        for n in 1..=user.sends.len() {
-            owner.insert(chat_id(&user.id, n), &user.id);
-        }
+        h.conns.entry(Cow::Borrowed(user.id.as_str())).or_default();
     }
-    let mut out = Vec::new();
-    let mut conns: IndexMap<&str, Conn<'_>> = IndexMap::new();
     for r in records {
         let user = r.user.as_str();
-        let c = conns.entry(user).or_default();
-        let mut violate = |invariant, detail: String| {
-            out.push(Violation {
-                invariant,
-                user: user.to_string(),
-                at_ms: millis(r.at_ms),
-                detail,
-            })
+        let scheduled = scenario
+            .users
+            .iter()
+            .any(|u| u.id == user && u.close_ms.is_some());
+        let b = |s: &'a String| Cow::Borrowed(s.as_str());
+        let act = match &r.seen {
+            Seen::Connect => Act::Connect,
+            Seen::Open => Act::Open,
+            Seen::Refused { status, close_code } => Act::UpgradeRefused {
+                status: *status,
+                code: *close_code,
+            },
+            Seen::Send { id } => Act::Send { id: b(id) },
+            Seen::Unsent { id, reason } => Act::Unsent {
+                id: b(id),
+                reason: b(reason),
+            },
+            Seen::Recv { text } => Act::Recv(parse_frame(protocol, text)),
+            Seen::RecvBinary { .. } => Act::Recv(Got::Other),
+            Seen::ServerClose { code, reason } => Act::ServerClose {
+                code: *code,
+                reason: b(reason),
+            },
+            Seen::Dropped { error } => Act::Dropped { error: b(error) },
+            Seen::ClientClose => Act::ClientClose { scheduled },
+            Seen::CloseAnswered { code } => Act::CloseAnswered { code: *code },
+            Seen::Timeout { waiting_for } => Act::GaveUp {
+                detail: Cow::Owned(format!(
+                    "still waiting for {waiting_for} when the timeout ended the probe"
+                )),
+            },
         };
-        match &r.seen {
-            Seen::ClientClose => {
-                if early_close.contains(&user) {
-                    c.abandoned_from.get_or_insert(r.at_ms);
-                }
-            }
-            Seen::Connect | Seen::Open | Seen::RecvBinary { .. } => {}
-            Seen::Send { id } => c.sends.push((id, r.at_ms)),
-            Seen::Unsent { id, reason } => {
-                violate(Invariant::MessageLost, format!("{id} never sent: {reason}"))
-            }
-            Seen::Timeout { waiting_for } => violate(
-                Invariant::Stuck,
-                format!("still waiting for {waiting_for} when the timeout ended the probe"),
-            ),
-            Seen::Refused { status, close_code } => {
-                c.refused_from.get_or_insert(r.at_ms);
-                match close_code {
-                    Some(code) if protocol.close_codes.contains(code) => {}
-                    Some(code) => violate(
-                        Invariant::AbnormalClose,
-                        format!(
-                            "upgrade refused with HTTP {status}, close code {code}; expected one \
-                             of {}",
-                            codes(protocol)
-                        ),
-                    ),
-                    None => violate(
-                        Invariant::AbnormalClose,
-                        format!("upgrade refused with HTTP {status} and no close code"),
-                    ),
-                }
-            }
-            Seen::ServerClose { code, reason } => {
-                if *code != 1000 {
-                    c.refused_from.get_or_insert(r.at_ms);
-                }
-                if !protocol.close_codes.contains(code) {
-                    violate(
-                        Invariant::AbnormalClose,
-                        format!(
-                            "server closed with {code}{}; expected one of {}",
-                            if reason.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({})", quote(reason))
-                            },
-                            codes(protocol)
-                        ),
-                    );
-                }
-                if let Some(p) = matching(protocol, reason) {
-                    violate(
-                        Invariant::AcceptFirst,
-                        format!("close reason {} matches {p:?}", quote(reason)),
-                    );
-                }
-            }
-            Seen::CloseAnswered { code } => {
-                if let Some(code) = code
-                    && !protocol.close_codes.contains(code)
-                {
-                    violate(
-                        Invariant::AbnormalClose,
-                        format!(
-                            "server answered the client's close with {code}; expected one of {}",
-                            codes(protocol)
-                        ),
-                    );
-                }
-            }
-            Seen::Dropped { error } => {
-                c.refused_from.get_or_insert(r.at_ms);
-                violate(
-                    Invariant::AbnormalClose,
-                    format!("connection ended without a close frame: {error}"),
-                );
-            }
-            Seen::Recv { text } => {
-                let Ok(frame) = serde_json::from_str::<Value>(text) else {
-                    if let Some(p) = matching(protocol, text) {
-                        violate(
-                            Invariant::AcceptFirst,
-                            format!("text frame {} matches {p:?}", quote(text)),
-                        );
-                    }
-                    continue;
-                };
-                if let Some(claimed) = field(&frame, &protocol.user_field)
-                    && claimed != user
-                {
-                    violate(
-                        Invariant::CrossUser,
-                        format!("received {} addressed to user {claimed}", quote(text)),
-                    );
-                }
-                let kind = field(&frame, &protocol.type_field).unwrap_or_default();
-                let about = if kind == protocol.ack_type {
-                    field(&frame, &protocol.id_field)
-                } else if protocol.events.contains(&kind) {
-                    field(&frame, &protocol.run_field)
-                } else {
-                    None
-                };
-                if let Some(id) = &about
-                    && let Some(o) = owner.get(id.as_str())
-                    && *o != user
-                {
-                    violate(
-                        Invariant::CrossUser,
-                        format!("received {} about {id}, a chat of user {o}", quote(text)),
-                    );
-                }
-                if kind == protocol.error_type {
-                    let message =
-                        field(&frame, &protocol.message_field).unwrap_or_else(|| text.clone());
-                    if let Some(p) = matching(protocol, &message) {
-                        violate(
-                            Invariant::AcceptFirst,
-                            format!("error frame {} matches {p:?}", quote(&message)),
-                        );
-                    }
-                } else if kind == protocol.ack_type
-                    && let Some(id) = about
-                {
-                    c.acks.entry(id).or_insert((0, r.at_ms)).0 += 1;
-                } else if let Some(i) = protocol.events.iter().position(|e| *e == kind)
-                    && let Some(run) = about
-                {
-                    c.runs.entry(run).or_default().push((i, r.at_ms));
-                }
-            }
-        }
+        h.push(user, millis(r.at_ms), act);
     }
-
-    for (user, c) in &conns {
-        let mut violate = |invariant, at_ms: f64, detail: String| {
-            out.push(Violation {
-                invariant,
-                user: user.to_string(),
-                at_ms: millis(at_ms),
-                detail,
-            })
-        };
-        // Refused by the server, or abandoned by a client that closed early on purpose: either
-        // way the client knows the chat was not answered, and why.
-        let excused = |sent: f64| {
-            [c.refused_from, c.abandoned_from]
-                .into_iter()
-                .flatten()
-                .any(|at| at >= sent)
-        };
-        for (id, at) in &c.sends {
-            match c.acks.get(*id) {
-                Some((1, _)) => {}
-                Some((n, first)) => violate(
-                    Invariant::MessageLost,
-                    *first,
-                    format!("{id} acknowledged {n} times, expected exactly once"),
-                ),
-                None if excused(*at) => {}
-                None => violate(
-                    Invariant::MessageLost,
-                    *at,
-                    format!("{id} was never acknowledged, and the server did not refuse it"),
-                ),
-            }
-        }
-        // Every own chat that was acknowledged or produced events must have its whole run.
-        let mut runs: IndexMap<&str, f64> = IndexMap::new();
-        for (id, _) in &c.sends {
-            if let Some((_, ack_at)) = c.acks.get(*id) {
-                runs.insert(id, *ack_at);
-            } else if let Some(events) = c.runs.get(*id) {
-                runs.insert(id, events[0].1);
-            }
-        }
-        let expected: Vec<usize> = (0..protocol.events.len()).collect();
-        for (run, ack_at) in runs {
-            let got: Vec<usize> = c
-                .runs
-                .get(run)
-                .map(|e| e.iter().map(|(i, _)| *i).collect())
-                .unwrap_or_default();
-            if got == expected {
-                continue;
-            }
-            let last = c
-                .runs
-                .get(run)
-                .and_then(|e| e.last())
-                .map_or(ack_at, |e| e.1);
-            if expected.starts_with(&got) && excused(last) {
-                continue;
-            }
-            let names: Vec<&str> = got.iter().map(|i| protocol.events[*i].as_str()).collect();
-            violate(
-                Invariant::EventOrder,
-                last,
-                format!(
-                    "run {run} got [{}], expected [{}] in order",
-                    names.join(", "),
-                    protocol.events.join(", ")
-                ),
-            );
-        }
-    }
-    out.sort_by(|a, b| {
-        (a.at_ms, a.invariant, &a.user, &a.detail).cmp(&(b.at_ms, b.invariant, &b.user, &b.detail))
-    });
-    out
+    h
 }
 
 /// Why `records` prove nothing about the server, if they do not: every user the scenario
@@ -387,39 +196,5 @@ fn millis(at_ms: f64) -> u64 {
 
 /// A dotted path's value as text (strings as they are, numbers and booleans printed).
 pub(crate) fn field(frame: &Value, path: &str) -> Option<String> {
-    let mut v = frame;
-    for key in path.split('.') {
-        v = v.as_object()?.get(key)?;
-    }
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
-    }
-}
-
-/// The first error pattern `text` contains, ignoring case.
-fn matching<'p>(protocol: &'p Protocol, text: &str) -> Option<&'p str> {
-    let text = text.to_lowercase();
-    protocol
-        .error_patterns
-        .iter()
-        .find(|p| text.contains(&p.to_lowercase()))
-        .map(String::as_str)
-}
-
-fn codes(protocol: &Protocol) -> String {
-    let codes: Vec<String> = protocol.close_codes.iter().map(u16::to_string).collect();
-    codes.join(", ")
-}
-
-/// `text` in backquotes, cut to [`QUOTE_CHARS`] characters.
-fn quote(text: &str) -> String {
-    if text.chars().count() <= QUOTE_CHARS {
-        format!("`{text}`")
-    } else {
-        let cut: String = text.chars().take(QUOTE_CHARS).collect();
-        format!("`{cut}…`")
-    }
+    racegate_replay::history::field(frame, path)
 }

@@ -17,7 +17,8 @@
 //!
 //! Modules, in the order a probe uses them: [`target`] (the URL and each user's upgrade
 //! request), [`session`] (one user's connection on a real clock, every frame recorded),
-//! [`check`] (the client-observable invariants over the records, a pure function), [`probe`]
+//! [`check`] (the records as the shared client history, judged by racegate-replay's checker: the
+//! same rules as `run` and `load`), [`probe`]
 //! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
 
 pub mod check;

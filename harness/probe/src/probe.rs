@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use racegate_replay::Violation;
 use racegate_replay::scenario::Scenario;
 use racegate_replay::schedule::{self, Pushes};
+use racegate_replay::{Indeterminate, Judgement, Violation};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -78,6 +78,9 @@ pub struct ProbeOutcome {
     pub inconclusive: Option<String>,
     /// Every violation, by time.
     pub violations: Vec<Violation>,
+    /// Chats whose fate the probe cannot tell (an error close, a drop or the client's own
+    /// scheduled close came before their answer): neither a pass nor a loss.
+    pub indeterminate: Vec<Indeterminate>,
     /// What every client saw, by time.
     pub records: Vec<Record>,
     /// The scenario's own time: when its clients close unless the server is slower.
@@ -156,7 +159,10 @@ pub async fn probe_scenario(
     let mut records: Vec<Record> = per_user.into_iter().flatten().collect();
     // Stable: one user's records keep their order on a tie.
     records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-    let violations = check::check(scenario, &records);
+    let Judgement {
+        violations,
+        indeterminate,
+    } = check::judge(scenario, &records);
     let inconclusive = check::inconclusive(scenario, &records);
     Ok(ProbeOutcome {
         scenario: scenario.name.clone(),
@@ -168,6 +174,7 @@ pub async fn probe_scenario(
         },
         inconclusive,
         violations,
+        indeterminate,
         records,
         own_ms: own,
         elapsed_ms,

@@ -48,6 +48,13 @@ pub fn table(
         for v in &o.violations {
             let _ = writeln!(out, "    ✗ {v}");
         }
+        for i in &o.indeterminate {
+            let _ = writeln!(
+                out,
+                "    ~ indeterminate user={} {} at {} ms: {}",
+                i.user, i.id, i.at_ms, i.reason
+            );
+        }
         if trace {
             out.push_str(&timeline(o));
         }
@@ -103,6 +110,7 @@ struct JsonScenario<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     inconclusive: Option<&'a str>,
     violations: &'a [racegate_replay::Violation],
+    indeterminate: &'a [racegate_replay::Indeterminate],
     elapsed_ms: f64,
     own_ms: u64,
     timeout_ms: u64,
@@ -167,7 +175,7 @@ impl Summary {
 }
 
 /// `{"url","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
-/// "detail"}],"elapsed_ms","own_ms","timeout_ms"(,"records")}],"summary":{"scenarios","passed",
+/// "detail"}],"indeterminate":[{"user","id","at_ms","reason"}],"elapsed_ms","own_ms","timeout_ms"(,"records")}],"summary":{"scenarios","passed",
 /// "failed"}}`.
 pub fn json(
     url: &str,
@@ -184,6 +192,7 @@ pub fn json(
                 verdict: o.verdict,
                 inconclusive: o.inconclusive.as_deref(),
                 violations: &o.violations,
+                indeterminate: &o.indeterminate,
                 elapsed_ms: (o.elapsed_ms * 10.0).round() / 10.0,
                 own_ms: o.own_ms,
                 timeout_ms: o.timeout_ms,
@@ -233,6 +242,20 @@ pub fn junit(
         let mut case = TestCase::new(o.scenario.clone(), status);
         case.set_classname(o.file.display().to_string());
         case.set_time(std::time::Duration::from_secs_f64(o.elapsed_ms / 1000.0));
+        if !o.indeterminate.is_empty() {
+            // Neither a pass nor a failure: said, so nobody reads it as either.
+            let lines: Vec<String> = o
+                .indeterminate
+                .iter()
+                .map(|i| {
+                    format!(
+                        "indeterminate user={} {} at {} ms: {}",
+                        i.user, i.id, i.at_ms, i.reason
+                    )
+                })
+                .collect();
+            case.set_system_out(lines.join("\n"));
+        }
         suite.add_test_case(case);
     }
     report.add_test_suite(suite);

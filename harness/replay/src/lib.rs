@@ -28,14 +28,18 @@
 //! Modules, in the order a run uses them:
 //! [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
 //! one here), [`backend`] (the server's phases, manager, router), [`endpoint`] (`unfixed`,
-//! `partial`, `state-machine`), [`trace`] (the timeline), [`oracle`] (invariants over a trace),
+//! `partial`, `state-machine`), [`trace`] (the timeline), [`history`] (the client history every driver
+//! records), [`checker`] (the client-observable invariants over a history, one function each),
+//! [`oracle`] (a trace's history through the checker, plus the server-side invariants),
 //! [`schedule`] (when clients close, for every driver), [`runner`] (virtual-time replay), [`report`] (table, JSON, JUnit, the HTML report with a
 //! timeline per run, Mermaid), [`explore`] (proptest searches timings for violations and shrinks
 //! each to a scenario file), and [`import`] (staging-style JSON logs back into a scenario).
 
 pub mod backend;
+pub mod checker;
 pub mod endpoint;
 pub mod explore;
+pub mod history;
 pub mod import;
 pub mod oracle;
 pub mod report;
@@ -45,6 +49,7 @@ pub mod schedule;
 pub mod trace;
 pub mod transport;
 
+pub use checker::{Indeterminate, Judgement};
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
 pub use runner::{RunOutcome, replay};

@@ -1,16 +1,20 @@
 //! The oracle: a pure function from a recorded trace to the invariants it violates.
 //!
-//! It knows nothing about endpoints. It reads what clients sent and saw, what the notifier
-//! issued, and what the server recorded about its lifecycle, and names each broken rule with the
-//! user and the virtual time where it broke. An empty list is a pass.
+//! It knows nothing about endpoints. The client-observable invariants are the
+//! [`checker`](crate::checker)'s, over the trace's client [`History`] (the same rules `probe`
+//! and `load` use); the server-side ones (`before-ready`, `leak`, the server's half of `stuck`)
+//! need what the server recorded about its lifecycle, and are here. Each broken rule is named
+//! with the user and the virtual time where it broke. An empty list is a pass. The rules are
+//! written once, in `docs/invariants.md`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::trace::{AgentEvent, EventKind, Frame, TraceEvent};
+use crate::checker::{self, Judgement};
+use crate::history::History;
+use crate::trace::{EventKind, TraceEvent};
 
 /// A rule a connection lifecycle must keep. The names are the ones every output uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -18,8 +22,10 @@ use crate::trace::{AgentEvent, EventKind, Frame, TraceEvent};
 pub enum Invariant {
     /// The transport was used before accept or after close (Starlette raised).
     AcceptFirst,
-    /// A chat or push was neither delivered nor explicitly rejected. A chat still in flight,
-    /// unread, when the server closed with an error code counts as refused by that close.
+    /// A chat or push was neither delivered nor explicitly rejected. A chat whose answer an
+    /// error close cut off is refused by it when the server's trace shows it was not dropped,
+    /// and indeterminate (reported apart, not a violation) where there is no server trace.
+    /// The rule: [`checker`](crate::checker) and `docs/invariants.md`.
     MessageLost,
     /// Chats were acknowledged, or pushes delivered, out of the order they were sent (or twice).
     OutOfOrder,
@@ -27,16 +33,17 @@ pub enum Invariant {
     BeforeReady,
     /// A client received a frame meant for, or produced for, another user.
     CrossUser,
-    /// An acknowledged chat's five agent events were out of order, or missing without the
-    /// server rejecting the rest.
+    /// An acknowledged chat's run events (the protocol's list; the replay's five agent events)
+    /// were out of order, repeated, or missing without the rest being refused.
     EventOrder,
     /// A connection that ended before ready left a registration or an unrun cleanup behind.
     Leak,
     /// A connection reached no terminal state by the end of the run, or a client's connection
     /// never opened and was never refused (the server never served it).
     Stuck,
-    /// The server closed with a code outside the expected set. Only `racegate probe` reports it
-    /// (a live server's close codes are all a client sees of its failures); [`check`] never does.
+    /// The server closed with a code outside the protocol's expected set, dropped the connection
+    /// without a close frame, or refused the upgrade without an expected code. The replay's
+    /// endpoints close only with expected codes, so in practice only `racegate probe` reports it.
     AbnormalClose,
 }
 
@@ -115,159 +122,86 @@ impl fmt::Display for Violation {
     }
 }
 
-/// What the oracle tracks for one user's connection and client.
+/// What the oracle tracks about the server's side of one user's connection.
 #[derive(Default)]
-struct Conn {
+struct ServerConn {
     server_seen: bool,
     state: &'static str,
     ready_reached: bool,
     terminal: Option<&'static str>,
     registered: bool,
     cleanups: IndexMap<&'static str, (u64, usize)>,
-    sends: Vec<(String, u64)>,
-    unsent: Vec<(String, u64, String)>,
-    pushes: Vec<(String, u64)>,
-    acks: Vec<(String, u64)>,
-    pushes_received: Vec<(String, u64)>,
-    runs: IndexMap<String, Vec<(AgentEvent, u64)>>,
-    rejected: BTreeSet<String>,
-    /// Pushes "rejected" while the connection was still on its way: not a real rejection.
-    rejected_early: BTreeMap<String, String>,
-    /// The connection had ended (either side closed, or the server reached closed or failed).
-    ended: bool,
-    /// When the client sent the upgrade.
-    connect_ms: Option<u64>,
-    dropped: BTreeMap<String, String>,
-    /// When the client saw the server close, and the code.
-    server_close: Option<(u64, u16)>,
-    last_ms: u64,
 }
 
-/// Checks every invariant over `trace`. Violations come sorted by time, then invariant, then user.
+/// Checks every invariant over `trace`: the client-observable ones with the
+/// [`checker`](crate::checker) over the trace's [`History`], the server-side ones here.
+/// Violations come sorted by time, then invariant, then user.
 pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
-    let mut out = Vec::new();
-    let mut conns: IndexMap<&str, Conn> = IndexMap::new();
-    // Which user sent each chat or was issued each push: "for another user" means this.
-    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-    let end_ms = trace.last().map_or(0, |e| e.at_ms);
+    judge(trace, &|_| false).violations
+}
 
+/// [`check`], keeping the chats whose fate is unknowable apart; `scheduled` says which users'
+/// closes the scenario asked for (`close_ms`).
+pub fn judge(trace: &[TraceEvent], scheduled: &dyn Fn(&str) -> bool) -> Judgement {
+    let history = History::from_trace(trace, scheduled);
+    let mut j = checker::check(&history);
+    server_side(trace, &mut j.violations);
+    checker::sort(&mut j.violations);
+    j
+}
+
+/// The invariants only the server's trace can show: `before-ready`, `leak`, and `stuck` for a
+/// connection that reached no terminal state by the end of the run.
+fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
+    let mut conns: IndexMap<&str, ServerConn> = IndexMap::new();
+    let end_ms = trace.last().map_or(0, |e| e.at_ms);
     for ev in trace {
+        // Only what the server recorded about its lifecycle matters here.
+        if !matches!(
+            ev.kind,
+            EventKind::State { .. }
+                | EventKind::Handled { .. }
+                | EventKind::Registered
+                | EventKind::Unregistered
+                | EventKind::CleanupRegistered { .. }
+                | EventKind::CleanupRan { .. }
+                | EventKind::Terminal { .. }
+        ) {
+            continue;
+        }
         let user = ev.user.as_str();
         let at = ev.at_ms;
-        let c = conns.entry(user).or_default();
-        c.last_ms = at;
-        let mut violate = |invariant, detail: String| {
-            out.push(Violation {
-                invariant,
-                user: user.to_string(),
-                at_ms: at,
-                detail,
-            })
+        // A handful of users: comparing names beats hashing every event's.
+        let found = if conns.len() <= 8 {
+            conns.keys().position(|k| *k == user)
+        } else {
+            conns.get_index_of(user)
         };
+        let i = match found {
+            Some(i) => i,
+            None => conns.insert_full(user, ServerConn::default()).0,
+        };
+        let c = &mut conns[i];
         match &ev.kind {
-            EventKind::ClientConnect => c.connect_ms = Some(at),
-            EventKind::ClientOpen | EventKind::ServerClose { .. } => {}
-            EventKind::ClientClose => c.ended = true,
-            EventKind::ClientGaveUp => violate(
-                Invariant::Stuck,
-                "the connection never opened and was never refused".into(),
-            ),
-            EventKind::ClientClosed { code } => {
-                c.ended = true;
-                if c.server_close.is_none() {
-                    c.server_close = Some((at, *code));
-                }
-            }
-            // A refused upgrade: nothing was sent on it, and the runner records the chats it
-            // refused as rejected.
-            EventKind::ClientRefused { .. } => c.ended = true,
-            EventKind::ClientSend { id } => {
-                owner.insert(id, user);
-                c.sends.push((id.clone(), at));
-            }
-            EventKind::ClientUnsent { id, reason } => {
-                owner.insert(id, user);
-                c.unsent.push((id.clone(), at, reason.clone()));
-            }
-            EventKind::PushIssued { id } => {
-                owner.insert(id, user);
-                c.pushes.push((id.clone(), at));
-            }
-            EventKind::ClientRecv { frame } => {
-                if let Some(claimed) = frame.user()
-                    && claimed != user
-                {
-                    violate(
-                        Invariant::CrossUser,
-                        format!("client received `{frame}` addressed to user {claimed}"),
-                    );
-                }
-                let about = match frame {
-                    Frame::Ack { id, .. } | Frame::Push { id, .. } => Some(id.as_str()),
-                    Frame::Event { run, .. } => Some(run.as_str()),
-                    Frame::Ping | Frame::Error { .. } => None,
-                };
-                if let Some(id) = about {
-                    match owner.get(id) {
-                        Some(o) if *o != user => violate(
-                            Invariant::CrossUser,
-                            format!("client received `{frame}` produced for user {o}'s {id}"),
-                        ),
-                        _ => {}
-                    }
-                }
-                match frame {
-                    Frame::Ack { id, .. } => c.acks.push((id.clone(), at)),
-                    Frame::Push { id, .. } => c.pushes_received.push((id.clone(), at)),
-                    Frame::Event { kind, run, .. } => {
-                        c.runs.entry(run.clone()).or_default().push((*kind, at))
-                    }
-                    Frame::Ping | Frame::Error { .. } => {}
-                }
-            }
             EventKind::State { state } => {
                 c.server_seen = true;
                 c.state = state;
-                if matches!(*state, "closed" | "failed") {
-                    c.ended = true;
-                }
                 if *state == "processing_ready" {
                     c.ready_reached = true;
                 }
             }
-            EventKind::Handled { id, .. } => {
-                if c.state != "processing_ready" {
-                    let state = if c.state.is_empty() {
-                        "unknown"
-                    } else {
-                        c.state
-                    };
-                    violate(
-                        Invariant::BeforeReady,
-                        format!("{id} handled while the connection was {state}"),
-                    );
-                }
-            }
-            EventKind::Rejected { id, reason } => {
-                // A push can only be refused by a connection that is over, or one the server
-                // cannot know of yet (the push crossed the upgrade: no later than the connect's
-                // instant, before the server recorded anything). One refused while its user's
-                // connection is still opening was never given a chance to arrive.
-                let push = c.pushes.iter().any(|(p, _)| p == id);
-                let crossed_upgrade = !c.server_seen && c.connect_ms.is_none_or(|t| at <= t);
-                if push && !c.ended && !crossed_upgrade {
-                    c.rejected_early.insert(id.clone(), reason.clone());
+            EventKind::Handled { id, .. } if c.state != "processing_ready" => {
+                let state = if c.state.is_empty() {
+                    "unknown"
                 } else {
-                    c.rejected.insert(id.clone());
-                }
-            }
-            EventKind::Dropped { id, reason } => {
-                c.dropped
-                    .entry(id.clone())
-                    .or_insert_with(|| reason.clone());
-            }
-            EventKind::TransportError { op, error } => {
-                violate(Invariant::AcceptFirst, format!("{op}: {error}"));
+                    c.state
+                };
+                out.push(Violation {
+                    invariant: Invariant::BeforeReady,
+                    user: user.to_string(),
+                    at_ms: at,
+                    detail: format!("{id} handled while the connection was {state}"),
+                });
             }
             EventKind::Registered => c.registered = true,
             EventKind::Unregistered => c.registered = false,
@@ -277,12 +211,8 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             EventKind::CleanupRan { name } => {
                 c.cleanups.entry(name).or_insert((at, 0)).1 += 1;
             }
-            EventKind::Terminal { state } => {
-                c.ended = true;
-                if c.terminal.is_none() {
-                    c.terminal = Some(state);
-                }
-            }
+            EventKind::Terminal { state } if c.terminal.is_none() => c.terminal = Some(state),
+            _ => {}
         }
     }
 
@@ -295,124 +225,6 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
                 detail,
             })
         };
-        let lost_detail = |id: &str| match (c.dropped.get(id), c.rejected_early.get(id)) {
-            (Some(reason), _) => format!("{id} dropped: {reason}"),
-            (None, Some(reason)) => {
-                format!("{id} refused while the connection was still opening: {reason}")
-            }
-            (None, None) => format!("{id} was never delivered and never rejected"),
-        };
-
-        // message-lost
-        let acked: BTreeSet<&str> = c.acks.iter().map(|(id, _)| id.as_str()).collect();
-        for (id, at) in &c.sends {
-            // A chat still in flight when the server closed with an error code, and never read
-            // by it, was refused by that close: the client knows it was not acknowledged. One
-            // the server read and then dropped is lost whatever came after.
-            // A dropped connection (1006: no close frame; the application ended or crashed)
-            // refuses nothing: only a close the server chose says "not this one".
-            let refused_by_close = c
-                .server_close
-                .is_some_and(|(closed, code)| !matches!(code, 1000 | 1005 | 1006) && closed >= *at)
-                && !c.dropped.contains_key(id);
-            if !acked.contains(id.as_str()) && !c.rejected.contains(id) && !refused_by_close {
-                violate(Invariant::MessageLost, *at, lost_detail(id));
-            }
-        }
-        for (id, at, reason) in &c.unsent {
-            violate(
-                Invariant::MessageLost,
-                *at,
-                format!("{id} never sent: {reason}"),
-            );
-        }
-        let pushed: BTreeSet<&str> = c
-            .pushes_received
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect();
-        for (id, at) in &c.pushes {
-            if !pushed.contains(id.as_str()) && !c.rejected.contains(id) {
-                violate(Invariant::MessageLost, *at, lost_detail(id));
-            }
-        }
-
-        // out-of-order (and duplicates)
-        for (what, sent, got) in [
-            ("ack", &c.sends, &c.acks),
-            ("push", &c.pushes, &c.pushes_received),
-        ] {
-            let index: BTreeMap<&str, usize> = sent
-                .iter()
-                .enumerate()
-                .map(|(i, (id, _))| (id.as_str(), i))
-                .collect();
-            let mut last: Option<(usize, &str)> = None;
-            let mut seen = BTreeSet::new();
-            for (id, at) in got.iter() {
-                let Some(&i) = index.get(id.as_str()) else {
-                    continue; // another user's: cross-user already said so
-                };
-                if !seen.insert(i) {
-                    violate(
-                        Invariant::OutOfOrder,
-                        *at,
-                        format!("{what} {id} received twice"),
-                    );
-                    continue;
-                }
-                if let Some((prev, prev_id)) = last
-                    && i < prev
-                {
-                    violate(
-                        Invariant::OutOfOrder,
-                        *at,
-                        format!("{what} {id} received after {prev_id}, but was sent before it"),
-                    );
-                }
-                if last.is_none_or(|(p, _)| i > p) {
-                    last = Some((i, id.as_str()));
-                }
-            }
-        }
-
-        // event-order: every own run that was acknowledged or produced events
-        let own: BTreeSet<&str> = c.sends.iter().map(|(id, _)| id.as_str()).collect();
-        let mut runs: IndexMap<&str, u64> = IndexMap::new();
-        for (id, at) in &c.acks {
-            if own.contains(id.as_str()) {
-                runs.entry(id.as_str()).or_insert(*at);
-            }
-        }
-        for (run, events) in &c.runs {
-            if own.contains(run.as_str()) {
-                runs.entry(run.as_str()).or_insert(events[0].1);
-            }
-        }
-        for (run, at) in runs {
-            let got: Vec<AgentEvent> = c
-                .runs
-                .get(run)
-                .map(|events| events.iter().map(|(k, _)| *k).collect())
-                .unwrap_or_default();
-            // A run cut short is fine only when the server said so: the events it got are the
-            // run's first ones, in order, and the rest were rejected (the connection ended).
-            let cut_short_visibly = AgentEvent::RUN.starts_with(&got) && c.rejected.contains(run);
-            if got != AgentEvent::RUN && !cut_short_visibly {
-                let at = c.runs.get(run).and_then(|e| e.last()).map_or(at, |e| e.1);
-                let names: Vec<&str> = got.iter().map(|k| k.name()).collect();
-                violate(
-                    Invariant::EventOrder,
-                    at,
-                    format!(
-                        "run {run} got [{}], expected the five events in order",
-                        names.join(", ")
-                    ),
-                );
-            }
-        }
-
-        // leak and stuck: about the server side of the connection
         if !c.server_seen {
             continue;
         }
@@ -431,9 +243,15 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             ),
             Some(_) if !c.ready_reached => {
                 if c.registered {
+                    // When the user's part of the run ended: its last event of any kind.
+                    let last_ms = trace
+                        .iter()
+                        .rev()
+                        .find(|e| e.user == *user)
+                        .map_or(0, |e| e.at_ms);
                     violate(
                         Invariant::Leak,
-                        c.last_ms,
+                        last_ms,
                         "ended before ready but is still registered with the connection manager"
                             .into(),
                     );
@@ -457,9 +275,4 @@ pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
             Some(_) => {}
         }
     }
-
-    out.sort_by(|a, b| {
-        (a.at_ms, a.invariant, &a.user, &a.detail).cmp(&(b.at_ms, b.invariant, &b.user, &b.detail))
-    });
-    out
 }

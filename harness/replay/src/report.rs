@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+use crate::checker::Indeterminate;
 use crate::endpoint::EndpointKind;
 use crate::oracle::Violation;
 use crate::runner::RunOutcome;
@@ -175,6 +176,13 @@ pub fn table(outcomes: &[RunOutcome], with_trace: bool) -> String {
             for v in &o.violations {
                 let _ = writeln!(out, "  ! {v}");
             }
+            for i in &o.indeterminate {
+                let _ = writeln!(
+                    out,
+                    "  ~ indeterminate user={} {} at {} ms: {}",
+                    i.user, i.id, i.at_ms, i.reason
+                );
+            }
         }
     }
     out
@@ -213,6 +221,8 @@ struct JsonResult<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mismatch: Option<String>,
     violations: &'a [Violation],
+    /// Chats whose fate the run cannot tell: neither a pass nor a loss.
+    indeterminate: &'a [Indeterminate],
     simulated_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a [TraceEvent]>,
@@ -236,6 +246,7 @@ pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
                         gated: o.gated(),
                         mismatch: o.mismatch(),
                         violations: &o.violations,
+                        indeterminate: &o.indeterminate,
                         simulated_ms: o.simulated_ms,
                         trace: with_trace.then_some(o.trace.as_slice()),
                     })
@@ -278,8 +289,14 @@ pub fn junit(outcomes: &[RunOutcome]) -> Result<String, quick_junit::SerializeEr
             };
             let mut case = TestCase::new(format!("{name} [{}]", o.endpoint), status);
             case.set_classname(o.file.display().to_string());
-            if !o.violations.is_empty() {
-                let detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+            if !o.violations.is_empty() || !o.indeterminate.is_empty() {
+                let mut detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+                detail.extend(o.indeterminate.iter().map(|i| {
+                    format!(
+                        "indeterminate user={} {} at {} ms: {}",
+                        i.user, i.id, i.at_ms, i.reason
+                    )
+                }));
                 case.set_system_out(detail.join("\n"));
             }
             suite.add_test_case(case);

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::time::{Instant, sleep_until};
 
 use crate::backend::Backend;
+use crate::checker::{Indeterminate, Judgement};
 use crate::endpoint::EndpointKind;
 use crate::oracle::{self, Violation};
 use crate::scenario::{InvariantMatch, Scenario, User, Verdict};
@@ -41,6 +42,9 @@ pub struct RunOutcome {
     pub expected_invariants: Option<InvariantMatch>,
     /// Every violation, by time.
     pub violations: Vec<Violation>,
+    /// Chats whose fate the run cannot tell (the connection ended with an error before the
+    /// answer, and nothing says whether the server took them): neither a pass nor a loss.
+    pub indeterminate: Vec<Indeterminate>,
     /// The timeline.
     pub trace: Vec<TraceEvent>,
     /// Virtual milliseconds the run covered.
@@ -120,7 +124,16 @@ pub fn judge(
     trace: Vec<TraceEvent>,
     simulated_ms: u64,
 ) -> RunOutcome {
-    let violations = oracle::check(&trace);
+    let scheduled = |user: &str| {
+        scenario
+            .users
+            .iter()
+            .any(|u| u.id == user && u.close_ms.is_some())
+    };
+    let Judgement {
+        violations,
+        indeterminate,
+    } = oracle::judge(&trace, &scheduled);
     let verdict = if violations.is_empty() {
         Verdict::Pass
     } else {
@@ -134,6 +147,7 @@ pub fn judge(
         expected: scenario.expect.get(&endpoint).copied(),
         expected_invariants: scenario.expect_invariants.get(&endpoint).cloned(),
         violations,
+        indeterminate,
         trace,
         simulated_ms,
     }

@@ -1,0 +1,692 @@
+//! The checker: one function per client-observable invariant, over one [`History`], for every
+//! driver (virtual-time replay, `run --transport ws`, `probe`, `load`). Each rule is written
+//! once, in its function's doc comment and in `docs/invariants.md`.
+//!
+//! A chat's fate ([`Fate`]) is answered, refused, lost, or **indeterminate**: the connection
+//! ended with an error before the answer could come, and nothing (no refusal, no server trace)
+//! says whether the server took it. Indeterminate chats are reported apart ([`Indeterminate`]);
+//! they are neither a pass nor a loss. The server-side invariants (`before-ready`, `leak`, the
+//! server half of `stuck`) need the server's trace and live in [`oracle`](crate::oracle).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::history::{Act, Got, History, Op};
+use crate::oracle::{Invariant, Violation};
+
+/// A chat whose fate the history cannot tell (Jepsen's `:info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Indeterminate {
+    /// Whose chat.
+    pub user: String,
+    /// The chat id.
+    pub id: String,
+    /// When it was sent (milliseconds since the run began).
+    pub at_ms: u64,
+    /// Why it cannot be told, in words.
+    pub reason: String,
+}
+
+/// Everything the checker found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgement {
+    /// Every violation, sorted by time, then invariant, then user.
+    pub violations: Vec<Violation>,
+    /// Chats whose fate is unknowable, in history order.
+    pub indeterminate: Vec<Indeterminate>,
+}
+
+/// Checks every client-observable invariant over `history`.
+pub fn check(history: &History<'_>) -> Judgement {
+    let owners = owners(history);
+    let mut j = Judgement::default();
+    for (user, ops) in &history.conns {
+        let f = Facts::of(user, ops);
+        message_lost(&f, &mut j);
+        j.violations
+            .extend(out_of_order(&f).into_iter().map(|(v, _)| v));
+        event_order(&f, history, &mut j);
+        cross_user(&f, &owners, &mut j.violations);
+        accept_first(&f, history, &mut j.violations);
+        abnormal_close(&f, history, &mut j.violations);
+        stuck(&f, &mut j.violations);
+    }
+    sort(&mut j.violations);
+    j
+}
+
+/// Sorts violations by time, then invariant, then user, then detail.
+pub fn sort(violations: &mut [Violation]) {
+    violations.sort_by(|a, b| {
+        (a.at_ms, a.invariant, &a.user, &a.detail).cmp(&(b.at_ms, b.invariant, &b.user, &b.detail))
+    });
+}
+
+/// The race counts `racegate load` reports, computed by the same rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Chats acknowledged whose run came whole and in order.
+    pub answered: usize,
+    /// Chats visibly refused (or, with a server trace, refused by an error close).
+    pub refused: usize,
+    /// `message-lost` violations.
+    pub lost: usize,
+    /// Chats whose fate is unknowable.
+    pub indeterminate: usize,
+    /// `out-of-order` violations that are an ack or push received twice.
+    pub duplicated: usize,
+    /// The other `out-of-order` violations, plus `event-order` ones.
+    pub out_of_order: usize,
+    /// `cross-user` violations (one per frame).
+    pub cross_user: usize,
+}
+
+/// Counts `history` with the same rule functions [`check`] uses.
+pub fn tally(history: &History<'_>) -> Tally {
+    let owners = owners(history);
+    let mut t = Tally::default();
+    for (user, ops) in &history.conns {
+        let f = Facts::of(user, ops);
+        let mut j = Judgement::default();
+        for (id, _, fate) in fates(&f) {
+            match fate {
+                Fate::Answered if run_complete(&f, history, id) => t.answered += 1,
+                Fate::Answered => {}
+                Fate::Refused => t.refused += 1,
+                Fate::Lost(_) => {}
+                Fate::Indeterminate(_) => {}
+            }
+        }
+        message_lost(&f, &mut j);
+        for (_, twice) in out_of_order(&f) {
+            if twice {
+                t.duplicated += 1;
+            } else {
+                t.out_of_order += 1;
+            }
+        }
+        event_order(&f, history, &mut j);
+        cross_user(&f, &owners, &mut j.violations);
+        for v in &j.violations {
+            match v.invariant {
+                Invariant::MessageLost => t.lost += 1,
+                Invariant::EventOrder => t.out_of_order += 1,
+                Invariant::CrossUser => t.cross_user += 1,
+                _ => {}
+            }
+        }
+        t.indeterminate += j.indeterminate.len();
+    }
+    t
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The server closed with a code other than 1000, or refused the upgrade: a close it chose.
+    ServerError,
+    /// The connection ended without a close frame (the application ended or crashed): nothing
+    /// was refused, whatever the server knew.
+    Dropped,
+    /// The server closed with 1000.
+    ServerNormal,
+    /// The client closed, as the scenario asked (`close_ms`).
+    OwnScheduled,
+    /// The client closed at the end of the run, after waiting for its answers.
+    OwnAfterWaiting,
+}
+
+/// One run's events as received: (index in the protocol's list, time, position in `ops`).
+type RunEvents = Vec<(usize, u64, usize)>;
+
+/// What the rules read about one connection, gathered in one pass.
+struct Facts<'h> {
+    user: &'h str,
+    ops: &'h [Op<'h>],
+    /// The server's trace covers this connection (the replay).
+    served: bool,
+    /// Chats sent: id, time, position in `ops`.
+    sends: Vec<(&'h str, u64, usize)>,
+    unsent: Vec<(&'h str, u64, &'h str)>,
+    pushes: Vec<(&'h str, u64)>,
+    acks: Vec<(&'h str, u64, usize)>,
+    pushes_got: Vec<(&'h str, u64)>,
+    /// Run id → (event index, time, position).
+    runs: Vec<(&'h str, RunEvents)>,
+    /// Refused visibly: an error frame naming it, or a refusal the server or notifier recorded
+    /// when the connection was over (or not yet known to the server).
+    refused: BTreeSet<&'h str>,
+    /// Pushes "refused" while their connection was still opening: not a refusal.
+    refused_early: BTreeMap<&'h str, &'h str>,
+    /// Server trace: read and dropped.
+    dropped: BTreeMap<&'h str, &'h str>,
+    /// Position and kind of each ending.
+    endings: Vec<(usize, Ending)>,
+}
+
+impl<'h> Facts<'h> {
+    fn of(user: &'h str, ops: &'h [Op<'h>]) -> Self {
+        let mut f = Facts {
+            user,
+            ops,
+            served: false,
+            sends: Vec::new(),
+            unsent: Vec::new(),
+            pushes: Vec::new(),
+            acks: Vec::new(),
+            pushes_got: Vec::new(),
+            runs: Vec::new(),
+            refused: BTreeSet::new(),
+            refused_early: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            endings: Vec::new(),
+        };
+        let mut connect_ms: Option<u64> = None;
+        let mut ended = false;
+        for (pos, op) in ops.iter().enumerate() {
+            let at = op.at_ms;
+            match &op.act {
+                Act::Connect => connect_ms = Some(at),
+                Act::Open | Act::CloseAnswered { .. } | Act::GaveUp { .. } | Act::Raised { .. } => {
+                }
+                Act::Handled { .. } => {}
+                Act::Served => f.served = true,
+                Act::ServerEnded => ended = true,
+                Act::UpgradeRefused { .. } => {
+                    ended = true;
+                    f.endings.push((pos, Ending::ServerError));
+                }
+                Act::Send { id } => f.sends.push((id, at, pos)),
+                Act::Unsent { id, reason } => f.unsent.push((id, at, reason)),
+                Act::PushIssued { id } => f.pushes.push((id, at)),
+                Act::Recv(got) => match got {
+                    Got::Ack { id, .. } => f.acks.push((id, at, pos)),
+                    Got::Push { id, .. } => f.pushes_got.push((id, at)),
+                    Got::Event { index, run, .. } => {
+                        {
+                            // Runs come one after another: look at the latest first.
+                            match f.runs.iter_mut().rev().find(|(r, _)| r == run) {
+                                Some((_, events)) => events.push((*index, at, pos)),
+                                None => f.runs.push((run, vec![(*index, at, pos)])),
+                            }
+                        }
+                    }
+                    Got::Error {
+                        about: Some(id), ..
+                    } => {
+                        f.refused.insert(id);
+                    }
+                    Got::Error { about: None, .. } | Got::Text(_) | Got::Other => {}
+                },
+                Act::ServerClose { code, .. } => {
+                    ended = true;
+                    let e = if *code == 1000 {
+                        Ending::ServerNormal
+                    } else {
+                        Ending::ServerError
+                    };
+                    f.endings.push((pos, e));
+                }
+                Act::Dropped { .. } => {
+                    ended = true;
+                    f.endings.push((pos, Ending::Dropped));
+                }
+                Act::ClientClose { scheduled } => {
+                    ended = true;
+                    let e = if *scheduled {
+                        Ending::OwnScheduled
+                    } else {
+                        Ending::OwnAfterWaiting
+                    };
+                    f.endings.push((pos, e));
+                }
+                Act::Rejected { id, reason } => {
+                    // A push can only be refused by a connection that is over, or one the
+                    // server cannot know of yet (the push crossed the upgrade: no later than
+                    // the connect's instant, before the server recorded anything). One refused
+                    // while its user's connection is still opening never had a chance.
+                    let push = f.pushes.iter().any(|(p, _)| p == id);
+                    let crossed_upgrade = !f.served && connect_ms.is_none_or(|t| at <= t);
+                    if push && !ended && !crossed_upgrade {
+                        f.refused_early.insert(id, reason);
+                    } else {
+                        f.refused.insert(id);
+                    }
+                }
+                Act::ServerDropped { id, reason } => {
+                    f.dropped.entry(id).or_insert(reason);
+                }
+            }
+        }
+        f
+    }
+
+    /// True when this connection invoked `id` (sent it, meant to, or was issued it).
+    fn invoked(&self, id: &str) -> bool {
+        self.sends.iter().any(|(s, _, _)| *s == id)
+            || self.pushes.iter().any(|(p, _)| *p == id)
+            || self.unsent.iter().any(|(u, _, _)| *u == id)
+    }
+
+    /// How the connection ended first after position `pos`, if it did.
+    fn run(&self, id: &str) -> Option<&[(usize, u64, usize)]> {
+        self.runs
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, e)| e.as_slice())
+    }
+
+    fn ending_after(&self, pos: usize) -> Option<Ending> {
+        self.endings.iter().find(|(p, _)| *p > pos).map(|(_, e)| *e)
+    }
+
+    fn violation(&self, invariant: Invariant, at_ms: u64, detail: String) -> Violation {
+        Violation {
+            invariant,
+            user: self.user.to_string(),
+            at_ms,
+            detail,
+        }
+    }
+}
+
+/// What became of one chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Acknowledged.
+    Answered,
+    /// Refused, and the client was told (or, with the server's trace, never taken).
+    Refused,
+    /// Neither answered nor refused: `message-lost`, with why.
+    Lost(String),
+    /// Unknowable from what was recorded, with why.
+    Indeterminate(String),
+}
+
+/// Each sent chat's fate, in send order. The rule:
+///
+/// 1. acknowledged → answered;
+/// 2. refused visibly (an error frame naming it; in the replay, a refusal the server recorded)
+///    → refused;
+/// 3. the server's trace says it read the chat and dropped it → lost;
+/// 4. the connection ended after the send, before an answer, by a server close other than
+///    1000, a drop without a close frame, or the client's own scheduled close (`close_ms`):
+///    - with the server's trace (the replay), a server-ended connection refused what it had not
+///      answered (the client saw the error close); a client that closed on its own leaves the
+///      server owing an account (handled-and-answered or refused), so it is lost;
+///    - without it (probe, load), indeterminate: only the server knows;
+/// 5. otherwise (no ending, a 1000 close, or the client's close after waiting) → lost.
+fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, u64, Fate)> {
+    let mut acked: Vec<&str> = f.acks.iter().map(|(id, _, _)| *id).collect();
+    acked.sort_unstable();
+    f.sends
+        .iter()
+        .map(|&(id, at, pos)| {
+            let fate = if acked.binary_search(&id).is_ok() {
+                Fate::Answered
+            } else if f.refused.contains(id) {
+                Fate::Refused
+            } else if let Some(reason) = f.dropped.get(id) {
+                Fate::Lost(format!("{id} dropped: {reason}"))
+            } else {
+                match (f.ending_after(pos), f.served) {
+                    (Some(Ending::ServerError), true) => Fate::Refused,
+                    // A drop refuses nothing: the server's trace says it neither answered nor
+                    // refused the chat, and then let the connection go.
+                    (Some(Ending::Dropped), true) => Fate::Lost(format!(
+                        "{id} was never answered: the connection dropped without a close frame"
+                    )),
+                    (Some(Ending::Dropped), false) => Fate::Indeterminate(
+                        "the connection dropped without a close frame before the answer".into(),
+                    ),
+                    (Some(Ending::ServerError), false) => Fate::Indeterminate(
+                        "the server ended the connection with an error before answering".into(),
+                    ),
+                    (Some(Ending::OwnScheduled), false) => Fate::Indeterminate(
+                        "the client closed on schedule before the answer came".into(),
+                    ),
+                    _ => Fate::Lost(format!("{id} was never delivered and never rejected")),
+                }
+            };
+            (id, at, fate)
+        })
+        .collect()
+}
+
+/// `message-lost`: a chat the client sent whose [fate](fates) is lost; a chat the client meant
+/// to send and could not (its connection never opened); a push issued for the user that was
+/// neither delivered nor refused (a refusal while the user's connection was still opening does
+/// not count). Indeterminate chats are recorded in `j.indeterminate`, not here.
+fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
+    for (id, at, fate) in fates(f) {
+        match fate {
+            Fate::Answered | Fate::Refused => {}
+            Fate::Lost(detail) => {
+                j.violations
+                    .push(f.violation(Invariant::MessageLost, at, detail))
+            }
+            Fate::Indeterminate(reason) => j.indeterminate.push(Indeterminate {
+                user: f.user.to_string(),
+                id: id.to_string(),
+                at_ms: at,
+                reason,
+            }),
+        }
+    }
+    for (id, at, reason) in &f.unsent {
+        j.violations.push(f.violation(
+            Invariant::MessageLost,
+            *at,
+            format!("{id} never sent: {reason}"),
+        ));
+    }
+    for (id, at) in &f.pushes {
+        if f.pushes_got.iter().any(|(got, _)| got == id) || f.refused.contains(id) {
+            continue;
+        }
+        let detail = match (f.dropped.get(id), f.refused_early.get(id)) {
+            (Some(reason), _) => format!("{id} dropped: {reason}"),
+            (None, Some(reason)) => {
+                format!("{id} refused while the connection was still opening: {reason}")
+            }
+            (None, None) => format!("{id} was never delivered and never rejected"),
+        };
+        j.violations
+            .push(f.violation(Invariant::MessageLost, *at, detail));
+    }
+}
+
+/// `out-of-order`: an ack (or push) received for an own chat (push) sent (issued) before one
+/// already acknowledged (delivered), or received twice. One definition of a duplicate for every
+/// driver: a second ack or push for the same id is `out-of-order`. The flag says which kind.
+fn out_of_order(f: &Facts<'_>) -> Vec<(Violation, bool)> {
+    let mut out = Vec::new();
+    let sends = f.sends.iter().map(|(id, _, _)| *id);
+    let acks = f.acks.iter().map(|(id, at, _)| (*id, *at));
+    order(f, "ack", sends, acks, &mut out);
+    let pushes = f.pushes.iter().map(|(id, _)| *id);
+    order(f, "push", pushes, f.pushes_got.iter().copied(), &mut out);
+    out
+}
+
+/// [`out_of_order`] for one kind: `got` against the order of `sent`.
+fn order<'h>(
+    f: &Facts<'h>,
+    what: &str,
+    sent: impl Iterator<Item = &'h str>,
+    got: impl Iterator<Item = (&'h str, u64)>,
+    out: &mut Vec<(Violation, bool)>,
+) {
+    let mut index: Vec<(&str, usize)> = sent.enumerate().map(|(i, id)| (id, i)).collect();
+    if index.is_empty() {
+        return;
+    }
+    index.sort_unstable();
+    let mut seen = vec![false; index.len()];
+    let mut last: Option<(usize, &str)> = None;
+    for (id, at) in got {
+        let Ok(k) = index.binary_search_by(|(i, _)| (*i).cmp(id)) else {
+            continue; // not this connection's: cross-user's business
+        };
+        let i = index[k].1;
+        if std::mem::replace(&mut seen[i], true) {
+            let detail = format!("{what} {id} received twice");
+            out.push((f.violation(Invariant::OutOfOrder, at, detail), true));
+            continue;
+        }
+        if let Some((prev, prev_id)) = last
+            && i < prev
+        {
+            let detail = format!("{what} {id} received after {prev_id}, but was sent before it");
+            out.push((f.violation(Invariant::OutOfOrder, at, detail), false));
+        }
+        if last.is_none_or(|(p, _)| i > p) {
+            last = Some((i, id));
+        }
+    }
+}
+
+/// The event indexes received for run `run`, in order.
+fn run_events(f: &Facts<'_>, run: &str) -> Vec<usize> {
+    f.run(run)
+        .map(|e| e.iter().map(|(i, _, _)| *i).collect())
+        .unwrap_or_default()
+}
+
+fn run_complete(f: &Facts<'_>, history: &History<'_>, run: &str) -> bool {
+    run_events(f, run)
+        .into_iter()
+        .eq(0..history.protocol.events.len())
+}
+
+/// `event-order`: every own chat that was acknowledged or produced events must get the
+/// protocol's whole event list, each once, in order. A run cut short (the events that came are
+/// the list's first ones, in order) is excused when the chat was refused visibly; when the
+/// connection ended after its last event by a server error close, a drop or the client's own
+/// scheduled close, it is excused as indeterminate without a server trace, and a violation with
+/// one (the server must say it refused the rest).
+fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
+    let names = &history.protocol.events;
+    let own = |id: &str| f.sends.iter().any(|(s, _, _)| *s == id);
+    // Each own run, from its first ack or event: time and position.
+    let mut runs: Vec<(&str, u64, usize)> = Vec::new();
+    for (id, at, pos) in &f.acks {
+        if own(id) && !runs.iter().any(|(r, _, _)| r == id) {
+            runs.push((id, *at, *pos));
+        }
+    }
+    for (run, events) in &f.runs {
+        if own(run) && !runs.iter().any(|(r, _, _)| r == run) {
+            runs.push((run, events[0].1, events[0].2));
+        }
+    }
+    for (run, at, pos) in runs {
+        let events = f.run(run).unwrap_or_default();
+        if events.iter().map(|(i, _, _)| *i).eq(0..names.len()) {
+            continue;
+        }
+        let got = run_events(f, run);
+        let (last_at, last_pos) = f
+            .run(run)
+            .and_then(|e| e.last())
+            .map_or((at, pos), |e| (e.1, e.2));
+        let prefix = got.iter().enumerate().all(|(k, i)| *i == k) && got.len() < names.len();
+        if prefix {
+            if f.refused.contains(run) {
+                continue;
+            }
+            let cut = matches!(
+                f.ending_after(last_pos),
+                Some(Ending::ServerError | Ending::Dropped | Ending::OwnScheduled)
+            );
+            if cut && !f.served {
+                j.indeterminate.push(Indeterminate {
+                    user: f.user.to_string(),
+                    id: run.to_string(),
+                    at_ms: last_at,
+                    reason: format!(
+                        "its run was cut short after {} of {} events by the connection's end",
+                        got.len(),
+                        names.len()
+                    ),
+                });
+                continue;
+            }
+        }
+        let got: Vec<&str> = got
+            .iter()
+            .map(|i| names.get(*i).map_or("?", String::as_str))
+            .collect();
+        j.violations.push(f.violation(
+            Invariant::EventOrder,
+            last_at,
+            format!(
+                "run {run} got [{}], expected [{}] in order",
+                got.join(", "),
+                names.join(", ")
+            ),
+        ));
+    }
+}
+
+/// Which user invoked each chat or push id (sent it, meant to, or was issued it), sorted by id.
+struct Owners<'h>(Vec<(&'h str, &'h str)>);
+
+impl<'h> Owners<'h> {
+    fn get(&self, id: &str) -> Option<&'h str> {
+        self.0
+            .binary_search_by(|(i, _)| (*i).cmp(id))
+            .ok()
+            .map(|k| self.0[k].1)
+    }
+}
+
+fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
+    let mut owner = Vec::new();
+    for (user, ops) in &history.conns {
+        for op in ops {
+            if let Act::Send { id } | Act::Unsent { id, .. } | Act::PushIssued { id } = &op.act {
+                owner.push((id.as_ref(), user.as_ref()));
+            }
+        }
+    }
+    // The last invocation of an id names its owner, as a map's last insert would.
+    owner.reverse();
+    owner.sort_by(|a, b| a.0.cmp(b.0));
+    owner.dedup_by(|a, b| a.0 == b.0);
+    Owners(owner)
+}
+
+/// `cross-user`: a client received an ack, event or push that names another user, or is about
+/// a chat or push another user invoked. One violation per frame.
+fn cross_user(f: &Facts<'_>, owners: &Owners<'_>, out: &mut Vec<Violation>) {
+    for op in f.ops {
+        let Act::Recv(got) = &op.act else { continue };
+        let (what, id, claimed) = match got {
+            Got::Ack { id, user } => ("ack", id, user),
+            Got::Event { run, user, .. } => ("event", run, user),
+            Got::Push { id, user } => ("push", id, user),
+            Got::Error { .. } | Got::Text(_) | Got::Other => continue,
+        };
+        if claimed.as_deref().is_none_or(|c| c == f.user) && f.invoked(id) {
+            continue; // the common case: its own frame
+        }
+        let detail = match (claimed.as_deref(), owners.get(id.as_ref())) {
+            (Some(c), _) if c != f.user => {
+                format!("client received {what} {id} addressed to user {c}")
+            }
+            (_, Some(o)) if o != f.user => {
+                format!("client received {what} {id}, produced for user {o}")
+            }
+            _ => continue,
+        };
+        out.push(f.violation(Invariant::CrossUser, op.at_ms, detail));
+    }
+}
+
+/// The first error pattern `text` contains, ignoring case.
+fn matching<'p>(patterns: &'p [String], text: &str) -> Option<&'p str> {
+    let text = text.to_lowercase();
+    patterns
+        .iter()
+        .find(|p| text.contains(&p.to_lowercase()))
+        .map(String::as_str)
+}
+
+/// `accept-first`: the transport was used before accept or after close. The client sees it as
+/// an error frame, a close reason or a non-JSON text frame containing one of the protocol's
+/// error patterns; the server's trace (the replay) records the raise itself.
+fn accept_first(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>) {
+    let patterns = &history.protocol.error_patterns;
+    for op in f.ops {
+        let detail = match &op.act {
+            Act::Raised { op, error } => format!("{op}: {error}"),
+            Act::Recv(Got::Error { message, .. }) => match matching(patterns, message) {
+                Some(p) => format!("error frame {} matches {p:?}", quote(message)),
+                None => continue,
+            },
+            Act::Recv(Got::Text(text)) => match matching(patterns, text) {
+                Some(p) => format!("text frame {} matches {p:?}", quote(text)),
+                None => continue,
+            },
+            Act::ServerClose { reason, .. } if !reason.is_empty() => {
+                match matching(patterns, reason) {
+                    Some(p) => format!("close reason {} matches {p:?}", quote(reason)),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        out.push(f.violation(Invariant::AcceptFirst, op.at_ms, detail));
+    }
+}
+
+/// `abnormal-close`: the server closed with a code outside the protocol's `close_codes`
+/// (answering the client's close included), dropped the connection without a close frame, or
+/// refused the upgrade without an expected close code.
+fn abnormal_close(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>) {
+    let codes = &history.protocol.close_codes;
+    let expected = || {
+        let c: Vec<String> = codes.iter().map(u16::to_string).collect();
+        c.join(", ")
+    };
+    for op in f.ops {
+        let detail = match &op.act {
+            Act::ServerClose { code, reason } if !codes.contains(code) => format!(
+                "server closed with {code}{}; expected one of {}",
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", quote(reason))
+                },
+                expected()
+            ),
+            Act::CloseAnswered { code: Some(code) } if !codes.contains(code) => format!(
+                "server answered the client's close with {code}; expected one of {}",
+                expected()
+            ),
+            Act::Dropped { error } => format!("connection ended without a close frame: {error}"),
+            Act::UpgradeRefused {
+                status,
+                code: Some(code),
+            } if !codes.contains(code) => format!(
+                "upgrade refused with HTTP {status}, close code {code}; expected one of {}",
+                expected()
+            ),
+            // A 4xx is a refusal the server chose (Starlette answers a close before accept
+            // with a bare 403); a 5xx is the application failing (uvicorn's 500 when it ends
+            // before accepting).
+            Act::UpgradeRefused { status, code: None } if *status >= 500 => {
+                format!("upgrade refused with HTTP {status} and no close code")
+            }
+            _ => continue,
+        };
+        out.push(f.violation(Invariant::AbnormalClose, op.at_ms, detail));
+    }
+}
+
+/// `stuck`, the client's half: the client gave up waiting for something the server owed it
+/// (its connection to open or be refused, an answer, the answer to its close). The server's
+/// half (no terminal state by the end of the run) needs the server's trace: see
+/// [`oracle`](crate::oracle).
+fn stuck(f: &Facts<'_>, out: &mut Vec<Violation>) {
+    for op in f.ops {
+        if let Act::GaveUp { detail } = &op.act {
+            out.push(f.violation(Invariant::Stuck, op.at_ms, detail.to_string()));
+        }
+    }
+}
+
+/// The longest frame text a violation quotes.
+const QUOTE_CHARS: usize = 160;
+
+/// `text` in backquotes, cut to [`QUOTE_CHARS`] characters.
+fn quote(text: &str) -> String {
+    if text.chars().count() <= QUOTE_CHARS {
+        format!("`{text}`")
+    } else {
+        let cut: String = text.chars().take(QUOTE_CHARS).collect();
+        format!("`{cut}…`")
+    }
+}

@@ -1,0 +1,405 @@
+//! The client history: what every client did and saw, per connection, in the order it happened.
+//! One shape for every driver, so [`checker`](crate::checker) judges them all the same way.
+//!
+//! The virtual-time replay and `run --transport ws` build it from their trace
+//! ([`History::from_trace`]), `racegate probe` from its records (parsing text frames with the
+//! scenario's `[protocol]`, [`parse_frame`]), `racegate load` from what its clients heard. The
+//! second, optional part, the server's own word (what it handled, refused, dropped, raised), is
+//! present only where racegate runs the server: the replay. Where it is missing, a chat whose
+//! fate only the server could tell is indeterminate (Jepsen's `:info`), never a pass or a loss.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+use crate::scenario::Protocol;
+use crate::trace::{AgentEvent, EventKind, Frame, TraceEvent};
+
+/// A frame a client received, as the checker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Got<'a> {
+    /// A chat's acknowledgement.
+    Ack {
+        /// The chat id.
+        id: Cow<'a, str>,
+        /// The user the frame names, if it names one.
+        user: Option<Cow<'a, str>>,
+    },
+    /// One of a run's events.
+    Event {
+        /// Its position in the protocol's event list.
+        index: usize,
+        /// The chat id that started the run.
+        run: Cow<'a, str>,
+        /// The user the frame names, if it names one.
+        user: Option<Cow<'a, str>>,
+    },
+    /// A server push.
+    Push {
+        /// The push id.
+        id: Cow<'a, str>,
+        /// The user the frame names, if it names one.
+        user: Option<Cow<'a, str>>,
+    },
+    /// An error frame.
+    Error {
+        /// Its text.
+        message: Cow<'a, str>,
+        /// The chat it refuses, if it names one.
+        about: Option<Cow<'a, str>>,
+    },
+    /// A text frame that is not JSON.
+    Text(Cow<'a, str>),
+    /// Anything else: a heartbeat, a binary frame, a type the protocol does not name.
+    Other,
+}
+
+/// What happened on one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act<'a> {
+    /// The client sent the upgrade.
+    Connect,
+    /// The handshake completed.
+    Open,
+    /// The server answered the upgrade with an HTTP status (and maybe a close code).
+    UpgradeRefused {
+        /// The HTTP status.
+        status: u16,
+        /// The close code the server named, if any.
+        code: Option<u16>,
+    },
+    /// The client sent a chat (the invocation whose answer is judged).
+    Send {
+        /// The chat id.
+        id: Cow<'a, str>,
+    },
+    /// A chat the client meant to send and could not.
+    Unsent {
+        /// The chat id.
+        id: Cow<'a, str>,
+        /// Why.
+        reason: Cow<'a, str>,
+    },
+    /// The notifier issued a push for this user (the replay only).
+    PushIssued {
+        /// The push id.
+        id: Cow<'a, str>,
+    },
+    /// The client received a frame.
+    Recv(Got<'a>),
+    /// The server closed with a close frame.
+    ServerClose {
+        /// The code.
+        code: u16,
+        /// The reason.
+        reason: Cow<'a, str>,
+    },
+    /// The connection ended without a close frame.
+    Dropped {
+        /// What the client library said.
+        error: Cow<'a, str>,
+    },
+    /// The client closed its side.
+    ClientClose {
+        /// True when the scenario asked for this close (`close_ms`): the client chose to stop
+        /// waiting for answers.
+        scheduled: bool,
+    },
+    /// The server answered the client's close.
+    CloseAnswered {
+        /// The code it answered with, if a frame came.
+        code: Option<u16>,
+    },
+    /// The client gave up waiting for something the server owed it.
+    GaveUp {
+        /// What, in words.
+        detail: Cow<'a, str>,
+    },
+    /// Server trace: the server recorded something about this connection (first such record).
+    Served,
+    /// Server trace: the server finished with the connection (closed or failed).
+    ServerEnded,
+    /// Server trace: a handler processed this chat.
+    Handled {
+        /// The chat id.
+        id: Cow<'a, str>,
+    },
+    /// The server (or the notifier, or the client seeing a refusal before it could send) said
+    /// this chat or push was refused.
+    Rejected {
+        /// The chat or push id.
+        id: Cow<'a, str>,
+        /// Why.
+        reason: Cow<'a, str>,
+    },
+    /// Server trace: the server read this chat or push and dropped it.
+    ServerDropped {
+        /// The chat or push id.
+        id: Cow<'a, str>,
+        /// The log line.
+        reason: Cow<'a, str>,
+    },
+    /// Server trace: the transport raised (used before accept or after close).
+    Raised {
+        /// What was attempted.
+        op: &'a str,
+        /// The error text.
+        error: Cow<'a, str>,
+    },
+}
+
+/// One step of a connection's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op<'a> {
+    /// Milliseconds since the run began.
+    pub at_ms: u64,
+    /// What happened.
+    pub act: Act<'a>,
+}
+
+/// Every connection's history (one per user), and how to read its frames.
+#[derive(Debug, Clone)]
+pub struct History<'a> {
+    /// Per user, in order of first appearance; each connection's steps in the order they
+    /// happened.
+    pub conns: IndexMap<Cow<'a, str>, Vec<Op<'a>>>,
+    /// The run's event list (names, for the messages), the error patterns and the close codes
+    /// a server may use.
+    pub protocol: &'a Protocol,
+}
+
+/// racegate's own wire protocol: the replay's, and the default of every `[protocol]`.
+pub static DEFAULT_PROTOCOL: LazyLock<Protocol> = LazyLock::new(Protocol::default);
+
+impl<'a> History<'a> {
+    /// An empty history read with `protocol`.
+    pub fn new(protocol: &'a Protocol) -> Self {
+        History {
+            conns: IndexMap::new(),
+            protocol,
+        }
+    }
+
+    /// Appends `act` to `user`'s connection.
+    pub fn push(&mut self, user: impl Into<Cow<'a, str>>, at_ms: u64, act: Act<'a>) {
+        self.conns
+            .entry(user.into())
+            .or_default()
+            .push(Op { at_ms, act });
+    }
+
+    /// The replay's history: its trace's client events, and the server's trace as the second
+    /// part. The replay speaks racegate's own protocol (its five-event run); `scheduled` says
+    /// which users' closes the scenario asked for (`close_ms`).
+    pub fn from_trace(trace: &'a [TraceEvent], scheduled: &dyn Fn(&str) -> bool) -> Self {
+        let mut h = History::new(&DEFAULT_PROTOCOL);
+        // Which connections the server has recorded something about (by index in `conns`).
+        let mut served: Vec<bool> = Vec::new();
+        for ev in trace {
+            let user = ev.user.as_str();
+            let index = user_index(&mut h.conns, user, trace.len());
+            if served.len() <= index {
+                served.resize(index + 1, false);
+            }
+            let ops = &mut h.conns[index];
+            let mut server = |ops: &mut Vec<Op<'a>>| {
+                if !served[index] {
+                    served[index] = true;
+                    ops.push(Op {
+                        at_ms: ev.at_ms,
+                        act: Act::Served,
+                    });
+                }
+            };
+            let b = |s: &'a String| Cow::Borrowed(s.as_str());
+            let act = match &ev.kind {
+                EventKind::ClientConnect => Act::Connect,
+                EventKind::ClientOpen => Act::Open,
+                EventKind::ClientSend { id } => Act::Send { id: b(id) },
+                EventKind::ClientUnsent { id, reason } => Act::Unsent {
+                    id: b(id),
+                    reason: b(reason),
+                },
+                EventKind::ClientRecv { frame } => Act::Recv(got_of(frame)),
+                // 1006 is what the replay's client records for a connection lost without a
+                // close frame (the runner's `ClientEvent::Dropped`).
+                EventKind::ClientClosed { code: 1006 } => Act::Dropped {
+                    error: Cow::Borrowed("no close frame (1006)"),
+                },
+                EventKind::ClientClosed { code } => Act::ServerClose {
+                    code: *code,
+                    reason: Cow::Borrowed(""),
+                },
+                EventKind::ClientRefused { status } => Act::UpgradeRefused {
+                    status: *status,
+                    code: None,
+                },
+                EventKind::ClientClose => Act::ClientClose {
+                    scheduled: scheduled(user),
+                },
+                EventKind::ClientGaveUp => Act::GaveUp {
+                    detail: Cow::Borrowed("the connection never opened and was never refused"),
+                },
+                EventKind::PushIssued { id } => Act::PushIssued { id: b(id) },
+                EventKind::Rejected { id, reason } => Act::Rejected {
+                    id: b(id),
+                    reason: b(reason),
+                },
+                EventKind::State { state } => {
+                    server(ops);
+                    if matches!(*state, "closed" | "failed") {
+                        Act::ServerEnded
+                    } else {
+                        continue;
+                    }
+                }
+                EventKind::Terminal { .. } => {
+                    server(ops);
+                    Act::ServerEnded
+                }
+                EventKind::Handled { id, .. } => {
+                    server(ops);
+                    Act::Handled { id: b(id) }
+                }
+                EventKind::Dropped { id, reason } => {
+                    server(ops);
+                    Act::ServerDropped {
+                        id: b(id),
+                        reason: b(reason),
+                    }
+                }
+                EventKind::TransportError { op, error } => {
+                    server(ops);
+                    Act::Raised {
+                        op,
+                        error: b(error),
+                    }
+                }
+                EventKind::Registered
+                | EventKind::Unregistered
+                | EventKind::CleanupRegistered { .. }
+                | EventKind::CleanupRan { .. }
+                | EventKind::ServerClose { .. } => {
+                    server(ops);
+                    continue;
+                }
+            };
+            ops.push(Op {
+                at_ms: ev.at_ms,
+                act,
+            });
+        }
+        h
+    }
+}
+
+/// The index of `user`'s connection in `conns`, added (with room for `room` steps) if new. A
+/// replay has a handful of users: comparing names beats hashing every event's.
+fn user_index<'a>(
+    conns: &mut IndexMap<Cow<'a, str>, Vec<Op<'a>>>,
+    user: &'a str,
+    room: usize,
+) -> usize {
+    if conns.len() <= 8 {
+        if let Some(i) = conns.keys().position(|k| k == user) {
+            return i;
+        }
+    } else if let Some(i) = conns.get_index_of(user) {
+        return i;
+    }
+    conns
+        .insert_full(Cow::Borrowed(user), Vec::with_capacity(room.min(64)))
+        .0
+}
+
+/// A replay frame as the checker reads it: its event's position in the five-event run.
+fn got_of(frame: &Frame) -> Got<'_> {
+    fn user(u: &str) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(u))
+    }
+    match frame {
+        Frame::Ack { id, user: u } => Got::Ack {
+            id: Cow::Borrowed(id),
+            user: user(u),
+        },
+        Frame::Event { kind, run, user: u } => Got::Event {
+            index: AgentEvent::RUN
+                .iter()
+                .position(|k| k == kind)
+                .unwrap_or(usize::MAX),
+            run: Cow::Borrowed(run),
+            user: user(u),
+        },
+        Frame::Push { id, user: u, .. } => Got::Push {
+            id: Cow::Borrowed(id),
+            user: user(u),
+        },
+        Frame::Error { message } => Got::Error {
+            about: refused_chat(message).map(Cow::Borrowed),
+            message: Cow::Borrowed(message),
+        },
+        Frame::Ping => Got::Other,
+    }
+}
+
+/// The chat an error message refuses, in racegate's words: `message <id> rejected: …`.
+pub fn refused_chat(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("message ")
+        .and_then(|rest| rest.split_once(" rejected"))
+        .map(|(id, _)| id)
+}
+
+/// A text frame read with `protocol`: its type field says ack, push, error or which event; the
+/// id, run and user fields say what it is about. An error frame refuses the chat its id field
+/// names, or the one its message names in racegate's words ([`refused_chat`]).
+pub fn parse_frame(protocol: &Protocol, text: &str) -> Got<'static> {
+    let Ok(frame) = serde_json::from_str::<Value>(text) else {
+        return Got::Text(Cow::Owned(text.to_string()));
+    };
+    let get = |path: &str| field(&frame, path).map(Cow::Owned);
+    let kind = field(&frame, &protocol.type_field).unwrap_or_default();
+    let user = get(&protocol.user_field);
+    if kind == protocol.ack_type {
+        match get(&protocol.id_field) {
+            Some(id) => Got::Ack { id, user },
+            None => Got::Other,
+        }
+    } else if kind == protocol.push_type {
+        match get(&protocol.id_field) {
+            Some(id) => Got::Push { id, user },
+            None => Got::Other,
+        }
+    } else if kind == protocol.error_type {
+        let message = field(&frame, &protocol.message_field).unwrap_or_else(|| text.to_string());
+        let about = get(&protocol.id_field)
+            .or_else(|| refused_chat(&message).map(|id| Cow::Owned(id.to_string())));
+        Got::Error {
+            message: Cow::Owned(message),
+            about,
+        }
+    } else if let Some(index) = protocol.events.iter().position(|e| *e == kind) {
+        match get(&protocol.run_field) {
+            Some(run) => Got::Event { index, run, user },
+            None => Got::Other,
+        }
+    } else {
+        Got::Other
+    }
+}
+
+/// A dotted path's value as text (strings as they are, numbers and booleans printed).
+pub fn field(frame: &Value, path: &str) -> Option<String> {
+    let mut v = frame;
+    for key in path.split('.') {
+        v = v.as_object()?.get(key)?;
+    }
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
