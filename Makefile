@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom mutants lint bench ci conformance
+.PHONY: run test py loom mutants lint bench ci conformance wheel
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -72,6 +72,13 @@ mutants:
 	$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --output target/mutants \
 		$(foreach f,$(MUTANTS_FILES),-f '$(f)') || { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; }
 	$(PYTHON3) .ci/mutants_table.py target/mutants/mutants.out --min $(MUTANTS_MIN)
+
+## The Python wheel (maturin, `bindings = "bin"`) into target/wheels, then installed into a fresh
+## virtual environment where its racegate serves and probes (tests/wheel.sh).
+wheel: py
+	rm -f target/wheels/racegate-*.whl
+	$(PY_ENV)/bin/maturin build --release --locked --quiet -o target/wheels
+	bash tests/wheel.sh target/wheels/racegate-*.whl $(PYTHON3)
 
 lint:
 	$(CARGO) fmt --all -- --check
