@@ -365,3 +365,265 @@ fn a_correct_server_slower_than_the_scenario_models_passes_the_probe() {
     assert!(s["elapsed_ms"].as_f64().unwrap() >= 2500.0, "{s}");
     assert!(s["elapsed_ms"].as_f64().unwrap() < 8000.0, "{s}");
 }
+
+// --- wss:// ---------------------------------------------------------------------------------
+
+mod tls {
+    //! A CA made for the test run, certificates it signs, and a TLS terminator on loopback in
+    //! front of a plain `ws://` server, as a load balancer would be.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::TlsAcceptor;
+
+    pub struct Ca {
+        pub pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                pem,
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A server certificate for `names` (DNS names or IP addresses).
+        pub fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &self.issuer)
+                .unwrap();
+            let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+            (cert.der().clone(), key.into())
+        }
+    }
+
+    /// TLS on a loopback port, each connection's plaintext relayed to `backend`. The listener
+    /// lives until the test process ends.
+    pub fn terminator(
+        backend: SocketAddr,
+        cert: (CertificateDer<'static>, PrivateKeyDer<'static>),
+    ) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.0], cert.1)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    });
+                }
+            });
+        });
+        addr
+    }
+}
+
+/// `racegate serve` behind TLS for `names`, signed by `ca`; returns the server (kill on drop)
+/// and the `wss://` URL.
+fn serve_tls(endpoint: &str, ca: &tls::Ca, names: &[&str]) -> (Serve, String) {
+    let server = serve(endpoint, STAGING_USER);
+    let backend = server.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let front = tls::terminator(backend, ca.leaf(names));
+    (server, format!("wss://localhost:{}/ws", front.port()))
+}
+
+fn write_ca(dir: &tempfile::TempDir, ca: &tls::Ca) -> String {
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, &ca.pem).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn wss_with_a_private_ca_flags_unfixed_and_passes_state_machine() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    for (endpoint, exit) in [("unfixed", 1), ("state-machine", 0)] {
+        let (_server, url) = serve_tls(endpoint, &ca, &["localhost", "127.0.0.1"]);
+        let args = [
+            "probe",
+            "--url",
+            &url,
+            "--scenario",
+            STAGING_USER,
+            "--ca-cert",
+            &ca_file,
+        ];
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(exit), "{}", context(&args, &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("message-lost"),
+            exit == 1,
+            "{}",
+            context(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn wss_without_the_private_ca_exits_2_naming_the_unknown_issuer() {
+    let ca = tls::Ca::new("racegate test CA");
+    let (_server, url) = serve_tls("state-machine", &ca, &["localhost", "127.0.0.1"]);
+    let args = ["probe", "--url", &url, "--scenario", STAGING_USER];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("racegate: TLS with {url} failed"))
+            && stderr.contains("unknown issuer")
+            && stderr.contains("--ca-cert"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_insecure_accepts_any_certificate_and_says_so_loudly() {
+    let ca = tls::Ca::new("nobody trusts this CA");
+    let (_server, url) = serve_tls("state-machine", &ca, &["elsewhere.test"]);
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--insecure",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --insecure: TLS certificates are NOT verified"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_to_a_certificate_for_another_name_exits_2_with_a_name_mismatch() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let (_server, url) = serve_tls("state-machine", &ca, &["elsewhere.test"]);
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &ca_file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not valid for the name \"localhost\" (name mismatch)"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_tls_handshake_that_never_finishes_exits_2_inside_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("wss://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    // Accept TCP connections and hold them, unanswered, until the test process ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--timeout-ms",
+        "700",
+    ];
+    let started = Instant::now();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake did not finish"),
+        "{}",
+        context(&args, &out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn wss_to_a_plain_ws_port_exits_2_and_says_it_is_not_tls() {
+    let server = serve("state-machine", STAGING_USER);
+    let url = server.url.replacen("ws://", "wss://", 1);
+    let args = ["probe", "--url", &url, "--scenario", STAGING_USER];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plain ws://"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_ca_file_without_certificates_exits_2_before_dialling() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.pem");
+    std::fs::write(&file, "not a certificate\n").unwrap();
+    let file = file.display().to_string();
+    let args = [
+        "probe",
+        "--url",
+        "wss://127.0.0.1:9/",
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no certificate in it"),
+        "{}",
+        context(&args, &out)
+    );
+}

@@ -6,16 +6,24 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use racegate_probe::{Options, ProbeVerdict, Target, probe_all, report};
+use racegate_probe::{Options, ProbeVerdict, Target, Tls, TlsOptions, probe_all, report};
 
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
 pub(crate) struct ProbeArgs {
-    /// The server: ws://HOST:PORT/PATH. Each user's id is added as `?token=<id>` unless the
-    /// scenario's `[protocol]` says otherwise.
+    /// The server: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH. Each user's id is added as
+    /// `?token=<id>` unless the scenario's `[protocol]` says otherwise.
     #[arg(long)]
     url: String,
+    /// For wss://: also trust the CA certificates in this PEM file (a private CA), on top of the
+    /// public and system roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// For wss://: accept any certificate, unverified (self-signed staging only; a warning is
+    /// printed on every run).
+    #[arg(long, conflicts_with = "ca_cert")]
+    insecure: bool,
     /// Scenario files or folders of `*.toml` files (repeatable). Default: `scenarios/` if it is
     /// here, else the scenarios built into racegate.
     #[arg(long = "scenario", value_name = "FILE|DIR", num_args = 1..)]
@@ -53,8 +61,28 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     if args.timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
+    if args.insecure {
+        eprintln!(
+            "warning: --insecure: TLS certificates are NOT verified; anyone between here and {} \
+             can read and change this probe's traffic, credentials included",
+            target.url()
+        );
+    }
+    let tls = if target.is_tls() {
+        let tls_options = TlsOptions {
+            ca_cert: args.ca_cert.clone(),
+            insecure: args.insecure,
+        };
+        Some(Tls::new(&tls_options)?)
+    } else {
+        if args.ca_cert.is_some() {
+            eprintln!("note: --ca-cert has no effect on a ws:// URL");
+        }
+        None
+    };
     let options = Options {
         timeout_ms: args.timeout_ms,
+        tls,
     };
     for s in &scenarios {
         let pushes: usize = s.users.iter().map(|u| u.pushes.len()).sum();

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Modules, in the order a probe uses them: [`target`] (the URL and each user's upgrade
-//! request), [`session`] (one user's connection on a real clock, every frame recorded),
+//! request), [`tls`] (`wss://`), [`session`] (one user's connection on a real clock, every frame recorded),
 //! [`check`] (the client-observable invariants over the records, a pure function), [`probe`]
 //! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
 
@@ -25,10 +25,12 @@ pub mod probe;
 pub mod report;
 pub mod session;
 pub mod target;
+pub mod tls;
 
 pub use probe::{Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
 pub use session::{Record, Seen};
 pub use target::Target;
+pub use tls::{Tls, TlsOptions};
 
 /// Why a probe could not be judged at all: bad input or a server that is not there. A server
 /// that misbehaves is not an error; it is a violation.
@@ -60,6 +62,18 @@ pub enum ProbeError {
         /// The OS's words, or the timeout.
         reason: String,
     },
+    /// The TLS handshake with a `wss://` server failed: an untrusted or mismatched
+    /// certificate, or no TLS at all.
+    #[error("TLS with {url} failed: {reason}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
+    /// The TLS configuration could not be built (`--ca-cert`).
+    #[error("{0}")]
+    TlsSetup(String),
     /// The async runtime could not be built.
     #[error("could not start the probe runtime: {0}")]
     Runtime(std::io::Error),

@@ -14,8 +14,9 @@ use racegate_replay::schedule::{self, Pushes};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::session::{self, Record, Schedule};
+use crate::session::{self, Dial, Record, Schedule};
 use crate::target::Target;
+use crate::tls::{Tls, TlsOptions};
 use crate::{ProbeError, check};
 
 /// How long past its own timings a scenario may take before its connections are `stuck`, when
@@ -49,11 +50,13 @@ impl ProbeVerdict {
 }
 
 /// How a probe runs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The whole budget of one scenario, from its first connect; by default its own time plus
     /// [`DEFAULT_GRACE_MS`].
     pub timeout_ms: Option<u64>,
+    /// TLS for a `wss://` target; by default the public and system roots, built per scenario.
+    pub tls: Option<Tls>,
 }
 
 impl Options {
@@ -101,15 +104,22 @@ pub async fn probe_scenario(
     scenario: &Scenario,
     options: &Options,
 ) -> Result<ProbeOutcome, ProbeError> {
+    let mut requests = Vec::with_capacity(scenario.users.len());
     for user in &scenario.users {
-        target
+        let request = target
             .request(&user.id, &scenario.protocol)
             .map_err(|reason| ProbeError::BadUser {
                 file: scenario.file.display().to_string(),
                 user: user.id.clone(),
                 reason,
             })?;
+        requests.push(request);
     }
+    let tls = match (&options.tls, target.is_tls()) {
+        (_, false) => None,
+        (Some(tls), true) => Some(tls.clone()),
+        (None, true) => Some(Tls::new(&TlsOptions::default())?),
+    };
     let own = own_ms(scenario);
     let timeout_ms = options.timeout_for(scenario);
     let origin = Instant::now();
@@ -119,7 +129,7 @@ pub async fn probe_scenario(
         scenario.protocol.events.len(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, user) in scenario.users.iter().enumerate() {
+    for (i, (user, request)) in scenario.users.iter().zip(requests).enumerate() {
         let close_at = origin
             + Duration::from_millis(match user.close_ms {
                 Some(ms) => user.connect_ms + ms,
@@ -132,7 +142,17 @@ pub async fn probe_scenario(
             after_last_send,
         };
         let (target, protocol, user) = (target.clone(), scenario.protocol.clone(), user.clone());
-        tasks.spawn(async move { (i, session::run(&target, &protocol, &user, schedule).await) });
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            let dial = Dial {
+                target: &target,
+                tls: tls.as_ref(),
+            };
+            (
+                i,
+                session::run(dial, request, &protocol, &user, schedule).await,
+            )
+        });
     }
     let mut per_user: Vec<Vec<Record>> = vec![Vec::new(); scenario.users.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -143,10 +163,17 @@ pub async fn probe_scenario(
         };
         match result {
             Ok(records) => per_user[i] = records,
-            Err(session::Unreachable(reason)) => {
+            Err(session::Failure::Unreachable(reason)) => {
                 tasks.abort_all();
                 return Err(ProbeError::Unreachable {
                     addr: target.addr_text(),
+                    reason,
+                });
+            }
+            Err(session::Failure::Tls(reason)) => {
+                tasks.abort_all();
+                return Err(ProbeError::Tls {
+                    url: target.url().to_string(),
                     reason,
                 });
             }

@@ -1,5 +1,6 @@
-//! The server under test: a `ws://` URL, checked once, and each user's upgrade request built from
-//! it and the scenario's `[protocol]` (the user id as a query parameter or a header).
+//! The server under test: a `ws://` or `wss://` URL, checked once, and each user's upgrade
+//! request built from it and the scenario's `[protocol]` (the user id as a query parameter or a
+//! header). The `Host` header comes from the URL, as the TLS server name does.
 
 use racegate_replay::scenario::Protocol;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -9,16 +10,18 @@ use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 
 use crate::ProbeError;
 
-/// A checked `ws://HOST:PORT/PATH` URL.
+/// A checked `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     url: String,
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl Target {
-    /// Checks `url`: `ws://`, a host, an optional port (80), any path and query.
+    /// Checks `url`: `ws://` or `wss://`, a host, an optional port (80 or 443), any path and
+    /// query.
     pub fn parse(url: &str) -> Result<Target, ProbeError> {
         let bad = |reason: &str| ProbeError::BadUrl {
             url: url.to_string(),
@@ -27,17 +30,14 @@ impl Target {
         let uri: Uri = url
             .parse()
             .map_err(|e| bad(&format!("{e}; expected ws://HOST:PORT/PATH")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err(bad(
-                    "wss:// is not supported; probe the server's plain ws:// address \
-                     (behind its TLS terminator)",
-                ));
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            Some(other) => {
+                return Err(bad(&format!("scheme {other}:// is not ws:// or wss://")));
             }
-            Some(other) => return Err(bad(&format!("scheme {other}:// is not ws://"))),
             None => return Err(bad("no scheme; expected ws://HOST:PORT/PATH")),
-        }
+        };
         if url.contains('#') {
             return Err(bad("a WebSocket URL has no #fragment"));
         }
@@ -58,6 +58,7 @@ impl Target {
             .filter(|(_, after)| !after.ends_with(']'))
             .map(|(_, port)| port);
         let port = match given {
+            None if tls => 443,
             None => 80,
             Some(text) => text.parse::<u16>().map_err(|_| {
                 bad(&format!(
@@ -72,7 +73,18 @@ impl Target {
             url: url.to_string(),
             host,
             port,
+            tls,
         })
+    }
+
+    /// True for `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host (brackets off an IPv6 literal): the TLS server name.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The URL as given.
@@ -142,6 +154,12 @@ mod tests {
             80
         );
         assert_eq!(Target::parse("ws://[::1]/").unwrap().addr().1, 80);
+        let wss = Target::parse("wss://staging.example.test/ws").unwrap();
+        assert_eq!(
+            (wss.addr(), wss.is_tls()),
+            (("staging.example.test", 443), true)
+        );
+        assert_eq!(Target::parse("wss://[::1]:8443/").unwrap().host(), "::1");
         assert_eq!(
             Target::parse("ws://[::1]:81/x").unwrap().addr_text(),
             "[::1]:81"
@@ -151,8 +169,7 @@ mod tests {
     #[test]
     fn urls_probe_cannot_use_are_refused_with_the_reason() {
         for (url, reason) in [
-            ("http://127.0.0.1:1/", "is not ws://"),
-            ("wss://127.0.0.1:1/", "wss:// is not supported"),
+            ("http://127.0.0.1:1/", "is not ws:// or wss://"),
             ("127.0.0.1:9000", "scheme"),
             ("ws://", "expected ws://HOST:PORT/PATH"),
             ("ws://host:0/", "port 0"),

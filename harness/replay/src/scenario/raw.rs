@@ -459,10 +459,7 @@ fn credential(
             Allowed::Subprotocol => "a list of subprotocol names (letters, digits, `-`, `.`, `,`)",
             Allowed::EnvName => "an environment variable name (letters, digits, `_`)",
         };
-        return Err(at.at(
-            raw,
-            format!("`{key}` must be {fits}; {c:?} is not allowed"),
-        ));
+        return Err(at.at(raw, format!("`{key}` must be {fits}; {c:?} is not allowed")));
     }
     if allowed == Allowed::EnvName && t.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(at.at(

@@ -220,10 +220,7 @@ mod tests {
         scenario.protocol.cookie = Some("session={token}; who={user}".into());
         scenario.protocol.token_env = Some("RACEGATE_TOKEN_{user}".into());
         let text = to_toml(&scenario, "");
-        assert!(
-            text.contains("user_value = \"Bearer {token}\"\n"),
-            "{text}"
-        );
+        assert!(text.contains("user_value = \"Bearer {token}\"\n"), "{text}");
         assert_eq!(parse(&text, Path::new("c.toml")).unwrap(), scenario);
         // A cookie alone carries the credential: no query parameter comes back.
         scenario.protocol.user_header = None;
