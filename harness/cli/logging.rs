@@ -46,8 +46,13 @@ fn default_filter(format: LogFormat) -> &'static str {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub(crate) fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_filter(format)));
+    // tungstenite logs each client upgrade request whole at trace level, credentials included
+    // (`racegate probe` sends tokens): that line stays off whatever RUST_LOG asks for.
+    if let Ok(cap) = "tungstenite::handshake::client=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)

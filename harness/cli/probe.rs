@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use racegate_probe::{Options, ProbeVerdict, Target, Tls, TlsOptions, probe_all, report};
+use racegate_probe::{
+    ExtraHeader, Options, ProbeVerdict, Target, Tls, TlsOptions, Tokens, probe_all, report,
+};
 
 use crate::{Outcome, emit};
 
@@ -24,6 +26,18 @@ pub(crate) struct ProbeArgs {
     /// printed on every run).
     #[arg(long, conflicts_with = "ca_cert")]
     insecure: bool,
+    /// Users' tokens for `{token}` in `[protocol]` and --header values: a TOML or JSON object
+    /// of user id -> token. Users not in it are looked up in the variable the scenario's
+    /// `token_env` names. Tokens are masked as *** in every output.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// A header for every user's upgrade request, `Name: value` (repeatable); the value may use
+    /// `{user}` and `{token}`.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The `Origin` header, for servers that check it (e.g. https://app.example.com).
+    #[arg(long, value_name = "URL")]
+    origin: Option<String>,
     /// Scenario files or folders of `*.toml` files (repeatable). Default: `scenarios/` if it is
     /// here, else the scenarios built into racegate.
     #[arg(long = "scenario", value_name = "FILE|DIR", num_args = 1..)]
@@ -80,9 +94,25 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         }
         None
     };
+    let mut headers = Vec::with_capacity(args.headers.len() + 1);
+    for (i, text) in args.headers.iter().enumerate() {
+        // The value is never echoed: it may hold a secret.
+        let header =
+            ExtraHeader::parse(text).map_err(|e| anyhow::anyhow!("--header #{}: {e}", i + 1))?;
+        headers.push(header);
+    }
+    if let Some(origin) = &args.origin {
+        headers.push(ExtraHeader::origin(origin).map_err(|e| anyhow::anyhow!("--origin: {e}"))?);
+    }
+    let tokens = match &args.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
     let options = Options {
         timeout_ms: args.timeout_ms,
         tls,
+        tokens,
+        headers,
     };
     for s in &scenarios {
         let pushes: usize = s.users.iter().map(|u| u.pushes.len()).sum();

@@ -16,17 +16,19 @@
 //! ```
 //!
 //! Modules, in the order a probe uses them: [`target`] (the URL and each user's upgrade
-//! request), [`tls`] (`wss://`), [`session`] (one user's connection on a real clock, every frame recorded),
+//! request), [`credentials`] (tokens, extra headers, masking), [`tls`] (`wss://`), [`session`] (one user's connection on a real clock, every frame recorded),
 //! [`check`] (the client-observable invariants over the records, a pure function), [`probe`]
 //! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
 
 pub mod check;
+pub mod credentials;
 pub mod probe;
 pub mod report;
 pub mod session;
 pub mod target;
 pub mod tls;
 
+pub use credentials::{ExtraHeader, Secrets, Tokens};
 pub use probe::{Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
 pub use session::{Record, Seen};
 pub use target::Target;
@@ -69,6 +71,14 @@ pub enum ProbeError {
         /// The URL.
         url: String,
         /// What failed, and what to do about it.
+        reason: String,
+    },
+    /// The `--tokens` file cannot be used. The reason never quotes a token.
+    #[error("--tokens {file}: {reason}")]
+    Tokens {
+        /// The file.
+        file: String,
+        /// What is wrong.
         reason: String,
     },
     /// The TLS configuration could not be built (`--ca-cert`).

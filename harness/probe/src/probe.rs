@@ -13,7 +13,9 @@ use racegate_replay::scenario::Scenario;
 use racegate_replay::schedule::{self, Pushes};
 use serde::Serialize;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 
+use crate::credentials::{ExtraHeader, Secrets, Tokens};
 use crate::session::{self, Dial, Record, Schedule};
 use crate::target::Target;
 use crate::tls::{Tls, TlsOptions};
@@ -57,6 +59,10 @@ pub struct Options {
     pub timeout_ms: Option<u64>,
     /// TLS for a `wss://` target; by default the public and system roots, built per scenario.
     pub tls: Option<Tls>,
+    /// Users' tokens for `{token}` (the environment is read too, where `token_env` says).
+    pub tokens: Tokens,
+    /// Headers added to every upgrade (`--header`, `--origin`).
+    pub headers: Vec<ExtraHeader>,
 }
 
 impl Options {
@@ -98,23 +104,56 @@ pub fn own_ms(scenario: &Scenario) -> u64 {
     schedule::horizon_ms(scenario, Pushes::Ignored, scenario.protocol.events.len())
 }
 
+/// Each user's upgrade request, credentials filled in, and the secrets to mask: every token
+/// resolved before anything is dialled, so a missing one is an error naming the user and where
+/// it looked.
+fn prepare(
+    target: &Target,
+    scenario: &Scenario,
+    options: &Options,
+) -> Result<(Vec<Request>, Secrets), ProbeError> {
+    let needs_token =
+        scenario.protocol.uses_token() || options.headers.iter().any(ExtraHeader::uses_token);
+    let mut requests = Vec::with_capacity(scenario.users.len());
+    let mut resolved = Vec::new();
+    for user in &scenario.users {
+        let bad = |reason: String| ProbeError::BadUser {
+            file: scenario.file.display().to_string(),
+            user: user.id.clone(),
+            reason,
+        };
+        let token = if needs_token {
+            Some(
+                options
+                    .tokens
+                    .resolve(&user.id, &scenario.protocol)
+                    .map_err(bad)?,
+            )
+        } else {
+            None
+        };
+        let request = target
+            .request(
+                &user.id,
+                token.as_deref(),
+                &scenario.protocol,
+                &options.headers,
+            )
+            .map_err(bad)?;
+        requests.push(request);
+        resolved.extend(token);
+    }
+    let secrets = Secrets::new(&options.tokens, resolved.iter().map(String::as_str));
+    Ok((requests, secrets))
+}
+
 /// Probes `scenario` against `target` on the current runtime.
 pub async fn probe_scenario(
     target: &Target,
     scenario: &Scenario,
     options: &Options,
 ) -> Result<ProbeOutcome, ProbeError> {
-    let mut requests = Vec::with_capacity(scenario.users.len());
-    for user in &scenario.users {
-        let request = target
-            .request(&user.id, &scenario.protocol)
-            .map_err(|reason| ProbeError::BadUser {
-                file: scenario.file.display().to_string(),
-                user: user.id.clone(),
-                reason,
-            })?;
-        requests.push(request);
-    }
+    let (requests, secrets) = prepare(target, scenario, options)?;
     let tls = match (&options.tls, target.is_tls()) {
         (_, false) => None,
         (Some(tls), true) => Some(tls.clone()),
@@ -185,7 +224,7 @@ pub async fn probe_scenario(
     records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
     let violations = check::check(scenario, &records);
     let inconclusive = check::inconclusive(scenario, &records);
-    Ok(ProbeOutcome {
+    let mut outcome = ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
         verdict: match (&inconclusive, violations.is_empty()) {
@@ -199,11 +238,15 @@ pub async fn probe_scenario(
         own_ms: own,
         elapsed_ms,
         timeout_ms,
-    })
+    };
+    // Judged on what the clients saw; reported with every token masked.
+    secrets.mask_outcome(&mut outcome);
+    Ok(outcome)
 }
 
 /// Probes each scenario in turn (never two at once: they would share the server) on a runtime of
-/// its own. Stops at the first scenario that cannot be probed at all.
+/// its own. Every scenario's credentials are checked first; then it stops at the first scenario that
+/// cannot be probed at all.
 pub fn probe_all(
     target: &Target,
     scenarios: &[Scenario],
@@ -213,6 +256,9 @@ pub fn probe_all(
         .enable_all()
         .build()
         .map_err(ProbeError::Runtime)?;
+    for s in scenarios {
+        prepare(target, s, options)?;
+    }
     runtime.block_on(async {
         let mut out = Vec::with_capacity(scenarios.len());
         for s in scenarios {

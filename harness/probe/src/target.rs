@@ -2,13 +2,14 @@
 //! request built from it and the scenario's `[protocol]` (the user id as a query parameter or a
 //! header). The `Host` header comes from the URL, as the TLS server name does.
 
-use racegate_replay::scenario::Protocol;
+use racegate_replay::scenario::{Protocol, template};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 
 use crate::ProbeError;
+use crate::credentials::ExtraHeader;
 
 /// A checked `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +107,16 @@ impl Target {
         }
     }
 
-    /// `user`'s upgrade request: the id in the query parameter and/or header `protocol` names.
-    pub fn request(&self, user: &str, protocol: &Protocol) -> Result<Request, String> {
+    /// `user`'s upgrade request: the id in the query parameter `protocol` names, its credential
+    /// templates (header, cookie, subprotocol) and `extra` headers filled with the id and
+    /// `token`. Errors name headers, never values: a value may hold the token.
+    pub fn request(
+        &self,
+        user: &str,
+        token: Option<&str>,
+        protocol: &Protocol,
+        extra: &[ExtraHeader],
+    ) -> Result<Request, String> {
         let mut url = self.url.clone();
         if let Some(param) = &protocol.user_query {
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -116,12 +125,24 @@ impl Target {
             url.push_str(&percent_encode(user));
         }
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        if let Some(header) = &protocol.user_header {
+        let value = |header: &str, template: &str| {
+            let filled = template::fill(template, user, token);
+            HeaderValue::from_str(&filled).map_err(|_| {
+                format!(
+                    "the id cannot travel in header {header}: it has characters a header cannot \
+                     carry"
+                )
+            })
+        };
+        for (header, template) in protocol.credential_templates() {
             let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_bytes(user.as_bytes()).map_err(|_| {
-                format!("the id cannot travel in header {header}: it has control characters")
-            })?;
-            request.headers_mut().insert(name, value);
+            request.headers_mut().insert(name, value(header, template)?);
+        }
+        for h in extra {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+            request
+                .headers_mut()
+                .append(name, value(&h.name, &h.value)?);
         }
         Ok(request)
     }
@@ -190,7 +211,7 @@ mod tests {
     #[test]
     fn the_user_id_is_percent_encoded_into_the_query() {
         let t = Target::parse("ws://127.0.0.1:9/chat?v=2").unwrap();
-        let r = t.request("a b/ü", &Protocol::default()).unwrap();
+        let r = t.request("a b/ü", None, &Protocol::default(), &[]).unwrap();
         assert_eq!(
             r.uri().to_string(),
             "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC"
@@ -205,8 +226,34 @@ mod tests {
             user_header: Some("X-User-Id".into()),
             ..Protocol::default()
         };
-        let r = t.request("u1", &p).unwrap();
+        let r = t.request("u1", None, &p, &[]).unwrap();
         assert_eq!(r.uri().to_string(), "ws://127.0.0.1:9/");
         assert_eq!(r.headers()["x-user-id"], "u1");
+    }
+
+    #[test]
+    fn credential_templates_and_extra_headers_are_filled_per_user() {
+        let t = Target::parse("wss://staging.example.test/ws").unwrap();
+        let p = Protocol {
+            user_query: None,
+            user_header: Some("Authorization".into()),
+            user_value: "Bearer {token}".into(),
+            cookie: Some("session={token}; who={user}".into()),
+            subprotocol: Some("chat.v1, {token}".into()),
+            ..Protocol::default()
+        };
+        let extra = [
+            ExtraHeader::parse("X-Trace: probe-{user}").unwrap(),
+            ExtraHeader::origin("https://app.example.test").unwrap(),
+        ];
+        let r = t.request("u1", Some("tk.1"), &p, &extra).unwrap();
+        let h = r.headers();
+        assert_eq!(r.uri().to_string(), "wss://staging.example.test/ws");
+        assert_eq!(h["host"], "staging.example.test");
+        assert_eq!(h["authorization"], "Bearer tk.1");
+        assert_eq!(h["cookie"], "session=tk.1; who=u1");
+        assert_eq!(h["sec-websocket-protocol"], "chat.v1, tk.1");
+        assert_eq!(h["x-trace"], "probe-u1");
+        assert_eq!(h["origin"], "https://app.example.test");
     }
 }
