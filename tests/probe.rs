@@ -627,3 +627,331 @@ fn a_ca_file_without_certificates_exits_2_before_dialling() {
         context(&args, &out)
     );
 }
+
+// --- credentials ----------------------------------------------------------------------------
+
+mod bearer {
+    //! racegate's wire protocol behind `Authorization: Bearer <token>`: a connection is the user
+    //! its token belongs to, and a missing or wrong token is HTTP 401 before any WebSocket.
+
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Mode {
+        /// Answers every chat: an ack and five run events.
+        Good,
+        /// Never answers a connection's first chat.
+        LoseFirst,
+        /// Answers, but echoes every request header back: in a frame, in a Starlette-style
+        /// error frame, and in the close reason (cut to 123 bytes) after the first chat.
+        Echo,
+    }
+
+    const EVENTS: [&str; 5] = [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    ];
+
+    /// Serves on loopback until the test process ends.
+    pub fn start(tokens: &[(&str, &str)], mode: Mode) -> SocketAddr {
+        let tokens: Vec<(String, String)> = tokens
+            .iter()
+            .map(|(u, t)| (u.to_string(), t.to_string()))
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    tokio::spawn(connection(tcp, tokens.clone(), mode));
+                }
+            });
+        });
+        addr
+    }
+
+    // The handshake callback's `Result<Response, ErrorResponse>` is tungstenite's signature.
+    #[allow(clippy::result_large_err)]
+    async fn connection(tcp: tokio::net::TcpStream, tokens: Vec<(String, String)>, mode: Mode) {
+        let seen = Arc::new(Mutex::new((String::new(), String::new())));
+        let write = seen.clone();
+        let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let user = tokens
+                .iter()
+                .find(|(_, t)| auth == format!("Bearer {t}"))
+                .map(|(u, _)| u.clone());
+            let Some(user) = user else {
+                let mut refused = ErrorResponse::new(Some("bad token".into()));
+                *refused.status_mut() = StatusCode::UNAUTHORIZED;
+                return Err(refused);
+            };
+            let mut headers: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or_default()))
+                .collect();
+            // Credentials first, so that texts cut to a length cut them.
+            headers.sort_by_key(|h| !h.starts_with("authorization"));
+            *write.lock().unwrap() = (user, headers.join("; "));
+            Ok(resp)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+            return;
+        };
+        let (user, headers) = seen.lock().unwrap().clone();
+        if mode == Mode::Echo {
+            let hello = json!({"type": "hello", "headers": headers});
+            let _ = ws.send(Message::text(hello.to_string())).await;
+            let error = json!({"type": "error", "message":
+                format!("Need to call \"accept\" first; you sent {headers}")});
+            let _ = ws.send(Message::text(error.to_string())).await;
+        }
+        let mut chats = 0;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(text) = msg else { continue };
+            let chat: Value = serde_json::from_str(text.as_str()).unwrap();
+            let id = chat["id"].as_str().unwrap().to_string();
+            chats += 1;
+            if mode == Mode::LoseFirst && chats == 1 {
+                continue;
+            }
+            let ack = json!({"type": "ack", "id": id, "user": user});
+            let _ = ws.send(Message::text(ack.to_string())).await;
+            for e in EVENTS {
+                let frame = json!({"type": e, "run": id, "user": user});
+                let _ = ws.send(Message::text(frame.to_string())).await;
+            }
+            if mode == Mode::Echo {
+                let mut reason = format!("auth was {headers}");
+                reason.truncate(123);
+                let frame = CloseFrame {
+                    code: 1000.into(),
+                    reason: reason.into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+            }
+        }
+    }
+}
+
+/// Two users with one chat each; their bearer tokens from `--tokens` or `$RACEGATE_TOKEN_*`.
+const BEARER_SCENARIO: &str = "name = \"bearer\"\nsettle_ms = 100\n[protocol]\n\
+    user_header = \"Authorization\"\nuser_value = \"Bearer {token}\"\n\
+    token_env = \"RACEGATE_TOKEN_{user}\"\n\
+    [[user]]\nid = \"u1\"\nsend = [{ at_ms = 5, text = \"hello\" }]\n\
+    [[user]]\nid = \"ops.bot-2\"\nconnect_ms = 10\nsend = [{ at_ms = 5, text = \"hi\" }]\n";
+
+/// Runs `racegate` with extra environment variables, bounded.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = util::command();
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    util::wait_output(cmd.spawn().unwrap())
+}
+
+#[test]
+fn wss_with_a_private_ca_and_bearer_tokens_flags_a_lossy_server_and_passes_a_good_one() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    // u1's token from the file; ops.bot-2's from the variable token_env names for it.
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, "u1 = \"tok-u1-Zx81\"\n").unwrap();
+    let tokens = tokens.display().to_string();
+    let env = [("RACEGATE_TOKEN_OPS_BOT_2", "tok-ops-Qw77")];
+    let pairs = [("u1", "tok-u1-Zx81"), ("ops.bot-2", "tok-ops-Qw77")];
+    for (mode, exit) in [(bearer::Mode::LoseFirst, 1), (bearer::Mode::Good, 0)] {
+        let backend = bearer::start(&pairs, mode);
+        let front = tls::terminator(backend, ca.leaf(&["localhost"]));
+        let url = format!("wss://localhost:{}/ws", front.port());
+        let args = [
+            "probe",
+            "--url",
+            &url,
+            "--scenario",
+            &scenario,
+            "--ca-cert",
+            &ca_file,
+            "--tokens",
+            &tokens,
+        ];
+        let out = run_env(&args, &env);
+        assert_eq!(out.status.code(), Some(exit), "{}", context(&args, &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("message-lost"),
+            exit == 1,
+            "{}",
+            context(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn a_missing_token_exits_2_naming_the_user_and_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, "{\"u1\": \"tok-u1-Zx81\"}").unwrap();
+    let tokens = tokens.display().to_string();
+    // Nothing listens: the tokens are checked before anything is dialled.
+    let args = [
+        "probe",
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--scenario",
+        &scenario,
+        "--tokens",
+        &tokens,
+    ];
+    let out = run_env(&args, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "user \"ops.bot-2\": no token: not in --tokens {tokens}, and \
+             $RACEGATE_TOKEN_OPS_BOT_2 is not set"
+        )),
+        "{}",
+        context(&args, &out)
+    );
+    assert!(!stderr.contains("tok-u1-Zx81"), "{}", context(&args, &out));
+}
+
+#[rstest]
+#[case::no_colon(
+    "Authorization Bearer s3cret-value",
+    "--header #1: expected 'Name: value'"
+)]
+#[case::a_space_in_the_name("X Api Key: s3cret-value", "is not a header name")]
+#[case::an_unknown_placeholder("X-Api-Key: {secret}", "unknown placeholder `{secret}`")]
+fn a_bad_header_exits_2_without_echoing_its_value(#[case] header: &str, #[case] phrase: &str) {
+    let args = [
+        "probe",
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--scenario",
+        STAGING_USER,
+        "--header",
+        header,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(phrase) && !stderr.contains("s3cret-value"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_token_the_server_echoes_back_appears_in_no_output_of_any_format() {
+    // Longer than a close reason can hold, so the server's reason carries it cut short.
+    let token = format!("LeakCanary{}", "q7Z2".repeat(30));
+    let canary = &token[..12];
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        format!("{{\"u1\": \"{token}\", \"ops.bot-2\": \"other-{token}\"}}"),
+    )
+    .unwrap();
+    let tokens = tokens.display().to_string();
+    let server = bearer::start(
+        &[("u1", &token), ("ops.bot-2", &format!("other-{token}"))],
+        bearer::Mode::Echo,
+    );
+    let url = format!("ws://{server}/ws");
+    let json_file = dir.path().join("probe.json").display().to_string();
+    let junit_file = dir.path().join("probe.xml").display().to_string();
+    let base = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        &scenario,
+        "--tokens",
+        &tokens,
+        "--header",
+        "X-Echo: {token}",
+        "--trace",
+    ];
+    let runs: [&[&str]; 5] = [
+        &["--format", "table"],
+        &["--format", "json"],
+        &["--format", "junit"],
+        &["--format", "json", "--out", &json_file],
+        &[
+            "--format",
+            "junit",
+            "--out",
+            &junit_file,
+            "--log-format",
+            "json",
+        ],
+    ];
+    let mut masked = false;
+    for extra in runs {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        // Every log line there is, tungstenite's included.
+        let out = run_env(&args, &[("RUST_LOG", "trace")]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            context(&args, &out)
+        );
+        for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(text);
+            assert!(
+                !text.contains(canary),
+                "the token leaked on {what}\n{}",
+                context(&args, &out)
+            );
+            masked |= text.contains("Bearer ***");
+        }
+    }
+    for file in [&json_file, &junit_file] {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            !text.contains(canary),
+            "the token leaked into {file}:\n{text}"
+        );
+    }
+    assert!(masked, "the echoed header is shown masked in the trace");
+}

@@ -48,10 +48,14 @@ fn default_filter(format: LogFormat) -> &'static str {
 pub(crate) fn init(format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_filter(format)));
-    // tungstenite logs each client upgrade request whole at trace level, credentials included
-    // (`racegate probe` sends tokens): that line stays off whatever RUST_LOG asks for.
-    if let Ok(cap) = "tungstenite::handshake::client=debug".parse() {
-        filter = filter.add_directive(cap);
+    // tungstenite logs each client upgrade request whole (trace), every frame received (trace)
+    // and close reasons (debug): credentials `racegate probe` sends, and whatever a server
+    // echoes of them. Its logs stay at info whatever RUST_LOG asks for; racegate's own events
+    // say what happened on a connection.
+    for cap in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(cap) = cap.parse() {
+            filter = filter.add_directive(cap);
+        }
     }
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
