@@ -399,12 +399,30 @@ mod tls {
 
         /// A server certificate for `names` (DNS names or IP addresses).
         pub fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            self.leaf_with(names, |_| {})
+        }
+
+        /// A server certificate for `names` that expired in 2001.
+        pub fn expired_leaf(
+            &self,
+            names: &[&str],
+        ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            self.leaf_with(names, |p| {
+                p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            })
+        }
+
+        fn leaf_with(
+            &self,
+            names: &[&str],
+            adjust: impl FnOnce(&mut CertificateParams),
+        ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
             let key = KeyPair::generate().unwrap();
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &self.issuer)
-                .unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            adjust(&mut params);
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
             let key = PrivatePkcs8KeyDer::from(key.serialize_der());
             (cert.der().clone(), key.into())
         }
@@ -554,6 +572,33 @@ fn wss_to_a_certificate_for_another_name_exits_2_with_a_name_mismatch() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not valid for the name \"localhost\" (name mismatch)"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_to_an_expired_certificate_exits_2_saying_it_expired() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let server = serve("state-machine", STAGING_USER);
+    let backend = server.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let front = tls::terminator(backend, ca.expired_leaf(&["localhost"]));
+    let url = format!("wss://localhost:{}/ws", front.port());
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &ca_file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate has expired"),
         "{}",
         context(&args, &out)
     );

@@ -245,8 +245,8 @@ pub async fn probe_scenario(
 }
 
 /// Probes each scenario in turn (never two at once: they would share the server) on a runtime of
-/// its own. Every scenario's credentials are checked first; then it stops at the first scenario that
-/// cannot be probed at all.
+/// its own. Every scenario's credentials are checked first; then it stops at the first scenario
+/// that cannot be probed at all.
 pub fn probe_all(
     target: &Target,
     scenarios: &[Scenario],
