@@ -365,3 +365,638 @@ fn a_correct_server_slower_than_the_scenario_models_passes_the_probe() {
     assert!(s["elapsed_ms"].as_f64().unwrap() >= 2500.0, "{s}");
     assert!(s["elapsed_ms"].as_f64().unwrap() < 8000.0, "{s}");
 }
+
+// --- wss:// ---------------------------------------------------------------------------------
+
+mod tls {
+    //! A CA made for the test run, certificates it signs, and a TLS terminator on loopback in
+    //! front of a plain `ws://` server, as a load balancer would be.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::TlsAcceptor;
+
+    pub struct Ca {
+        pub pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                pem,
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A server certificate for `names` (DNS names or IP addresses).
+        pub fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            self.leaf_with(names, |_| {})
+        }
+
+        /// A server certificate for `names` that expired in 2001.
+        pub fn expired_leaf(
+            &self,
+            names: &[&str],
+        ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            self.leaf_with(names, |p| {
+                p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            })
+        }
+
+        fn leaf_with(
+            &self,
+            names: &[&str],
+            adjust: impl FnOnce(&mut CertificateParams),
+        ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            adjust(&mut params);
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+            (cert.der().clone(), key.into())
+        }
+    }
+
+    /// TLS on a loopback port, each connection's plaintext relayed to `backend`. The listener
+    /// lives until the test process ends.
+    pub fn terminator(
+        backend: SocketAddr,
+        cert: (CertificateDer<'static>, PrivateKeyDer<'static>),
+    ) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.0], cert.1)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    });
+                }
+            });
+        });
+        addr
+    }
+}
+
+/// `racegate serve` behind TLS for `names`, signed by `ca`; returns the server (kill on drop)
+/// and the `wss://` URL.
+fn serve_tls(endpoint: &str, ca: &tls::Ca, names: &[&str]) -> (Serve, String) {
+    let server = serve(endpoint, STAGING_USER);
+    let backend = server.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let front = tls::terminator(backend, ca.leaf(names));
+    (server, format!("wss://localhost:{}/ws", front.port()))
+}
+
+fn write_ca(dir: &tempfile::TempDir, ca: &tls::Ca) -> String {
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, &ca.pem).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn wss_with_a_private_ca_flags_unfixed_and_passes_state_machine() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    for (endpoint, exit) in [("unfixed", 1), ("state-machine", 0)] {
+        let (_server, url) = serve_tls(endpoint, &ca, &["localhost", "127.0.0.1"]);
+        let args = [
+            "probe",
+            "--url",
+            &url,
+            "--scenario",
+            STAGING_USER,
+            "--ca-cert",
+            &ca_file,
+        ];
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(exit), "{}", context(&args, &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("message-lost"),
+            exit == 1,
+            "{}",
+            context(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn wss_without_the_private_ca_exits_2_naming_the_unknown_issuer() {
+    let ca = tls::Ca::new("racegate test CA");
+    let (_server, url) = serve_tls("state-machine", &ca, &["localhost", "127.0.0.1"]);
+    let args = ["probe", "--url", &url, "--scenario", STAGING_USER];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("racegate: TLS with {url} failed"))
+            && stderr.contains("unknown issuer")
+            && stderr.contains("--ca-cert"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_insecure_accepts_any_certificate_and_says_so_loudly() {
+    let ca = tls::Ca::new("nobody trusts this CA");
+    let (_server, url) = serve_tls("state-machine", &ca, &["elsewhere.test"]);
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--insecure",
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --insecure: TLS certificates are NOT verified"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_to_a_certificate_for_another_name_exits_2_with_a_name_mismatch() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let (_server, url) = serve_tls("state-machine", &ca, &["elsewhere.test"]);
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &ca_file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not valid for the name \"localhost\" (name mismatch)"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn wss_to_an_expired_certificate_exits_2_saying_it_expired() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let server = serve("state-machine", STAGING_USER);
+    let backend = server.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let front = tls::terminator(backend, ca.expired_leaf(&["localhost"]));
+    let url = format!("wss://localhost:{}/ws", front.port());
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &ca_file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate has expired"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_tls_handshake_that_never_finishes_exits_2_inside_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("wss://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    // Accept TCP connections and hold them, unanswered, until the test process ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let args = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        STAGING_USER,
+        "--timeout-ms",
+        "700",
+    ];
+    let started = Instant::now();
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake did not finish"),
+        "{}",
+        context(&args, &out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn wss_to_a_plain_ws_port_exits_2_and_says_it_is_not_tls() {
+    let server = serve("state-machine", STAGING_USER);
+    let url = server.url.replacen("ws://", "wss://", 1);
+    let args = ["probe", "--url", &url, "--scenario", STAGING_USER];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plain ws://"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_ca_file_without_certificates_exits_2_before_dialling() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.pem");
+    std::fs::write(&file, "not a certificate\n").unwrap();
+    let file = file.display().to_string();
+    let args = [
+        "probe",
+        "--url",
+        "wss://127.0.0.1:9/",
+        "--scenario",
+        STAGING_USER,
+        "--ca-cert",
+        &file,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no certificate in it"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+// --- credentials ----------------------------------------------------------------------------
+
+mod bearer {
+    //! racegate's wire protocol behind `Authorization: Bearer <token>`: a connection is the user
+    //! its token belongs to, and a missing or wrong token is HTTP 401 before any WebSocket.
+
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Mode {
+        /// Answers every chat: an ack and five run events.
+        Good,
+        /// Never answers a connection's first chat.
+        LoseFirst,
+        /// Answers, but echoes every request header back: in a frame, in a Starlette-style
+        /// error frame, and in the close reason (cut to 123 bytes) after the first chat.
+        Echo,
+    }
+
+    const EVENTS: [&str; 5] = [
+        "agent_started",
+        "agent_thinking",
+        "tool_executing",
+        "tool_completed",
+        "agent_completed",
+    ];
+
+    /// Serves on loopback until the test process ends.
+    pub fn start(tokens: &[(&str, &str)], mode: Mode) -> SocketAddr {
+        let tokens: Vec<(String, String)> = tokens
+            .iter()
+            .map(|(u, t)| (u.to_string(), t.to_string()))
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    tokio::spawn(connection(tcp, tokens.clone(), mode));
+                }
+            });
+        });
+        addr
+    }
+
+    // The handshake callback's `Result<Response, ErrorResponse>` is tungstenite's signature.
+    #[allow(clippy::result_large_err)]
+    async fn connection(tcp: tokio::net::TcpStream, tokens: Vec<(String, String)>, mode: Mode) {
+        let seen = Arc::new(Mutex::new((String::new(), String::new())));
+        let write = seen.clone();
+        let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let user = tokens
+                .iter()
+                .find(|(_, t)| auth == format!("Bearer {t}"))
+                .map(|(u, _)| u.clone());
+            let Some(user) = user else {
+                let mut refused = ErrorResponse::new(Some("bad token".into()));
+                *refused.status_mut() = StatusCode::UNAUTHORIZED;
+                return Err(refused);
+            };
+            let mut headers: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or_default()))
+                .collect();
+            // Credentials first, so that texts cut to a length cut them.
+            headers.sort_by_key(|h| !h.starts_with("authorization"));
+            *write.lock().unwrap() = (user, headers.join("; "));
+            Ok(resp)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+            return;
+        };
+        let (user, headers) = seen.lock().unwrap().clone();
+        if mode == Mode::Echo {
+            let hello = json!({"type": "hello", "headers": headers});
+            let _ = ws.send(Message::text(hello.to_string())).await;
+            let error = json!({"type": "error", "message":
+                format!("Need to call \"accept\" first; you sent {headers}")});
+            let _ = ws.send(Message::text(error.to_string())).await;
+        }
+        let mut chats = 0;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(text) = msg else { continue };
+            let chat: Value = serde_json::from_str(text.as_str()).unwrap();
+            let id = chat["id"].as_str().unwrap().to_string();
+            chats += 1;
+            if mode == Mode::LoseFirst && chats == 1 {
+                continue;
+            }
+            let ack = json!({"type": "ack", "id": id, "user": user});
+            let _ = ws.send(Message::text(ack.to_string())).await;
+            for e in EVENTS {
+                let frame = json!({"type": e, "run": id, "user": user});
+                let _ = ws.send(Message::text(frame.to_string())).await;
+            }
+            if mode == Mode::Echo {
+                let mut reason = format!("auth was {headers}");
+                reason.truncate(123);
+                let frame = CloseFrame {
+                    code: 1000.into(),
+                    reason: reason.into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+            }
+        }
+    }
+}
+
+/// Two users with one chat each; their bearer tokens from `--tokens` or `$RACEGATE_TOKEN_*`.
+const BEARER_SCENARIO: &str = "name = \"bearer\"\nsettle_ms = 100\n[protocol]\n\
+    user_header = \"Authorization\"\nuser_value = \"Bearer {token}\"\n\
+    token_env = \"RACEGATE_TOKEN_{user}\"\n\
+    [[user]]\nid = \"u1\"\nsend = [{ at_ms = 5, text = \"hello\" }]\n\
+    [[user]]\nid = \"ops.bot-2\"\nconnect_ms = 10\nsend = [{ at_ms = 5, text = \"hi\" }]\n";
+
+/// Runs `racegate` with extra environment variables, bounded.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = util::command();
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    util::wait_output(cmd.spawn().unwrap())
+}
+
+#[test]
+fn wss_with_a_private_ca_and_bearer_tokens_flags_a_lossy_server_and_passes_a_good_one() {
+    let ca = tls::Ca::new("racegate test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write_ca(&dir, &ca);
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    // u1's token from the file; ops.bot-2's from the variable token_env names for it.
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, "u1 = \"tok-u1-Zx81\"\n").unwrap();
+    let tokens = tokens.display().to_string();
+    let env = [("RACEGATE_TOKEN_OPS_BOT_2", "tok-ops-Qw77")];
+    let pairs = [("u1", "tok-u1-Zx81"), ("ops.bot-2", "tok-ops-Qw77")];
+    for (mode, exit) in [(bearer::Mode::LoseFirst, 1), (bearer::Mode::Good, 0)] {
+        let backend = bearer::start(&pairs, mode);
+        let front = tls::terminator(backend, ca.leaf(&["localhost"]));
+        let url = format!("wss://localhost:{}/ws", front.port());
+        let args = [
+            "probe",
+            "--url",
+            &url,
+            "--scenario",
+            &scenario,
+            "--ca-cert",
+            &ca_file,
+            "--tokens",
+            &tokens,
+        ];
+        let out = run_env(&args, &env);
+        assert_eq!(out.status.code(), Some(exit), "{}", context(&args, &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("message-lost"),
+            exit == 1,
+            "{}",
+            context(&args, &out)
+        );
+    }
+}
+
+#[test]
+fn a_missing_token_exits_2_naming_the_user_and_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, "{\"u1\": \"tok-u1-Zx81\"}").unwrap();
+    let tokens = tokens.display().to_string();
+    // Nothing listens: the tokens are checked before anything is dialled.
+    let args = [
+        "probe",
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--scenario",
+        &scenario,
+        "--tokens",
+        &tokens,
+    ];
+    let out = run_env(&args, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "user \"ops.bot-2\": no token: not in --tokens {tokens}, and \
+             $RACEGATE_TOKEN_OPS_BOT_2 is not set"
+        )),
+        "{}",
+        context(&args, &out)
+    );
+    assert!(!stderr.contains("tok-u1-Zx81"), "{}", context(&args, &out));
+}
+
+#[rstest]
+#[case::no_colon(
+    "Authorization Bearer s3cret-value",
+    "--header #1: expected 'Name: value'"
+)]
+#[case::a_space_in_the_name("X Api Key: s3cret-value", "is not a header name")]
+#[case::an_unknown_placeholder("X-Api-Key: {secret}", "unknown placeholder `{secret}`")]
+fn a_bad_header_exits_2_without_echoing_its_value(#[case] header: &str, #[case] phrase: &str) {
+    let args = [
+        "probe",
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--scenario",
+        STAGING_USER,
+        "--header",
+        header,
+    ];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(phrase) && !stderr.contains("s3cret-value"),
+        "{}",
+        context(&args, &out)
+    );
+}
+
+#[test]
+fn a_token_the_server_echoes_back_appears_in_no_output_of_any_format() {
+    // Longer than a close reason can hold, so the server's reason carries it cut short.
+    let token = format!("LeakCanary{}", "q7Z2".repeat(30));
+    let canary = &token[..12];
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("bearer.toml");
+    std::fs::write(&scenario, BEARER_SCENARIO).unwrap();
+    let scenario = scenario.display().to_string();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        format!("{{\"u1\": \"{token}\", \"ops.bot-2\": \"other-{token}\"}}"),
+    )
+    .unwrap();
+    let tokens = tokens.display().to_string();
+    let server = bearer::start(
+        &[("u1", &token), ("ops.bot-2", &format!("other-{token}"))],
+        bearer::Mode::Echo,
+    );
+    let url = format!("ws://{server}/ws");
+    let json_file = dir.path().join("probe.json").display().to_string();
+    let junit_file = dir.path().join("probe.xml").display().to_string();
+    let base = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        &scenario,
+        "--tokens",
+        &tokens,
+        "--header",
+        "X-Echo: {token}",
+        "--trace",
+    ];
+    let runs: [&[&str]; 5] = [
+        &["--format", "table"],
+        &["--format", "json"],
+        &["--format", "junit"],
+        &["--format", "json", "--out", &json_file],
+        &[
+            "--format",
+            "junit",
+            "--out",
+            &junit_file,
+            "--log-format",
+            "json",
+        ],
+    ];
+    let mut masked = false;
+    for extra in runs {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        // Every log line there is, tungstenite's included.
+        let out = run_env(&args, &[("RUST_LOG", "trace")]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            context(&args, &out)
+        );
+        for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(text);
+            assert!(
+                !text.contains(canary),
+                "the token leaked on {what}\n{}",
+                context(&args, &out)
+            );
+            masked |= text.contains("Bearer ***");
+        }
+    }
+    for file in [&json_file, &junit_file] {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            !text.contains(canary),
+            "the token leaked into {file}:\n{text}"
+        );
+    }
+    assert!(masked, "the echoed header is shown masked in the trace");
+}

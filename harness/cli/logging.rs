@@ -46,8 +46,17 @@ fn default_filter(format: LogFormat) -> &'static str {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub(crate) fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_filter(format)));
+    // tungstenite logs each client upgrade request whole (trace), every frame received (trace)
+    // and close reasons (debug): credentials `racegate probe` sends, and whatever a server
+    // echoes of them. Its logs stay at info whatever RUST_LOG asks for; racegate's own events
+    // say what happened on a connection.
+    for cap in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(cap) = cap.parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)

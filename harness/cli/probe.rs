@@ -6,16 +6,38 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use racegate_probe::{Options, ProbeVerdict, Target, probe_all, report};
+use racegate_probe::{
+    ExtraHeader, Options, ProbeVerdict, Target, Tls, TlsOptions, Tokens, probe_all, report,
+};
 
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
 pub(crate) struct ProbeArgs {
-    /// The server: ws://HOST:PORT/PATH. Each user's id is added as `?token=<id>` unless the
-    /// scenario's `[protocol]` says otherwise.
+    /// The server: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH. Each user's id is added as
+    /// `?token=<id>` unless the scenario's `[protocol]` says otherwise.
     #[arg(long)]
     url: String,
+    /// For wss://: also trust the CA certificates in this PEM file (a private CA), on top of the
+    /// public and system roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// For wss://: accept any certificate, unverified (self-signed staging only; a warning is
+    /// printed on every run).
+    #[arg(long, conflicts_with = "ca_cert")]
+    insecure: bool,
+    /// Users' tokens for `{token}` in `[protocol]` and --header values: a TOML or JSON object
+    /// of user id -> token. Users not in it are looked up in the variable the scenario's
+    /// `token_env` names. Tokens are masked as *** in every output.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// A header for every user's upgrade request, `Name: value` (repeatable); the value may use
+    /// `{user}` and `{token}`.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The `Origin` header, for servers that check it (e.g. https://app.example.com).
+    #[arg(long, value_name = "URL")]
+    origin: Option<String>,
     /// Scenario files or folders of `*.toml` files (repeatable). Default: `scenarios/` if it is
     /// here, else the scenarios built into racegate.
     #[arg(long = "scenario", value_name = "FILE|DIR", num_args = 1..)]
@@ -53,8 +75,44 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     if args.timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
+    if args.insecure {
+        eprintln!(
+            "warning: --insecure: TLS certificates are NOT verified; anyone between here and {} \
+             can read and change this probe's traffic, credentials included",
+            target.url()
+        );
+    }
+    let tls = if target.is_tls() {
+        let tls_options = TlsOptions {
+            ca_cert: args.ca_cert.clone(),
+            insecure: args.insecure,
+        };
+        Some(Tls::new(&tls_options)?)
+    } else {
+        if args.ca_cert.is_some() {
+            eprintln!("note: --ca-cert has no effect on a ws:// URL");
+        }
+        None
+    };
+    let mut headers = Vec::with_capacity(args.headers.len() + 1);
+    for (i, text) in args.headers.iter().enumerate() {
+        // The value is never echoed: it may hold a secret.
+        let header =
+            ExtraHeader::parse(text).map_err(|e| anyhow::anyhow!("--header #{}: {e}", i + 1))?;
+        headers.push(header);
+    }
+    if let Some(origin) = &args.origin {
+        headers.push(ExtraHeader::origin(origin).map_err(|e| anyhow::anyhow!("--origin: {e}"))?);
+    }
+    let tokens = match &args.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::default(),
+    };
     let options = Options {
         timeout_ms: args.timeout_ms,
+        tls,
+        tokens,
+        headers,
     };
     for s in &scenarios {
         let pushes: usize = s.users.iter().map(|u| u.pushes.len()).sum();

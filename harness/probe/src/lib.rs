@@ -16,20 +16,25 @@
 //! ```
 //!
 //! Modules, in the order a probe uses them: [`target`] (the URL and each user's upgrade
-//! request), [`session`] (one user's connection on a real clock, every frame recorded),
-//! [`check`] (the records as the shared client history, judged by racegate-replay's checker: the
-//! same rules as `run` and `load`), [`probe`]
+//! request), [`credentials`] (tokens, extra headers, masking), [`tls`] (`wss://`), [`session`]
+//! (one user's connection on a real clock, every frame recorded), [`check`] (the records as the
+//! shared client history, judged by racegate-replay's checker: the same rules as `run` and
+//! `load`), [`probe`]
 //! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
 
 pub mod check;
+pub mod credentials;
 pub mod probe;
 pub mod report;
 pub mod session;
 pub mod target;
+pub mod tls;
 
+pub use credentials::{ExtraHeader, Secrets, Tokens};
 pub use probe::{Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
 pub use session::{Record, Seen};
 pub use target::Target;
+pub use tls::{Tls, TlsOptions};
 
 /// Why a probe could not be judged at all: bad input or a server that is not there. A server
 /// that misbehaves is not an error; it is a violation.
@@ -61,6 +66,26 @@ pub enum ProbeError {
         /// The OS's words, or the timeout.
         reason: String,
     },
+    /// The TLS handshake with a `wss://` server failed: an untrusted or mismatched
+    /// certificate, or no TLS at all.
+    #[error("TLS with {url} failed: {reason}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
+    /// The `--tokens` file cannot be used. The reason never quotes a token.
+    #[error("--tokens {file}: {reason}")]
+    Tokens {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS configuration could not be built (`--ca-cert`).
+    #[error("{0}")]
+    TlsSetup(String),
     /// The async runtime could not be built.
     #[error("could not start the probe runtime: {0}")]
     Runtime(std::io::Error),

@@ -13,9 +13,12 @@ use racegate_replay::schedule::{self, Pushes};
 use racegate_replay::{Indeterminate, Judgement, Violation};
 use serde::Serialize;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 
-use crate::session::{self, Record, Schedule};
+use crate::credentials::{ExtraHeader, Secrets, Tokens};
+use crate::session::{self, Dial, Record, Schedule};
 use crate::target::Target;
+use crate::tls::{Tls, TlsOptions};
 use crate::{ProbeError, check};
 
 /// How long past its own timings a scenario may take before its connections are `stuck`, when
@@ -49,11 +52,17 @@ impl ProbeVerdict {
 }
 
 /// How a probe runs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The whole budget of one scenario, from its first connect; by default its own time plus
     /// [`DEFAULT_GRACE_MS`].
     pub timeout_ms: Option<u64>,
+    /// TLS for a `wss://` target; by default the public and system roots, built per scenario.
+    pub tls: Option<Tls>,
+    /// Users' tokens for `{token}` (the environment is read too, where `token_env` says).
+    pub tokens: Tokens,
+    /// Headers added to every upgrade (`--header`, `--origin`).
+    pub headers: Vec<ExtraHeader>,
 }
 
 impl Options {
@@ -98,21 +107,61 @@ pub fn own_ms(scenario: &Scenario) -> u64 {
     schedule::horizon_ms(scenario, Pushes::Ignored, scenario.protocol.events.len())
 }
 
+/// Each user's upgrade request, credentials filled in, and the secrets to mask: every token
+/// resolved before anything is dialled, so a missing one is an error naming the user and where
+/// it looked.
+fn prepare(
+    target: &Target,
+    scenario: &Scenario,
+    options: &Options,
+) -> Result<(Vec<Request>, Secrets), ProbeError> {
+    let needs_token =
+        scenario.protocol.uses_token() || options.headers.iter().any(ExtraHeader::uses_token);
+    let mut requests = Vec::with_capacity(scenario.users.len());
+    let mut resolved = Vec::new();
+    for user in &scenario.users {
+        let bad = |reason: String| ProbeError::BadUser {
+            file: scenario.file.display().to_string(),
+            user: user.id.clone(),
+            reason,
+        };
+        let token = if needs_token {
+            Some(
+                options
+                    .tokens
+                    .resolve(&user.id, &scenario.protocol)
+                    .map_err(bad)?,
+            )
+        } else {
+            None
+        };
+        let request = target
+            .request(
+                &user.id,
+                token.as_deref(),
+                &scenario.protocol,
+                &options.headers,
+            )
+            .map_err(bad)?;
+        requests.push(request);
+        resolved.extend(token);
+    }
+    let secrets = Secrets::new(&options.tokens, resolved.iter().map(String::as_str));
+    Ok((requests, secrets))
+}
+
 /// Probes `scenario` against `target` on the current runtime.
 pub async fn probe_scenario(
     target: &Target,
     scenario: &Scenario,
     options: &Options,
 ) -> Result<ProbeOutcome, ProbeError> {
-    for user in &scenario.users {
-        target
-            .request(&user.id, &scenario.protocol)
-            .map_err(|reason| ProbeError::BadUser {
-                file: scenario.file.display().to_string(),
-                user: user.id.clone(),
-                reason,
-            })?;
-    }
+    let (requests, secrets) = prepare(target, scenario, options)?;
+    let tls = match (&options.tls, target.is_tls()) {
+        (_, false) => None,
+        (Some(tls), true) => Some(tls.clone()),
+        (None, true) => Some(Tls::new(&TlsOptions::default())?),
+    };
     let own = own_ms(scenario);
     let timeout_ms = options.timeout_for(scenario);
     let origin = Instant::now();
@@ -122,7 +171,7 @@ pub async fn probe_scenario(
         scenario.protocol.events.len(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, user) in scenario.users.iter().enumerate() {
+    for (i, (user, request)) in scenario.users.iter().zip(requests).enumerate() {
         let close_at = origin
             + Duration::from_millis(match user.close_ms {
                 Some(ms) => user.connect_ms + ms,
@@ -135,7 +184,17 @@ pub async fn probe_scenario(
             after_last_send,
         };
         let (target, protocol, user) = (target.clone(), scenario.protocol.clone(), user.clone());
-        tasks.spawn(async move { (i, session::run(&target, &protocol, &user, schedule).await) });
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            let dial = Dial {
+                target: &target,
+                tls: tls.as_ref(),
+            };
+            (
+                i,
+                session::run(dial, request, &protocol, &user, schedule).await,
+            )
+        });
     }
     let mut per_user: Vec<Vec<Record>> = vec![Vec::new(); scenario.users.len()];
     while let Some(joined) = tasks.join_next().await {
@@ -146,10 +205,17 @@ pub async fn probe_scenario(
         };
         match result {
             Ok(records) => per_user[i] = records,
-            Err(session::Unreachable(reason)) => {
+            Err(session::Failure::Unreachable(reason)) => {
                 tasks.abort_all();
                 return Err(ProbeError::Unreachable {
                     addr: target.addr_text(),
+                    reason,
+                });
+            }
+            Err(session::Failure::Tls(reason)) => {
+                tasks.abort_all();
+                return Err(ProbeError::Tls {
+                    url: target.url().to_string(),
                     reason,
                 });
             }
@@ -164,7 +230,7 @@ pub async fn probe_scenario(
         indeterminate,
     } = check::judge(scenario, &records);
     let inconclusive = check::inconclusive(scenario, &records);
-    Ok(ProbeOutcome {
+    let mut outcome = ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
         verdict: match (&inconclusive, violations.is_empty()) {
@@ -179,11 +245,15 @@ pub async fn probe_scenario(
         own_ms: own,
         elapsed_ms,
         timeout_ms,
-    })
+    };
+    // Judged on what the clients saw; reported with every token masked.
+    secrets.mask_outcome(&mut outcome);
+    Ok(outcome)
 }
 
 /// Probes each scenario in turn (never two at once: they would share the server) on a runtime of
-/// its own. Stops at the first scenario that cannot be probed at all.
+/// its own. Every scenario's credentials are checked first; then it stops at the first scenario
+/// that cannot be probed at all.
 pub fn probe_all(
     target: &Target,
     scenarios: &[Scenario],
@@ -193,6 +263,9 @@ pub fn probe_all(
         .enable_all()
         .build()
         .map_err(ProbeError::Runtime)?;
+    for s in scenarios {
+        prepare(target, s, options)?;
+    }
     runtime.block_on(async {
         let mut out = Vec::with_capacity(scenarios.len());
         for s in scenarios {

@@ -15,11 +15,13 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::target::Target;
+use crate::tls::{Conn, Tls};
 
 /// What a client saw or did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,22 +112,38 @@ pub struct Schedule {
     pub after_last_send: Duration,
 }
 
-/// A refused or timed-out TCP connect: the server is not there.
+/// Why a session could not start at all: nothing about the scenario can be judged.
 #[derive(Debug)]
-pub struct Unreachable(pub String);
+pub enum Failure {
+    /// A refused or timed-out TCP connect: the server is not there.
+    Unreachable(String),
+    /// The TLS handshake failed or did not finish before the deadline.
+    Tls(String),
+}
 
 /// How long the client keeps driving a connection the server closed, so its answer goes out.
 const CLOSE_REPLY_GRACE: Duration = Duration::from_millis(500);
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Conn>;
 
-/// Runs `user`'s client against `target` and returns what it saw.
+/// Where and how one user's client connects.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial<'a> {
+    /// The server.
+    pub target: &'a Target,
+    /// TLS for a `wss://` target (`None` for `ws://`).
+    pub tls: Option<&'a Tls>,
+}
+
+/// Runs `user`'s client against `dial.target` with its upgrade `request` (built and checked by
+/// the caller, credentials filled in) and returns what it saw.
 pub async fn run(
-    target: &Target,
+    dial: Dial<'_>,
+    request: Request,
     protocol: &Protocol,
     user: &User,
     schedule: Schedule,
-) -> Result<Vec<Record>, Unreachable> {
+) -> Result<Vec<Record>, Failure> {
     let mut log = Log {
         origin: schedule.origin,
         user: user.id.clone(),
@@ -133,20 +151,35 @@ pub async fn run(
     };
     let deadline = schedule.deadline;
     sleep_until(schedule.origin + Duration::from_millis(user.connect_ms)).await;
-    let request = target
-        .request(&user.id, protocol)
-        .map_err(|e| Unreachable(format!("could not build the upgrade request: {e}")))?;
     log.push(Seen::Connect);
+    let target = dial.target;
     let stream = match timeout_at(deadline, TcpStream::connect(target.addr())).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(Unreachable(e.to_string())),
+        Ok(Err(e)) => return Err(Failure::Unreachable(e.to_string())),
         Err(_) => {
-            return Err(Unreachable(
+            return Err(Failure::Unreachable(
                 "no answer to the TCP connect before the timeout".into(),
             ));
         }
     };
     let _ = stream.set_nodelay(true);
+    let stream = match (target.is_tls(), dial.tls) {
+        (false, _) => Conn::Plain(stream),
+        (true, None) => {
+            return Err(Failure::Tls(
+                "no TLS configuration for a wss:// target".into(),
+            ));
+        }
+        (true, Some(tls)) => match timeout_at(deadline, tls.connect(target.host(), stream)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(reason)) => return Err(Failure::Tls(reason)),
+            Err(_) => {
+                return Err(Failure::Tls(
+                    "the TLS handshake did not finish before the timeout".into(),
+                ));
+            }
+        },
+    };
     let handshake = tokio_tungstenite::client_async(request, stream);
     let mut ws = match timeout_at(deadline, handshake).await {
         Ok(Ok((ws, _response))) => ws,

@@ -1,24 +1,28 @@
-//! The server under test: a `ws://` URL, checked once, and each user's upgrade request built from
-//! it and the scenario's `[protocol]` (the user id as a query parameter or a header).
+//! The server under test: a `ws://` or `wss://` URL, checked once, and each user's upgrade
+//! request built from it and the scenario's `[protocol]` (the user id as a query parameter or a
+//! header). The `Host` header comes from the URL, as the TLS server name does.
 
-use racegate_replay::scenario::Protocol;
+use racegate_replay::scenario::{Protocol, template};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 
 use crate::ProbeError;
+use crate::credentials::ExtraHeader;
 
-/// A checked `ws://HOST:PORT/PATH` URL.
+/// A checked `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     url: String,
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl Target {
-    /// Checks `url`: `ws://`, a host, an optional port (80), any path and query.
+    /// Checks `url`: `ws://` or `wss://`, a host, an optional port (80 or 443), any path and
+    /// query.
     pub fn parse(url: &str) -> Result<Target, ProbeError> {
         let bad = |reason: &str| ProbeError::BadUrl {
             url: url.to_string(),
@@ -27,17 +31,14 @@ impl Target {
         let uri: Uri = url
             .parse()
             .map_err(|e| bad(&format!("{e}; expected ws://HOST:PORT/PATH")))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => {
-                return Err(bad(
-                    "wss:// is not supported; probe the server's plain ws:// address \
-                     (behind its TLS terminator)",
-                ));
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            Some(other) => {
+                return Err(bad(&format!("scheme {other}:// is not ws:// or wss://")));
             }
-            Some(other) => return Err(bad(&format!("scheme {other}:// is not ws://"))),
             None => return Err(bad("no scheme; expected ws://HOST:PORT/PATH")),
-        }
+        };
         if url.contains('#') {
             return Err(bad("a WebSocket URL has no #fragment"));
         }
@@ -58,6 +59,7 @@ impl Target {
             .filter(|(_, after)| !after.ends_with(']'))
             .map(|(_, port)| port);
         let port = match given {
+            None if tls => 443,
             None => 80,
             Some(text) => text.parse::<u16>().map_err(|_| {
                 bad(&format!(
@@ -72,7 +74,18 @@ impl Target {
             url: url.to_string(),
             host,
             port,
+            tls,
         })
+    }
+
+    /// True for `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host (brackets off an IPv6 literal): the TLS server name.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The URL as given.
@@ -94,8 +107,16 @@ impl Target {
         }
     }
 
-    /// `user`'s upgrade request: the id in the query parameter and/or header `protocol` names.
-    pub fn request(&self, user: &str, protocol: &Protocol) -> Result<Request, String> {
+    /// `user`'s upgrade request: the id in the query parameter `protocol` names, its credential
+    /// templates (header, cookie, subprotocol) and `extra` headers filled with the id and
+    /// `token`. Errors name headers, never values: a value may hold the token.
+    pub fn request(
+        &self,
+        user: &str,
+        token: Option<&str>,
+        protocol: &Protocol,
+        extra: &[ExtraHeader],
+    ) -> Result<Request, String> {
         let mut url = self.url.clone();
         if let Some(param) = &protocol.user_query {
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -104,12 +125,24 @@ impl Target {
             url.push_str(&percent_encode(user));
         }
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-        if let Some(header) = &protocol.user_header {
+        let value = |header: &str, template: &str| {
+            let filled = template::fill(template, user, token);
+            HeaderValue::from_str(&filled).map_err(|_| {
+                format!(
+                    "the id cannot travel in header {header}: it has characters a header cannot \
+                     carry"
+                )
+            })
+        };
+        for (header, template) in protocol.credential_templates() {
             let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_bytes(user.as_bytes()).map_err(|_| {
-                format!("the id cannot travel in header {header}: it has control characters")
-            })?;
-            request.headers_mut().insert(name, value);
+            request.headers_mut().insert(name, value(header, template)?);
+        }
+        for h in extra {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+            request
+                .headers_mut()
+                .append(name, value(&h.name, &h.value)?);
         }
         Ok(request)
     }
@@ -142,6 +175,12 @@ mod tests {
             80
         );
         assert_eq!(Target::parse("ws://[::1]/").unwrap().addr().1, 80);
+        let wss = Target::parse("wss://staging.example.test/ws").unwrap();
+        assert_eq!(
+            (wss.addr(), wss.is_tls()),
+            (("staging.example.test", 443), true)
+        );
+        assert_eq!(Target::parse("wss://[::1]:8443/").unwrap().host(), "::1");
         assert_eq!(
             Target::parse("ws://[::1]:81/x").unwrap().addr_text(),
             "[::1]:81"
@@ -151,8 +190,7 @@ mod tests {
     #[test]
     fn urls_probe_cannot_use_are_refused_with_the_reason() {
         for (url, reason) in [
-            ("http://127.0.0.1:1/", "is not ws://"),
-            ("wss://127.0.0.1:1/", "wss:// is not supported"),
+            ("http://127.0.0.1:1/", "is not ws:// or wss://"),
             ("127.0.0.1:9000", "scheme"),
             ("ws://", "expected ws://HOST:PORT/PATH"),
             ("ws://host:0/", "port 0"),
@@ -173,7 +211,7 @@ mod tests {
     #[test]
     fn the_user_id_is_percent_encoded_into_the_query() {
         let t = Target::parse("ws://127.0.0.1:9/chat?v=2").unwrap();
-        let r = t.request("a b/ü", &Protocol::default()).unwrap();
+        let r = t.request("a b/ü", None, &Protocol::default(), &[]).unwrap();
         assert_eq!(
             r.uri().to_string(),
             "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC"
@@ -188,8 +226,34 @@ mod tests {
             user_header: Some("X-User-Id".into()),
             ..Protocol::default()
         };
-        let r = t.request("u1", &p).unwrap();
+        let r = t.request("u1", None, &p, &[]).unwrap();
         assert_eq!(r.uri().to_string(), "ws://127.0.0.1:9/");
         assert_eq!(r.headers()["x-user-id"], "u1");
+    }
+
+    #[test]
+    fn credential_templates_and_extra_headers_are_filled_per_user() {
+        let t = Target::parse("wss://staging.example.test/ws").unwrap();
+        let p = Protocol {
+            user_query: None,
+            user_header: Some("Authorization".into()),
+            user_value: "Bearer {token}".into(),
+            cookie: Some("session={token}; who={user}".into()),
+            subprotocol: Some("chat.v1, {token}".into()),
+            ..Protocol::default()
+        };
+        let extra = [
+            ExtraHeader::parse("X-Trace: probe-{user}").unwrap(),
+            ExtraHeader::origin("https://app.example.test").unwrap(),
+        ];
+        let r = t.request("u1", Some("tk.1"), &p, &extra).unwrap();
+        let h = r.headers();
+        assert_eq!(r.uri().to_string(), "wss://staging.example.test/ws");
+        assert_eq!(h["host"], "staging.example.test");
+        assert_eq!(h["authorization"], "Bearer tk.1");
+        assert_eq!(h["cookie"], "session=tk.1; who=u1");
+        assert_eq!(h["sec-websocket-protocol"], "chat.v1, tk.1");
+        assert_eq!(h["x-trace"], "probe-u1");
+        assert_eq!(h["origin"], "https://app.example.test");
     }
 }

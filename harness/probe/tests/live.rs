@@ -177,6 +177,7 @@ async fn probe(addr: SocketAddr, scenario: &Scenario, timeout_ms: u64) -> ProbeO
     let target = Target::parse(&format!("ws://{addr}/ws")).unwrap();
     let options = Options {
         timeout_ms: Some(timeout_ms),
+        ..Options::default()
     };
     probe_scenario(&target, scenario, &options).await.unwrap()
 }

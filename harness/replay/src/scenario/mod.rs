@@ -5,6 +5,7 @@
 //! [`Scenario`] or a [`ScenarioError`] naming the file, line and column of the offending value.
 
 mod raw;
+pub mod template;
 mod write;
 
 use std::collections::BTreeSet;
@@ -50,8 +51,17 @@ pub struct Scenario {
 pub struct Protocol {
     /// The query parameter carrying the user id; `None` when the id travels only in a header.
     pub user_query: Option<String>,
-    /// The request header carrying the user id, if any.
+    /// The request header carrying the user's credential, if any.
     pub user_header: Option<String>,
+    /// The value of `user_header`: a [`template`] (`{user}`, `{token}`); default `{user}`.
+    pub user_value: String,
+    /// A `Sec-WebSocket-Protocol` to request, as a [`template`] (a token in a subprotocol).
+    pub subprotocol: Option<String>,
+    /// A `Cookie` header, as a [`template`] (`session={token}`).
+    pub cookie: Option<String>,
+    /// The environment variable holding each user's token, as a template of `{user}` only,
+    /// filled with [`template::env_safe`] of the id (`RACEGATE_TOKEN_{user}`).
+    pub token_env: Option<String>,
     /// A chat frame; `{id}`, `{text}` and `{user}` are replaced by JSON-escaped values.
     pub chat: String,
     /// The field naming a frame's type (a dotted path reaches into nested objects).
@@ -85,6 +95,10 @@ impl Default for Protocol {
         Protocol {
             user_query: Some(s("token")),
             user_header: None,
+            user_value: s("{user}"),
+            subprotocol: None,
+            cookie: None,
+            token_env: None,
             chat: s(r#"{"type":"chat","id":"{id}","text":"{text}"}"#),
             type_field: s("type"),
             ack_type: s("ack"),
@@ -112,6 +126,29 @@ impl Default for Protocol {
 impl Protocol {
     /// The placeholders a chat template may use.
     pub const PLACEHOLDERS: [&'static str; 3] = ["id", "text", "user"];
+
+    /// The credential templates this protocol fills per user (header value, cookie,
+    /// subprotocol), with the header each one goes into.
+    pub fn credential_templates(&self) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        if let Some(h) = &self.user_header {
+            out.push((h.as_str(), self.user_value.as_str()));
+        }
+        if let Some(c) = &self.cookie {
+            out.push(("Cookie", c.as_str()));
+        }
+        if let Some(p) = &self.subprotocol {
+            out.push(("Sec-WebSocket-Protocol", p.as_str()));
+        }
+        out
+    }
+
+    /// True when a user's connection needs a token.
+    pub fn uses_token(&self) -> bool {
+        self.credential_templates()
+            .iter()
+            .any(|(_, t)| template::uses_token(t))
+    }
 
     /// The chat frame for chat `id` with `text` from `user`: each placeholder replaced by the
     /// value, JSON-escaped without its quotes (the template supplies them).

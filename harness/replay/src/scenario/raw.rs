@@ -14,6 +14,7 @@ use toml::{Spanned, Value};
 
 use super::{
     InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict,
+    template,
 };
 use crate::endpoint::EndpointKind;
 use crate::oracle::Invariant;
@@ -40,6 +41,10 @@ struct RawScenario {
 struct RawProtocol {
     user_query: Option<Spanned<String>>,
     user_header: Option<Spanned<String>>,
+    user_value: Option<Spanned<String>>,
+    subprotocol: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
     chat: Option<Spanned<String>>,
     type_field: Option<Spanned<String>>,
     ack_type: Option<Spanned<String>>,
@@ -261,19 +266,48 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
         Some(h) => Some(h.get_ref().clone()),
         None => None,
     };
-    // An explicit `""` turns the query parameter off; a header alone turns it off too.
-    let user_query = match (&raw.user_query, &user_header) {
+    let user_value = match (&raw.user_value, &user_header) {
+        (Some(v), None) => {
+            return Err(at.at(
+                v,
+                "`user_value` is the value of `user_header`; set `user_header` too \
+                 (e.g. \"Authorization\")"
+                    .into(),
+            ));
+        }
+        (Some(v), Some(_)) => credential(at, "user_value", v, Allowed::HeaderValue)?,
+        (None, _) => d.user_value.clone(),
+    };
+    let subprotocol = raw
+        .subprotocol
+        .as_ref()
+        .map(|v| credential(at, "subprotocol", v, Allowed::Subprotocol))
+        .transpose()?;
+    let cookie = raw
+        .cookie
+        .as_ref()
+        .map(|v| credential(at, "cookie", v, Allowed::HeaderValue))
+        .transpose()?;
+    let token_env = raw
+        .token_env
+        .as_ref()
+        .map(|v| credential(at, "token_env", v, Allowed::EnvName))
+        .transpose()?;
+    // An explicit `""` turns the query parameter off; any other credential alone turns it off
+    // too.
+    let other_credential = user_header.is_some() || cookie.is_some() || subprotocol.is_some();
+    let user_query = match (&raw.user_query, other_credential) {
         (Some(q), _) if q.get_ref().is_empty() => None,
         (Some(q), _) => Some(q.get_ref().clone()),
-        (None, Some(_)) => None,
-        (None, None) => d.user_query.clone(),
+        (None, true) => None,
+        (None, false) => d.user_query.clone(),
     };
-    if user_query.is_none() && user_header.is_none() {
+    if user_query.is_none() && !other_credential {
         let span = raw.user_query.as_ref().map(|q| q.span());
         return Err(at.invalid(
             span,
-            "[protocol] must pass the user id somehow: set `user_query` to a parameter name or \
-             `user_header` to a header name"
+            "[protocol] must pass the user id somehow: set `user_query` to a parameter name, \
+             `user_header` to a header name, `cookie` or `subprotocol`"
                 .into(),
         ));
     }
@@ -348,6 +382,10 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
     Ok(Protocol {
         user_query,
         user_header,
+        user_value,
+        subprotocol,
+        cookie,
+        token_env,
         chat,
         type_field: name("type_field", &raw.type_field, d.type_field)?,
         ack_type: name("ack_type", &raw.ack_type, d.ack_type)?,
@@ -368,6 +406,68 @@ fn is_header_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// What the literal text of a credential template may contain.
+#[derive(Clone, Copy, PartialEq)]
+enum Allowed {
+    /// Visible ASCII and spaces: an HTTP header value.
+    HeaderValue,
+    /// Header-name characters, `,` and spaces: a list of subprotocol tokens.
+    Subprotocol,
+    /// ASCII letters, digits and `_`, and only the `{user}` placeholder: a variable name.
+    EnvName,
+}
+
+/// A credential template: known placeholders only, and literal text that fits where it goes.
+fn credential(
+    at: &Locator<'_>,
+    key: &str,
+    raw: &Spanned<String>,
+    allowed: Allowed,
+) -> Result<String, ScenarioError> {
+    let t = raw.get_ref();
+    if t.trim().is_empty() {
+        return Err(at.at(
+            raw,
+            format!("`{key}` in [protocol] must not be empty; leave it out instead"),
+        ));
+    }
+    let placeholders: &[&str] = match allowed {
+        Allowed::EnvName => &["user"],
+        Allowed::HeaderValue | Allowed::Subprotocol => &template::PLACEHOLDERS,
+    };
+    if let Some(name) = template::unknown(t, placeholders) {
+        let expected = match allowed {
+            Allowed::EnvName => "only `{user}` (the id made safe for a variable name)",
+            Allowed::HeaderValue | Allowed::Subprotocol => "`{user}` or `{token}`",
+        };
+        return Err(at.at(
+            raw,
+            format!("unknown placeholder `{{{name}}}` in `{key}`; expected {expected}"),
+        ));
+    }
+    let literal = template::fill(t, "", Some(""));
+    let bad = literal.chars().find(|&c| match allowed {
+        Allowed::HeaderValue => !(c == ' ' || c == '\t' || c.is_ascii_graphic()),
+        Allowed::Subprotocol => !(c == ' ' || c == ',' || is_header_name(&c.to_string())),
+        Allowed::EnvName => !(c.is_ascii_alphanumeric() || c == '_'),
+    });
+    if let Some(c) = bad {
+        let fits = match allowed {
+            Allowed::HeaderValue => "an HTTP header value (visible ASCII and spaces)",
+            Allowed::Subprotocol => "a list of subprotocol names (letters, digits, `-`, `.`, `,`)",
+            Allowed::EnvName => "an environment variable name (letters, digits, `_`)",
+        };
+        return Err(at.at(raw, format!("`{key}` must be {fits}; {c:?} is not allowed")));
+    }
+    if allowed == Allowed::EnvName && t.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(at.at(
+            raw,
+            format!("`{key}` must be an environment variable name; it cannot start with a digit"),
+        ));
+    }
+    Ok(t.clone())
 }
 
 /// A chat template: `{id}` is required (acks are matched by it), and every `{name}` must be one
@@ -1154,6 +1254,46 @@ mod tests {
     #[case::a_header_name_with_a_space_is_rejected_at_its_value(
         &[HEAD, "[protocol]", "user_header = \"X User\"", "[[user]]", "id = \"a\""], 3, 15,
         "must be an HTTP header name"
+    )]
+    #[case::an_unknown_placeholder_in_a_header_value_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_header = \"Authorization\"", "user_value = \"Bearer {secret}\"",
+          "[[user]]", "id = \"a\""], 4, 14,
+        "unknown placeholder `{secret}` in `user_value`; expected `{user}` or `{token}`"
+    )]
+    #[case::a_user_value_without_a_header_asks_for_the_header(
+        &[HEAD, "[protocol]", "user_value = \"Bearer {token}\"", "[[user]]", "id = \"a\""], 3, 14,
+        "set `user_header` too"
+    )]
+    #[case::a_header_value_with_a_newline_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_header = \"X-A\"", "user_value = \"a\\nb {user}\"",
+          "[[user]]", "id = \"a\""], 4, 14,
+        "`user_value` must be an HTTP header value"
+    )]
+    #[case::an_unknown_placeholder_in_a_cookie_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "cookie = \"session={tok}\"", "[[user]]", "id = \"a\""], 3, 10,
+        "unknown placeholder `{tok}` in `cookie`"
+    )]
+    #[case::an_empty_cookie_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "cookie = \"\"", "[[user]]", "id = \"a\""], 3, 10,
+        "`cookie` in [protocol] must not be empty"
+    )]
+    #[case::a_subprotocol_with_a_slash_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "subprotocol = \"chat/v1, {token}\"", "[[user]]", "id = \"a\""],
+        3, 15, "`subprotocol` must be a list of subprotocol names"
+    )]
+    #[case::a_token_env_may_not_use_the_token(
+        &[HEAD, "[protocol]", "user_header = \"Authorization\"", "token_env = \"T_{token}\"",
+          "[[user]]", "id = \"a\""], 4, 13,
+        "unknown placeholder `{token}` in `token_env`; expected only `{user}`"
+    )]
+    #[case::a_token_env_that_is_no_variable_name_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "cookie = \"s={token}\"", "token_env = \"TOKEN-{user}\"",
+          "[[user]]", "id = \"a\""], 4, 13,
+        "`token_env` must be an environment variable name"
+    )]
+    #[case::a_token_env_starting_with_a_digit_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "cookie = \"s={token}\"", "token_env = \"1_{user}\"",
+          "[[user]]", "id = \"a\""], 4, 13, "cannot start with a digit"
     )]
     #[case::turning_off_the_query_without_a_header_is_rejected(
         &[HEAD, "[protocol]", "user_query = \"\"", "[[user]]", "id = \"a\""], 3, 14,

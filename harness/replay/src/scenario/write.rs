@@ -109,6 +109,16 @@ fn write_protocol(out: &mut String, p: &Protocol) {
     );
     if let Some(h) = &p.user_header {
         let _ = writeln!(out, "user_header = {}", quote(h));
+        let _ = writeln!(out, "user_value = {}", quote(&p.user_value));
+    }
+    for (key, value) in [
+        ("subprotocol", &p.subprotocol),
+        ("cookie", &p.cookie),
+        ("token_env", &p.token_env),
+    ] {
+        if let Some(v) = value {
+            let _ = writeln!(out, "{key} = {}", quote(v));
+        }
     }
     for (key, value) in [
         ("chat", &p.chat),
@@ -197,5 +207,26 @@ mod tests {
         let text = to_toml(&scenario, "");
         assert!(text.contains("\n[protocol]\n"), "{text}");
         assert_eq!(parse(&text, Path::new("p.toml")).unwrap(), scenario);
+    }
+
+    #[test]
+    fn credential_templates_are_written_and_parse_back() {
+        let mut scenario =
+            parse("name = \"c\"\n[[user]]\nid = \"a\"\n", Path::new("c.toml")).unwrap();
+        scenario.protocol.user_query = None;
+        scenario.protocol.user_header = Some("Authorization".into());
+        scenario.protocol.user_value = "Bearer {token}".into();
+        scenario.protocol.subprotocol = Some("chat.v1, {token}".into());
+        scenario.protocol.cookie = Some("session={token}; who={user}".into());
+        scenario.protocol.token_env = Some("RACEGATE_TOKEN_{user}".into());
+        let text = to_toml(&scenario, "");
+        assert!(text.contains("user_value = \"Bearer {token}\"\n"), "{text}");
+        assert_eq!(parse(&text, Path::new("c.toml")).unwrap(), scenario);
+        // A cookie alone carries the credential: no query parameter comes back.
+        scenario.protocol.user_header = None;
+        scenario.protocol.user_value = "{user}".into();
+        scenario.protocol.subprotocol = None;
+        let text = to_toml(&scenario, "");
+        assert_eq!(parse(&text, Path::new("c.toml")).unwrap(), scenario);
     }
 }
