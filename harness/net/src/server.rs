@@ -7,6 +7,13 @@
 //! the virtual-time runner uses. Phase delays come from the [`Backend`], whose `pause` is a tokio
 //! sleep: real time here.
 //!
+//! Shutdown is uvicorn's (`Server.shutdown`, then each connection's `shutdown()`): the listener
+//! closes; a connection that has not sent its whole upgrade request is closed without a
+//! response; one whose application has not accepted gets HTTP 500; an accepted one is closed
+//! with 1012 at once, its application receiving disconnect 1012. An opt-in grace period
+//! ([`ServeOptions::grace`], racegate's, not uvicorn's) can let accepted connections finish
+//! in-flight work first.
+//!
 //! A server keeps one [`Backend`] per busy period: when the last connection ends, or after
 //! [`EPOCH_CONNECTIONS`] connections, the next one starts a fresh backend (trace, manager,
 //! router). The backend records a trace nobody reads in serve mode, so this is what bounds a
@@ -46,19 +53,22 @@ pub struct ServeOptions {
     pub failures: IndexMap<String, Phase>,
     /// Per-connection bounds.
     pub limits: Limits,
-    /// On shutdown, how long in-flight work gets before every connection closes with 1001.
+    /// On shutdown, how long accepted connections get to finish in-flight work (reading no new
+    /// client frames) before they close with 1012. Zero, the default, is uvicorn's behaviour:
+    /// 1012 at once. The grace is racegate's own addition, off unless asked for.
     pub grace: Duration,
 }
 
 impl ServeOptions {
-    /// `endpoint` with all-zero phases, no failures, default limits and a one-second grace.
+    /// `endpoint` with all-zero phases, no failures, default limits and no grace (uvicorn's
+    /// shutdown).
     pub fn new(endpoint: EndpointKind) -> Self {
         ServeOptions {
             endpoint,
             server: ServerConfig::default(),
             failures: IndexMap::new(),
             limits: Limits::default(),
-            grace: Duration::from_secs(1),
+            grace: Duration::ZERO,
         }
     }
 }
@@ -172,8 +182,9 @@ impl Server {
         self.counters.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, stops reading new client frames,
-    /// gives in-flight work the grace period, closes every connection with 1001 and waits (within
+    /// Serves until `shutdown` completes, then shuts down as uvicorn does: stops accepting, drops
+    /// connections still sending their upgrade request, answers HTTP 500 to those not accepted,
+    /// closes accepted ones with 1012 (after the grace, if one is set) and waits (within twice
     /// the close timeout) for them to go.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
         let epochs = Arc::new(Epochs {
@@ -276,9 +287,11 @@ where
     }
     drop(listener);
     let open_at_signal = counters.open();
-    let _ = lifecycle_tx.send(Lifecycle::Draining);
-    wait_until_closed(&counters, grace).await;
-    let _ = lifecycle_tx.send(Lifecycle::GoingAway);
+    if !grace.is_zero() {
+        let _ = lifecycle_tx.send(Lifecycle::Draining);
+        wait_until_closed(&counters, grace).await;
+    }
+    let _ = lifecycle_tx.send(Lifecycle::ShuttingDown);
     wait_until_closed(&counters, limits.close_timeout * 2).await;
     ShutdownReport {
         open_at_signal,
@@ -336,17 +349,28 @@ pub(crate) async fn serve_stream<L: BackendLease>(
     drop(session);
 }
 
-/// Reads the upgrade request; answers and ends what is not one, or comes too late.
+/// Reads the upgrade request; answers and ends what is not one. A shutdown while the request is
+/// still coming drops the connection without a response: uvicorn's HTTP protocol closes a
+/// connection with no request in flight (h11 `shutdown()`), and it is not a WebSocket yet.
 async fn read_upgrade(stream: &mut TcpStream, ctx: &SocketCtx) -> Option<Upgrade> {
     let _ = stream.set_nodelay(true);
     let limits = ctx.limits;
-    let upgrade = match handshake::read_upgrade(
-        stream,
-        limits.max_head_bytes,
-        limits.handshake_timeout,
-    )
-    .await
-    {
+    let mut lifecycle = ctx.lifecycle.clone();
+    let stopping = async {
+        lifecycle
+            .wait_for(|l| *l != Lifecycle::Serving)
+            .await
+            .is_ok()
+    };
+    let read = handshake::read_upgrade(stream, limits.max_head_bytes, limits.handshake_timeout);
+    let upgrade = tokio::select! {
+        read = read => read,
+        true = stopping => {
+            ctx.counters.count_refused();
+            return None;
+        }
+    };
+    let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(e) => {
             ctx.counters.count_refused();
@@ -357,8 +381,11 @@ async fn read_upgrade(stream: &mut TcpStream, ctx: &SocketCtx) -> Option<Upgrade
         }
     };
     if *ctx.lifecycle.borrow() != Lifecycle::Serving {
+        // Complete at the very moment the shutdown began: uvicorn would have handed it to its
+        // WebSocket protocol, whose shutdown answers 500 before accept.
         ctx.counters.count_refused();
-        handshake::write_refusal(stream, 503, "Service Unavailable", "shutting down").await;
+        let why = "Internal Server Error";
+        handshake::write_refusal(stream, 500, why, why).await;
         return None;
     }
     Some(upgrade)
