@@ -2,8 +2,12 @@
 //! two models must agree with the real thing.
 //!
 //! - **fake**: `racegate_replay::transport::fake`, on a paused clock (virtual time);
-//! - **ws**: `racegate_net::WsSocket` behind a loopback listener, in real time;
-//! - **uvicorn**: the reference app (`conformance/app.py`, real Starlette under uvicorn).
+//! - **ws**: `racegate_net::WsSocket`, served by `racegate_net::serve_with` on loopback (the
+//!   listener, upgrade and shutdown code of `racegate serve`), in real time;
+//! - **uvicorn**: the reference app (`conformance/app.py`, real Starlette under uvicorn); a
+//!   process of its own, stopped by SIGTERM, for each server-shutdown case.
+//!
+//! A shutdown case (`Case::shuts_down`) has no fake arm: the fake has no server to shut down.
 //!
 //! Each arm yields one [`Outcome`]: each app step's result (`ok`, `ok <value>`, or the exception
 //! Starlette raises, as `<class>: <text>` or `WebSocketDisconnect(<code>)`) and what the client
