@@ -21,7 +21,9 @@ Every step's outcome is recorded as `ok` or `ok <value>`, or as the exception it
 `WebSocketDisconnect(<code>)`, or `<class name>` followed by `: <str(exc)>` when that is not
 empty. A step that raises does not end the script (so a test sees what the next call does);
 only `raise` does. `GET /results/<id>` returns the outcomes as JSON once the script is done
-(waiting up to `?wait=` seconds, 504 after that). `GET /health` answers once the app is up;
+(waiting up to `?wait=` seconds, 504 after that). A server that is shutting down answers no
+more requests, so with `$CONFORMANCE_RESULTS` set to a directory each finished script is also
+written there as `<id>.json` (the shutdown cases read it once uvicorn has exited). `GET /health` answers once the app is up;
 `GET /versions` names Starlette, uvicorn, websockets and uvicorn's default WebSocket protocol.
 
 Run it only on loopback: `python -m uvicorn conformance.app:app --host 127.0.0.1 --port N`.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -130,6 +133,17 @@ async def run_script(ws: WebSocket) -> None:
             record.steps.append(f"{label}: {out}")
     finally:
         record.done.set()
+        save(ws.query_params.get("case", ""), record)
+
+
+def save(case_id: str, record: Case) -> None:
+    folder = os.environ.get("CONFORMANCE_RESULTS")
+    if not folder or not case_id.replace("-", "").isalnum():
+        return
+    path = os.path.join(folder, f"{case_id}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as out:
+        json.dump({"done": True, "steps": record.steps}, out)
+    os.replace(path + ".tmp", path)
 
 
 async def results(request: Request) -> JSONResponse:

@@ -1,4 +1,5 @@
-//! `racegate serve`: one endpoint behind real WebSockets until SIGINT or SIGTERM.
+//! `racegate serve`: one endpoint behind real WebSockets until SIGINT or SIGTERM, then uvicorn's
+//! shutdown (docs/conformance.md): close 1012 at once, HTTP 500 before accept.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,8 +109,10 @@ pub(crate) struct ServeArgs {
     addr: SocketAddr,
     #[command(flatten)]
     server: ServerFlags,
-    /// On shutdown, how long in-flight messages get before every connection closes with 1001.
-    #[arg(long, default_value_t = 1000)]
+    /// On shutdown, how long accepted connections get to finish in-flight messages before they
+    /// close with 1012, ms. 0 (the default) is uvicorn's shutdown: 1012 at once. A grace is
+    /// racegate's own, not uvicorn's.
+    #[arg(long, default_value_t = 0)]
     grace_ms: u64,
 }
 
@@ -136,10 +139,16 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
         let report = server
             .run(async move {
                 let name = signal.await;
-                eprintln!(
-                    "racegate: {name}: shutting down with {} connections open; in-flight messages get {grace} ms, then every connection closes with 1001",
-                    counters.open()
-                );
+                let open = counters.open();
+                if grace == 0 {
+                    eprintln!(
+                        "racegate: {name}: shutting down with {open} connections open: accepted ones close with 1012, the others get HTTP 500"
+                    );
+                } else {
+                    eprintln!(
+                        "racegate: {name}: shutting down with {open} connections open: not yet accepted ones get HTTP 500; in-flight messages get {grace} ms, then accepted ones close with 1012"
+                    );
+                }
             })
             .await;
         eprintln!(

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 pub use client::{WsClient, WsConnector};
 pub use load::{LoadOptions, LoadReport};
 pub use replay::{replay_ws, replay_ws_all};
-pub use server::{ServeOptions, Server, ShutdownReport};
+pub use server::{ServeOptions, Server, ShutdownReport, serve_with};
 pub use socket::{Counters, Limits, WsSocket};
 
 /// What can stop a server, a replay or a load run from happening at all.

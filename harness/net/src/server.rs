@@ -7,6 +7,13 @@
 //! the virtual-time runner uses. Phase delays come from the [`Backend`], whose `pause` is a tokio
 //! sleep: real time here.
 //!
+//! Shutdown is uvicorn's (`Server.shutdown`, then each connection's `shutdown()`): the listener
+//! closes; a connection that has not sent its whole upgrade request is closed without a
+//! response; one whose application has not accepted gets HTTP 500; an accepted one is closed
+//! with 1012 at once, its application receiving disconnect 1012. An opt-in grace period
+//! ([`ServeOptions::grace`], racegate's, not uvicorn's) can let accepted connections finish
+//! in-flight work first.
+//!
 //! A server keeps one [`Backend`] per busy period: when the last connection ends, or after
 //! [`EPOCH_CONNECTIONS`] connections, the next one starts a fresh backend (trace, manager,
 //! router). The backend records a trace nobody reads in serve mode, so this is what bounds a
@@ -46,19 +53,22 @@ pub struct ServeOptions {
     pub failures: IndexMap<String, Phase>,
     /// Per-connection bounds.
     pub limits: Limits,
-    /// On shutdown, how long in-flight work gets before every connection closes with 1001.
+    /// On shutdown, how long accepted connections get to finish in-flight work (reading no new
+    /// client frames) before they close with 1012. Zero, the default, is uvicorn's behaviour:
+    /// 1012 at once. The grace is racegate's own addition, off unless asked for.
     pub grace: Duration,
 }
 
 impl ServeOptions {
-    /// `endpoint` with all-zero phases, no failures, default limits and a one-second grace.
+    /// `endpoint` with all-zero phases, no failures, default limits and no grace (uvicorn's
+    /// shutdown).
     pub fn new(endpoint: EndpointKind) -> Self {
         ServeOptions {
             endpoint,
             server: ServerConfig::default(),
             failures: IndexMap::new(),
             limits: Limits::default(),
-            grace: Duration::from_secs(1),
+            grace: Duration::ZERO,
         }
     }
 }
@@ -172,16 +182,11 @@ impl Server {
         self.counters.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, stops reading new client frames,
-    /// gives in-flight work the grace period, closes every connection with 1001 and waits (within
+    /// Serves until `shutdown` completes, then shuts down as uvicorn does: stops accepting, drops
+    /// connections still sending their upgrade request, answers HTTP 500 to those not accepted,
+    /// closes accepted ones with 1012 (after the grace, if one is set) and waits (within twice
     /// the close timeout) for them to go.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> ShutdownReport {
-        let (lifecycle_tx, lifecycle) = watch::channel(Lifecycle::Serving);
-        let ctx = SocketCtx {
-            limits: self.opts.limits,
-            lifecycle,
-            counters: self.counters.clone(),
-        };
         let epochs = Arc::new(Epochs {
             server: self.opts.server,
             failures: self.opts.failures.clone(),
@@ -189,36 +194,108 @@ impl Server {
         });
         let endpoint = self.opts.endpoint;
         let accept_delay = Duration::from_millis(self.opts.server.accept_ms);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let ctx = ctx.clone();
-                        let epochs = epochs.clone();
-                        tokio::spawn(async move {
-                            serve_stream(stream, ctx, endpoint, accept_delay, || epochs.enter()).await;
-                        });
-                    }
-                    // Out of descriptors or a reset before accept: keep serving the others.
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
+        let serve = move |stream, ctx| {
+            let epochs = epochs.clone();
+            async move {
+                serve_stream(stream, ctx, endpoint, accept_delay, || epochs.enter()).await;
             }
+        };
+        run_loop(
+            self.listener,
+            self.opts.limits,
+            self.opts.grace,
+            self.counters,
+            shutdown,
+            serve,
+        )
+        .await
+    }
+}
+
+/// Serves every upgrade on `listener` to `app`, a [`WsSocket`] still waiting for its `101`,
+/// and shuts down as [`Server::run`] does (with no grace): for a caller with its own application
+/// code, such as the conformance suite's scripts. No token is needed and no endpoint runs.
+pub async fn serve_with<A, F>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    app: A,
+) -> ShutdownReport
+where
+    A: Fn(Arc<WsSocket>) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let app = Arc::new(app);
+    let serve = move |mut stream: TcpStream, ctx: SocketCtx| {
+        let app = app.clone();
+        async move {
+            let guard = OpenGuard::new(ctx.counters.clone());
+            ctx.counters.count_accepted();
+            let Some(upgrade) = read_upgrade(&mut stream, &ctx).await else {
+                return;
+            };
+            let socket = WsSocket::new(stream, upgrade, Duration::ZERO, ctx, guard);
+            app(Arc::new(socket)).await;
         }
-        drop(self.listener);
-        let open_at_signal = self.counters.open();
+    };
+    run_loop(
+        listener,
+        limits,
+        Duration::ZERO,
+        Arc::default(),
+        shutdown,
+        serve,
+    )
+    .await
+}
+
+/// Accepts until `shutdown`, each connection served by `serve` on its own task; then the
+/// shutdown sequence.
+async fn run_loop<S, F>(
+    listener: TcpListener,
+    limits: Limits,
+    grace: Duration,
+    counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()>,
+    serve: S,
+) -> ShutdownReport
+where
+    S: Fn(TcpStream, SocketCtx) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (lifecycle_tx, lifecycle) = watch::channel(Lifecycle::Serving);
+    let ctx = SocketCtx {
+        limits,
+        lifecycle,
+        counters: counters.clone(),
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(stream, ctx.clone()));
+                }
+                // Out of descriptors or a reset before accept: keep serving the others.
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open_at_signal = counters.open();
+    if !grace.is_zero() {
         let _ = lifecycle_tx.send(Lifecycle::Draining);
-        wait_until_closed(&self.counters, self.opts.grace).await;
-        let _ = lifecycle_tx.send(Lifecycle::GoingAway);
-        wait_until_closed(&self.counters, self.opts.limits.close_timeout * 2).await;
-        ShutdownReport {
-            open_at_signal,
-            open_at_exit: self.counters.open(),
-        }
+        wait_until_closed(&counters, grace).await;
+    }
+    let _ = lifecycle_tx.send(Lifecycle::ShuttingDown);
+    wait_until_closed(&counters, limits.close_timeout * 2).await;
+    ShutdownReport {
+        open_at_signal,
+        open_at_exit: counters.open(),
     }
 }
 
@@ -257,28 +334,11 @@ pub(crate) async fn serve_stream<L: BackendLease>(
 ) {
     let guard = OpenGuard::new(ctx.counters.clone());
     ctx.counters.count_accepted();
-    let _ = stream.set_nodelay(true);
-    let limits = ctx.limits;
-    let upgrade =
-        match handshake::read_upgrade(&mut stream, limits.max_head_bytes, limits.handshake_timeout)
-            .await
-        {
-            Ok(upgrade) => upgrade,
-            Err(e) => {
-                ctx.counters.count_refused();
-                if let Some((status, reason)) = e.status() {
-                    handshake::write_refusal(&mut stream, status, reason, &e.to_string()).await;
-                }
-                return;
-            }
-        };
-    if *ctx.lifecycle.borrow() != Lifecycle::Serving {
-        ctx.counters.count_refused();
-        handshake::write_refusal(&mut stream, 503, "Service Unavailable", "shutting down").await;
+    let Some(upgrade) = read_upgrade(&mut stream, &ctx).await else {
         return;
-    }
+    };
     let Some(user) = upgrade.token.clone() else {
-        close_without_token(stream, upgrade, &limits).await;
+        close_without_token(stream, upgrade, &ctx.limits).await;
         return;
     };
     let session = SessionGuard::new(ctx.counters.clone());
@@ -287,6 +347,48 @@ pub(crate) async fn serve_stream<L: BackendLease>(
     endpoint.serve(lease.backend(), socket, user).await;
     drop(lease);
     drop(session);
+}
+
+/// Reads the upgrade request; answers and ends what is not one. A shutdown while the request is
+/// still coming drops the connection without a response: uvicorn's HTTP protocol closes a
+/// connection with no request in flight (h11 `shutdown()`), and it is not a WebSocket yet.
+async fn read_upgrade(stream: &mut TcpStream, ctx: &SocketCtx) -> Option<Upgrade> {
+    let _ = stream.set_nodelay(true);
+    let limits = ctx.limits;
+    let mut lifecycle = ctx.lifecycle.clone();
+    let stopping = async {
+        lifecycle
+            .wait_for(|l| *l != Lifecycle::Serving)
+            .await
+            .is_ok()
+    };
+    let read = handshake::read_upgrade(stream, limits.max_head_bytes, limits.handshake_timeout);
+    let upgrade = tokio::select! {
+        read = read => read,
+        true = stopping => {
+            ctx.counters.count_refused();
+            return None;
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            ctx.counters.count_refused();
+            if let Some((status, reason)) = e.status() {
+                handshake::write_refusal(stream, status, reason, &e.to_string()).await;
+            }
+            return None;
+        }
+    };
+    if *ctx.lifecycle.borrow() != Lifecycle::Serving {
+        // Complete at the very moment the shutdown began: uvicorn would have handed it to its
+        // WebSocket protocol, whose shutdown answers 500 before accept.
+        ctx.counters.count_refused();
+        let why = "Internal Server Error";
+        handshake::write_refusal(stream, 500, why, why).await;
+        return None;
+    }
+    Some(upgrade)
 }
 
 /// No token: the upgrade completes and closes at once with 1008; no endpoint runs.

@@ -12,6 +12,11 @@
 //! close code (1007 invalid UTF-8, 1009 too big, 1002 anything else), and the endpoint sees that
 //! as the client going away. Every wait is bounded: a client that stops reading is dropped once
 //! its outbound queue fills or a flush outlasts the write timeout.
+//!
+//! Server shutdown is uvicorn's (websockets-sansio, `shutdown()`): an accepted connection is
+//! closed with 1012 at once, its application's receive getting disconnect 1012 after whatever it
+//! had already read; one not yet accepted is answered HTTP 500 at once, and its application's
+//! `accept()` then raises `ClientDisconnected`, as when a client leaves (docs/conformance.md).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -81,10 +86,13 @@ impl Limits {
 pub enum Lifecycle {
     /// Normal operation.
     Serving,
-    /// Shutting down: no new upgrades, no new client frames read; in-flight work finishes.
+    /// racegate's opt-in grace period (`ServeOptions::grace`), not uvicorn's: connections not
+    /// yet accepted are already answered HTTP 500; accepted ones read no new client frames and
+    /// their in-flight work goes on.
     Draining,
-    /// Every connection closes with 1001.
-    GoingAway,
+    /// uvicorn's shutdown: every accepted connection closes with 1012 at once (its application
+    /// receives disconnect 1012); every one not yet accepted is answered HTTP 500.
+    ShuttingDown,
 }
 
 /// Live counts, shared by a server and its sockets. Tests read them to prove nothing leaks.
@@ -181,15 +189,21 @@ struct State {
     server_closed: Option<u16>,
     inbound: VecDeque<Inbound>,
     queued_out: usize,
+    /// The server's shutdown answered the upgrade with HTTP 500 before the app accepted.
+    shut_out: bool,
 }
 
 /// The part the actor shares with the endpoint's handle.
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// The TCP connection until `accept()` (or a refusal) takes it.
+    pending: Mutex<Option<Pending>>,
     inbound_ready: Notify,
     space: Notify,
     kill: Notify,
+    /// The connection was taken from `pending`: the shutdown watcher has nothing left to do.
+    settled: Notify,
 }
 
 impl Shared {
@@ -197,6 +211,38 @@ impl Shared {
         match self.state.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn lock_pending(&self) -> MutexGuard<'_, Option<Pending>> {
+        match self.pending.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn take_pending(&self) -> Option<Pending> {
+        let taken = self.lock_pending().take();
+        if taken.is_some() {
+            self.settled.notify_one();
+        }
+        taken
+    }
+
+    /// The server is shutting down and the application has not accepted: uvicorn answers HTTP
+    /// 500 and closes the connection at once (its `send_500_response`). `shut_out` is set under
+    /// the `pending` lock, so an `accept()` that finds the connection gone also finds why.
+    async fn shut_out(&self) {
+        let taken = {
+            let mut pending = self.lock_pending();
+            let taken = pending.take();
+            if taken.is_some() {
+                self.lock().shut_out = true;
+            }
+            taken
+        };
+        if let Some(mut pending) = taken {
+            refuse_500(&mut pending.stream).await;
         }
     }
 
@@ -234,7 +280,6 @@ struct Pending {
 #[derive(Debug)]
 pub struct WsSocket {
     shared: Arc<Shared>,
-    pending: Mutex<Option<Pending>>,
     out: OnceLock<mpsc::UnboundedSender<Out>>,
     accept_delay: Duration,
     ctx: SocketCtx,
@@ -253,20 +298,16 @@ impl WsSocket {
         ctx: SocketCtx,
         guard: OpenGuard,
     ) -> Self {
-        WsSocket {
-            shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    // Starlette reads the client's `websocket.connect` inside `accept()`.
-                    client: WsState::Connecting,
-                    application: WsState::Connecting,
-                    peer_closed: false,
-                    server_closed: None,
-                    inbound: VecDeque::new(),
-                    queued_out: 0,
-                }),
-                inbound_ready: Notify::new(),
-                space: Notify::new(),
-                kill: Notify::new(),
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                // Starlette reads the client's `websocket.connect` inside `accept()`.
+                client: WsState::Connecting,
+                application: WsState::Connecting,
+                peer_closed: false,
+                server_closed: None,
+                inbound: VecDeque::new(),
+                queued_out: 0,
+                shut_out: false,
             }),
             pending: Mutex::new(Some(Pending {
                 stream,
@@ -277,6 +318,14 @@ impl WsSocket {
                 leftover: Vec::new(),
                 guard,
             })),
+            inbound_ready: Notify::new(),
+            space: Notify::new(),
+            kill: Notify::new(),
+            settled: Notify::new(),
+        });
+        watch_shutdown(shared.clone(), ctx.lifecycle.clone());
+        WsSocket {
+            shared,
             out: OnceLock::new(),
             accept_delay,
             ctx,
@@ -284,10 +333,7 @@ impl WsSocket {
     }
 
     fn take_pending(&self) -> Option<Pending> {
-        match self.pending.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        }
+        self.shared.take_pending()
     }
 
     fn check_connecting(&self) -> Result<(), TransportError> {
@@ -296,10 +342,6 @@ impl WsSocket {
             WsState::Connected => Err(TransportError::expected_send("websocket.accept")),
             WsState::Disconnected => Err(TransportError::send_after_close()),
         }
-    }
-
-    fn set_application(&self, to: WsState) {
-        self.shared.lock().application = to;
     }
 
     /// `accept()` found the client gone. Starlette took its `websocket.connect` and set
@@ -349,6 +391,34 @@ impl WsSocket {
     }
 }
 
+/// Until the connection is accepted (or refused, or dropped): the shutdown's HTTP 500 comes at
+/// once, not when the application next calls `accept()`. Without a runtime (or with a lifecycle
+/// whose server is gone) there is no shutdown to wait for.
+fn watch_shutdown(shared: Arc<Shared>, mut lifecycle: watch::Receiver<Lifecycle>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let stopping = async {
+            lifecycle
+                .wait_for(|l| *l != Lifecycle::Serving)
+                .await
+                .is_ok()
+        };
+        tokio::select! {
+            true = stopping => shared.shut_out().await,
+            () = shared.settled.notified() => {}
+        }
+    });
+}
+
+/// uvicorn's answer to an upgrade its application did not accept (an exception, a return, a
+/// server shutdown): HTTP 500 with its reason as the body.
+async fn refuse_500(stream: &mut TcpStream) {
+    let why = "Internal Server Error";
+    handshake::write_refusal(stream, 500, why, why).await;
+}
+
 /// True when the client closed or reset while waiting for its `101`. Frames it sent after its
 /// request (in later reads) are kept for the WebSocket.
 fn client_gone(pending: &mut Pending) -> bool {
@@ -372,10 +442,7 @@ impl Drop for WsSocket {
         if let Some(mut pending) = self.take_pending()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                let why = "Internal Server Error";
-                handshake::write_refusal(&mut pending.stream, 500, why, why).await;
-            });
+            runtime.spawn(async move { refuse_500(&mut pending.stream).await });
         }
     }
 }
@@ -394,6 +461,10 @@ impl ServerSocket for WsSocket {
         }
         self.check_connecting()?;
         let Some(mut pending) = self.take_pending() else {
+            if self.shared.lock().shut_out {
+                // The shutdown answered 500: to the application the client is gone.
+                return Err(self.client_left_before_accept());
+            }
             // Another task's accept is writing the handshake.
             return Err(TransportError::expected_send("websocket.accept"));
         };
@@ -401,9 +472,10 @@ impl ServerSocket for WsSocket {
             return Err(self.client_left_before_accept());
         }
         if *self.ctx.lifecycle.borrow() != Lifecycle::Serving {
-            self.set_application(WsState::Disconnected);
-            refuse_pending(pending, 503, "Service Unavailable").await;
-            return Err(TransportError::disconnected(1001));
+            // The shutdown began and its watcher has not got here yet: answer as it would.
+            self.shared.lock().shut_out = true;
+            refuse_500(&mut pending.stream).await;
+            return Err(self.client_left_before_accept());
         }
         if handshake::write_accept(&mut pending.stream, &pending.key)
             .await
@@ -547,6 +619,9 @@ impl ServerSocket for WsSocket {
                         return Err(TransportError::client_disconnected());
                     }
                     tokio::spawn(refuse_pending(pending, 403, "Forbidden"));
+                } else if self.shared.lock().shut_out {
+                    // The shutdown already answered 500 and closed the connection.
+                    return Err(TransportError::client_disconnected());
                 }
                 Ok(())
             }
@@ -582,6 +657,8 @@ enum End {
     Close(u16, &'static str),
     /// Protocol failure: close with this code and reason.
     Fail(u16, String),
+    /// The server is shutting down: close with 1012 and drop the connection at once.
+    Shutdown,
 }
 
 /// Owns the WebSocket after accept.
@@ -598,6 +675,7 @@ impl Actor {
         let end = self.main().await;
         match end {
             End::Gone => {}
+            End::Shutdown => self.shut_down().await,
             End::Close(code, reason) => self.close_handshake(code, reason.to_string()).await,
             End::Fail(code, reason) => {
                 self.ctx
@@ -615,15 +693,11 @@ impl Actor {
         let mut watching = true;
         let mut draining = *lifecycle.borrow_and_update() != Lifecycle::Serving;
         loop {
-            if *lifecycle.borrow() == Lifecycle::GoingAway {
-                self.shared.peer_gone(1001);
-                // What the endpoint queued before the end still goes out ahead of the close.
-                if let Ok(Out::Msg(msg)) = self.out.try_recv()
-                    && let Some(end) = self.write_batch(msg).await
-                {
-                    return end;
-                }
-                return End::Close(1001, "server shutting down");
+            if *lifecycle.borrow() == Lifecycle::ShuttingDown {
+                // After what it has already read, the application receives 1012; its sends
+                // from now on raise WebSocketDisconnect(1006), as uvicorn's do.
+                self.shared.peer_gone(1012);
+                return End::Shutdown;
             }
             let has_space = self.shared.lock().inbound.len() < self.ctx.limits.inbound_frames;
             let reading = has_space && !draining;
@@ -780,6 +854,36 @@ impl Actor {
             while let Some(Ok(_)) = self.ws.next().await {}
         };
         let _ = tokio::time::timeout(self.ctx.limits.close_timeout, drain).await;
+    }
+
+    /// uvicorn's `shutdown()` for an accepted connection: what the application sent before it
+    /// (uvicorn writes each send at once) goes out, then the close frame with 1012, unless the
+    /// application's own close was already on its way; then the TCP connection is closed without
+    /// waiting for the client's reply.
+    async fn shut_down(&mut self) {
+        let closing = async {
+            let mut code = 1012;
+            loop {
+                match self.out.try_recv() {
+                    Ok(Out::Msg(msg)) => {
+                        if self.ws.feed(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Out::Close(app_code)) => {
+                        code = app_code;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            };
+            let _ = self.ws.close(Some(frame)).await;
+        };
+        let _ = tokio::time::timeout(self.ctx.limits.close_timeout, closing).await;
     }
 
     /// We close: flush what is queued, send the close frame, wait for the reply or the timeout.

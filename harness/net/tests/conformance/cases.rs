@@ -14,6 +14,9 @@
 pub const LEAD_MS: u64 = 50;
 /// How long the side that acts second waits: LEAD_MS plus a margin for a loaded machine.
 pub const MARGIN_MS: u64 = 400;
+/// How long an app waits for a shutdown signalled at LEAD_MS to have happened: MARGIN_MS plus
+/// uvicorn's reaction time (its main loop looks at the exit flag a signal sets every 100 ms).
+pub const SHUTDOWN_MS: u64 = MARGIN_MS + 100;
 
 /// One step of the server-side script. The names are the reference app's (`conformance/app.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,11 @@ pub enum ClientOp {
     Drop,
     /// Wait this long.
     Wait(u64),
+    /// Open the TCP connection and send nothing (no upgrade request yet); go on at once.
+    Open,
+    /// Not the client's act: the server is told to shut down now (uvicorn gets SIGTERM, the ws
+    /// arm's server its shutdown future). The fake has no server, so no fake arm runs the case.
+    Shutdown,
 }
 
 /// One conformance case.
@@ -102,6 +110,13 @@ pub struct Case {
     pub app: &'static [AppStep],
     /// The client side.
     pub client: &'static [ClientOp],
+}
+
+impl Case {
+    /// True for a server-shutdown case: it runs on the two real arms only.
+    pub fn shuts_down(&self) -> bool {
+        self.client.contains(&ClientOp::Shutdown)
+    }
 }
 
 use AppStep as A;
@@ -342,5 +357,74 @@ pub const CASES: &[Case] = &[
         checks: "a 70 000-byte chat (over racegate's 64 KiB, under uvicorn's 16 MiB)",
         app: &[A::Accept, A::Receive, A::Close(1000)],
         client: &[C::Connect, C::SendBig(70_000)],
+    },
+    // Server shutdown (uvicorn: `Server.shutdown` calls each connection's `shutdown()`; see
+    // docs/conformance.md). The shutdown is signalled at LEAD_MS; the app acts after SHUTDOWN_MS.
+    Case {
+        name: "shutdown-before-accept",
+        checks: "shutdown while the app waits before accept: HTTP 500 at once; accept then raises ClientDisconnected",
+        app: &[
+            A::Sleep(SHUTDOWN_MS),
+            A::Accept,
+            A::Receive,
+            A::Send("late"),
+            A::ClientState,
+            A::AppState,
+            A::Close(1000),
+        ],
+        client: &[C::Start, C::Wait(LEAD_MS), C::Shutdown],
+    },
+    Case {
+        name: "shutdown-while-receiving",
+        checks: "shutdown while the app waits in receive: it gets disconnect 1012, the client close 1012",
+        app: &[
+            A::Accept,
+            A::Receive,
+            A::Receive,
+            A::Sleep(LEAD_MS),
+            A::Close(1000),
+            A::AppState,
+            A::Send("late"),
+        ],
+        client: &[C::Connect, C::Wait(LEAD_MS), C::Shutdown],
+    },
+    Case {
+        name: "shutdown-while-sending",
+        checks: "shutdown while the app sends on a timer: the next send raises WebSocketDisconnect(1006); the app never sees 1012",
+        app: &[
+            A::Accept,
+            A::Send("tick 1"),
+            A::Sleep(SHUTDOWN_MS),
+            A::Send("tick 2"),
+            A::Send("tick 3"),
+            A::Receive,
+            A::AppState,
+        ],
+        client: &[C::Connect, C::Wait(LEAD_MS), C::Shutdown],
+    },
+    Case {
+        name: "shutdown-with-chats-queued",
+        checks: "chats read before a shutdown still reach the app, then disconnect 1012; its replies cannot go out",
+        app: &[
+            A::Accept,
+            A::Sleep(SHUTDOWN_MS),
+            A::Receive,
+            A::Receive,
+            A::Receive,
+            A::Send("late"),
+        ],
+        client: &[
+            C::Connect,
+            C::Send("a"),
+            C::Send("b"),
+            C::Wait(LEAD_MS),
+            C::Shutdown,
+        ],
+    },
+    Case {
+        name: "shutdown-before-upgrade-request",
+        checks: "shutdown while a connection has sent no upgrade request: closed without a response; no app runs",
+        app: &[A::Accept],
+        client: &[C::Open, C::Wait(LEAD_MS), C::Shutdown],
     },
 ];

@@ -100,16 +100,29 @@ impl RawClient {
         target: &str,
         pipelined: &[&str],
     ) -> std::io::Result<RawClient> {
+        let mut bytes = request(addr, target);
+        for (n, text) in pipelined.iter().enumerate() {
+            bytes.extend(masked(0x1, chat(n, text).as_bytes()));
+        }
+        let mut client = RawClient::connect(addr, &bytes).await?;
+        client.sent = pipelined.len();
+        Ok(client)
+    }
+
+    /// Connects to `addr` and sends nothing: a connection that has not made its request yet.
+    pub async fn open(addr: SocketAddr) -> std::io::Result<RawClient> {
+        RawClient::connect(addr, &[]).await
+    }
+
+    async fn connect(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<RawClient> {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
             .await
             .map_err(|_| std::io::Error::other("connect timed out"))??;
         stream.set_nodelay(true)?;
         let (read, mut write) = stream.into_split();
-        let mut bytes = request(addr, target);
-        for (n, text) in pipelined.iter().enumerate() {
-            bytes.extend(masked(0x1, chat(n, text).as_bytes()));
+        if !bytes.is_empty() {
+            write.write_all(bytes).await?;
         }
-        write.write_all(&bytes).await?;
         let shared = Arc::new(Shared {
             seen: Mutex::new(Vec::new()),
             done: AtomicBool::new(false),
@@ -122,7 +135,7 @@ impl RawClient {
             shared,
             responded,
             reader,
-            sent: pipelined.len(),
+            sent: 0,
         })
     }
 
@@ -141,7 +154,12 @@ impl RawClient {
     /// Does one client step (not the connecting ones).
     pub async fn step(&mut self, op: ClientOp) {
         match op {
-            ClientOp::Connect | ClientOp::Start | ClientOp::Pipelined(_) => {}
+            // Connecting and the server's shutdown are the driver's.
+            ClientOp::Connect
+            | ClientOp::Start
+            | ClientOp::Pipelined(_)
+            | ClientOp::Open
+            | ClientOp::Shutdown => {}
             ClientOp::Send(text) => {
                 self.sent += 1;
                 self.write(&masked(0x1, chat(self.sent, text).as_bytes()))

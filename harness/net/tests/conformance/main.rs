@@ -2,8 +2,12 @@
 //! two models must agree with the real thing.
 //!
 //! - **fake**: `racegate_replay::transport::fake`, on a paused clock (virtual time);
-//! - **ws**: `racegate_net::WsSocket` behind a loopback listener, in real time;
-//! - **uvicorn**: the reference app (`conformance/app.py`, real Starlette under uvicorn).
+//! - **ws**: `racegate_net::WsSocket`, served by `racegate_net::serve_with` on loopback (the
+//!   listener, upgrade and shutdown code of `racegate serve`), in real time;
+//! - **uvicorn**: the reference app (`conformance/app.py`, real Starlette under uvicorn); a
+//!   process of its own, stopped by SIGTERM, for each server-shutdown case.
+//!
+//! A shutdown case (`Case::shuts_down`) has no fake arm: the fake has no server to shut down.
 //!
 //! Each arm yields one [`Outcome`]: each app step's result (`ok`, `ok <value>`, or the exception
 //! Starlette raises, as `<class>: <text>` or `WebSocketDisconnect(<code>)`) and what the client
@@ -17,14 +21,16 @@ mod uvicorn;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use racegate_net::{Limits, WsSocket};
+use racegate_net::{Limits, WsSocket, serve_with};
 use racegate_replay::trace::Frame;
 use racegate_replay::transport::fake::{self, ClientEvent, FakeClient, FakeSocket, WsState};
 use racegate_replay::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use cases::{AppStep, CASES, Case, ClientOp};
 use client::RawClient;
@@ -268,6 +274,8 @@ fn run_fake(case: &Case) -> Outcome {
                     }
                 }
                 ClientOp::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                // Shutdown cases never reach the fake (`Case::shuts_down`): it has no server.
+                ClientOp::Open | ClientOp::Shutdown => {}
             }
         }
         let steps = match app {
@@ -306,23 +314,36 @@ fn run_fake(case: &Case) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // The real arms: one raw client, against WsSocket or the reference app.
 
-async fn drive_client(addr: SocketAddr, target: &str, case: &Case) -> Vec<String> {
+/// What tells the server under test to shut down (a case's `ClientOp::Shutdown`).
+type Stop<'a> = Option<&'a (dyn Fn() + Sync)>;
+
+async fn drive_client(addr: SocketAddr, target: &str, case: &Case, stop: Stop<'_>) -> Vec<String> {
     let mut client: Option<RawClient> = None;
     for op in case.client {
         match *op {
-            ClientOp::Connect | ClientOp::Start | ClientOp::Pipelined(_) => {
+            ClientOp::Connect | ClientOp::Start | ClientOp::Pipelined(_) | ClientOp::Open => {
                 let pipelined = match *op {
                     ClientOp::Pipelined(texts) => texts,
                     _ => &[],
                 };
-                let mut c = match RawClient::start(addr, target, pipelined).await {
+                let started = if *op == ClientOp::Open {
+                    RawClient::open(addr).await
+                } else {
+                    RawClient::start(addr, target, pipelined).await
+                };
+                let mut c = match started {
                     Ok(c) => c,
                     Err(e) => return vec![format!("could not connect: {e}")],
                 };
-                if *op != ClientOp::Start {
+                if matches!(*op, ClientOp::Connect | ClientOp::Pipelined(_)) {
                     c.wait_response().await;
                 }
                 client = Some(c);
+            }
+            ClientOp::Shutdown => {
+                if let Some(stop) = stop {
+                    stop();
+                }
             }
             other => {
                 if let Some(c) = client.as_mut() {
@@ -339,6 +360,11 @@ async fn drive_client(addr: SocketAddr, target: &str, case: &Case) -> Vec<String
     }
 }
 
+/// What an arm records when no application ever got the connection.
+const NO_APP: &str = "no results: the app never ran";
+
+/// The ws arm: the case's app script served by `racegate_net::serve_with` (the listener,
+/// upgrade and shutdown code of `racegate serve`, with the script in place of an endpoint).
 async fn run_ws(case: &Case) -> Outcome {
     let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
         Ok(l) => l,
@@ -346,22 +372,53 @@ async fn run_ws(case: &Case) -> Outcome {
     };
     let addr = listener.local_addr().unwrap();
     let script = case.app;
-    let server = tokio::spawn(async move {
-        let Ok(Ok((stream, _))) = tokio::time::timeout(client::WAIT, listener.accept()).await
-        else {
-            return vec!["no connection arrived".to_string()];
-        };
-        match WsSocket::from_upgrade(stream, Limits::default()).await {
-            Ok(socket) => run_app(Arc::new(socket), script).await,
-            Err(e) => vec![format!("upgrade failed: {e}")],
+    let (steps_tx, steps_rx) = oneshot::channel::<Vec<String>>();
+    let steps_tx = Mutex::new(Some(steps_tx));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve_with(
+        listener,
+        Limits::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |socket| {
+            // One connection per case: the first is the case's.
+            let tx = steps_tx.lock().ok().and_then(|mut tx| tx.take());
+            async move {
+                let steps = run_app(socket, script).await;
+                if let Some(tx) = tx {
+                    let _ = tx.send(steps);
+                }
+            }
+        },
+    ));
+    let stop_tx = Mutex::new(Some(stop_tx));
+    let stop = || {
+        if let Some(tx) = stop_tx.lock().ok().and_then(|mut tx| tx.take()) {
+            let _ = tx.send(());
         }
-    });
-    let client = drive_client(addr, &format!("/ws?case={}", case.name), case).await;
-    let app = match tokio::time::timeout(client::WAIT * 3, server).await {
-        Ok(Ok(steps)) => steps,
-        Ok(Err(e)) => vec![format!("app task failed: {e}")],
-        Err(_) => vec!["app script did not finish".into()],
     };
+    let client = drive_client(addr, &format!("/ws?case={}", case.name), case, Some(&stop)).await;
+    let app = if case.shuts_down() {
+        // The script may outlive the server (as under uvicorn, which waits for it).
+        match tokio::time::timeout(client::WAIT * 3, steps_rx).await {
+            Ok(Ok(steps)) => steps,
+            Ok(Err(_)) => vec![NO_APP.into()],
+            Err(_) => vec!["app script did not finish".into()],
+        }
+    } else {
+        // Any other case stops the server only once its script is done.
+        let steps = tokio::time::timeout(client::WAIT * 3, steps_rx).await;
+        stop();
+        match steps {
+            Ok(Ok(steps)) => steps,
+            Ok(Err(_)) => vec![NO_APP.into()],
+            Err(_) => vec!["app script did not finish".into()],
+        }
+    };
+    if tokio::time::timeout(client::WAIT, server).await.is_err() {
+        return failed("the server did not stop".into());
+    }
     Outcome { app, client }
 }
 
@@ -384,7 +441,8 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-async fn run_uvicorn(case: &Case, server: &Uvicorn, run: &str) -> Outcome {
+/// The reference app's target for `case`, under the run's unique id.
+fn uvicorn_target(case: &Case, id: &str) -> String {
     let script = format!(
         "[{}]",
         case.app
@@ -393,24 +451,66 @@ async fn run_uvicorn(case: &Case, server: &Uvicorn, run: &str) -> Outcome {
             .collect::<Vec<_>>()
             .join(",")
     );
+    format!("/ws?case={id}&script={}", percent_encode(&script))
+}
+
+/// The steps of a `/results` answer (or a results file).
+fn steps_of(body: &str) -> Vec<String> {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => v["steps"]
+            .as_array()
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| s.as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(e) => vec![format!("results not JSON: {e}: {body}")],
+    }
+}
+
+async fn run_uvicorn(case: &Case, server: &Uvicorn, run: &str) -> Outcome {
     let id = format!("{run}-{}", case.name);
-    let target = format!("/ws?case={id}&script={}", percent_encode(&script));
-    let client = drive_client(server.addr, &target, case).await;
+    let client = drive_client(server.addr, &uvicorn_target(case, &id), case, None).await;
     let app = match server.get(&format!("/results/{id}?wait=20")).await {
-        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(v) => v["steps"]
-                .as_array()
-                .map(|steps| {
-                    steps
-                        .iter()
-                        .map(|s| s.as_str().unwrap_or("?").to_string())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Err(e) => vec![format!("results not JSON: {e}: {body}")],
-        },
+        Ok((200, body)) => steps_of(&body),
         Ok((status, body)) => vec![format!("results: HTTP {status}: {body}")],
         Err(e) => vec![format!("results: {e}")],
+    };
+    Outcome { app, client }
+}
+
+/// A shutdown case: a reference app of its own, told to stop by SIGTERM at the case's
+/// `Shutdown`; the script's results come from the file it writes (the server answers nothing
+/// once it is shutting down), read after the process exits. The process is killed by its PID
+/// when `server` drops, whatever happened.
+async fn run_uvicorn_shutdown(case: &Case, run: &str) -> Outcome {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-results-{run}"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return failed(format!("results folder {}: {e}", dir.display()));
+    }
+    let id = format!("{run}-{}", case.name);
+    let file = dir.join(format!("{id}.json"));
+    let _ = std::fs::remove_file(&file);
+    let mut server = match Uvicorn::start_with_results(case.name, &dir).await {
+        Ok(server) => server,
+        Err(e) => return failed(format!("cannot start the reference app: {e}")),
+    };
+    let stop = || server.terminate();
+    let client = drive_client(server.addr, &uvicorn_target(case, &id), case, Some(&stop)).await;
+    if !server.wait_exit(client::WAIT * 2).await {
+        return Outcome {
+            app: vec![format!(
+                "uvicorn did not exit after SIGTERM; its log:\n{}",
+                server.log()
+            )],
+            client,
+        };
+    }
+    let app = match std::fs::read_to_string(&file) {
+        Ok(body) => steps_of(&body),
+        Err(_) => vec![NO_APP.into()],
     };
     Outcome { app, client }
 }
@@ -509,12 +609,22 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
     let mut stale = Vec::new();
     let (mut fake_ok, mut ws_ok, mut deviating) = (0, 0, 0);
     for case in CASES {
-        let fake = run_fake(case);
-        let (ws, uv) =
-            rt.block_on(async { tokio::join!(run_ws(case), run_uvicorn(case, &server, &run)) });
+        // The fake has no server to shut down: a shutdown case has no fake arm.
+        let fake = (!case.shuts_down()).then(|| run_fake(case));
+        let (ws, uv) = rt.block_on(async {
+            if case.shuts_down() {
+                tokio::join!(run_ws(case), run_uvicorn_shutdown(case, &run))
+            } else {
+                tokio::join!(run_ws(case), run_uvicorn(case, &server, &run))
+            }
+        });
         let real = uv.lines();
         let mut row = format!("{:<40}", case.name);
-        for (arm, model) in [("fake", &fake), ("ws", &ws)] {
+        if fake.is_none() {
+            let _ = write!(row, " fake {:<10}", "n/a");
+        }
+        let arms = fake.iter().map(|f| ("fake", f)).chain([("ws", &ws)]);
+        for (arm, model) in arms {
             let why = is_listed(case.name, arm);
             let agreement = match (model.lines() == real, &why) {
                 (true, None) => Agreement::Same,
@@ -548,14 +658,10 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
                 );
             }
             if agreement == Agreement::Differs {
-                let mut f = format!(
-                    "\n{} [{arm} vs uvicorn]: {}\n  fake:\n",
-                    case.name, case.checks
-                );
-                for (name, o) in [("fake", &fake), ("ws", &ws), ("uvicorn", &uv)] {
-                    if name != "fake" {
-                        let _ = writeln!(f, "  {name}:");
-                    }
+                let mut f = format!("\n{} [{arm} vs uvicorn]: {}\n", case.name, case.checks);
+                let all = fake.iter().map(|f| ("fake", f));
+                for (name, o) in all.chain([("ws", &ws), ("uvicorn", &uv)]) {
+                    let _ = writeln!(f, "  {name}:");
                     for l in o.lines() {
                         let _ = writeln!(f, "      {l}");
                     }
@@ -578,8 +684,10 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
         println!("listed as a deviation but agrees (remove it from the table): {s}");
     }
     let n = CASES.len();
+    let shutdown = CASES.iter().filter(|c| c.shuts_down()).count();
+    let with_fake = n - shutdown;
     let summary = format!(
-        "conformance: {n} cases, fake = uvicorn {fake_ok}/{n}, ws = uvicorn {ws_ok}/{n}, deliberate deviations {deviating}"
+        "conformance: {n} cases, fake = uvicorn {fake_ok}/{with_fake} (the {shutdown} shutdown cases have no fake arm), ws = uvicorn {ws_ok}/{n}, deliberate deviations {deviating}"
     );
     let _ = std::fs::write(
         uvicorn::workspace().join("target/conformance-summary.txt"),

@@ -70,15 +70,29 @@ fn free_port() -> std::io::Result<u16> {
 impl Uvicorn {
     /// Starts `conformance.app:app` on 127.0.0.1 and waits until it answers.
     pub async fn start() -> Result<Uvicorn, String> {
+        Uvicorn::start_as("main", None).await
+    }
+
+    /// Starts another one, named `label` in its log's name, that also writes each finished
+    /// script to `results` (a server shutting down answers no more requests).
+    pub async fn start_with_results(label: &str, results: &Path) -> Result<Uvicorn, String> {
+        Uvicorn::start_as(label, Some(results)).await
+    }
+
+    async fn start_as(label: &str, results: Option<&Path>) -> Result<Uvicorn, String> {
         let python = python()?;
         let mut last = String::new();
         for attempt in 0..3 {
             let port = free_port().map_err(|e| format!("no free loopback port: {e}"))?;
             let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("conformance-uvicorn-{attempt}.log"));
+                .join(format!("conformance-uvicorn-{label}-{attempt}.log"));
             let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
             let err = out.try_clone().map_err(|e| e.to_string())?;
-            let child = Command::new(&python)
+            let mut command = Command::new(&python);
+            if let Some(dir) = results {
+                command.env("CONFORMANCE_RESULTS", dir);
+            }
+            let child = command
                 .args([
                     "-m",
                     "uvicorn",
@@ -124,6 +138,30 @@ impl Uvicorn {
             "uvicorn did not answer within {STARTUP:?}; its log:\n{}",
             self.log()
         ))
+    }
+
+    /// Asks it to shut down, as SIGTERM from a process manager does (uvicorn's `handle_exit`).
+    pub fn terminate(&self) {
+        // `kill` rather than a libc binding: one short-lived process, bounded by its own exit.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Waits, within `limit`, for the process to exit (after `terminate`, uvicorn closes every
+    /// connection and then waits for the application's tasks to finish). True if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // real-time: polling an exit
+        }
+        false
     }
 
     /// What it has logged so far.

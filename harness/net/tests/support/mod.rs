@@ -136,7 +136,6 @@ pub fn test_options(endpoint: EndpointKind) -> ServeOptions {
     let mut opts = ServeOptions::new(endpoint);
     opts.limits.handshake_timeout = Duration::from_millis(300);
     opts.limits.close_timeout = Duration::from_millis(300);
-    opts.grace = Duration::from_millis(200);
     opts
 }
 

@@ -118,7 +118,7 @@ impl Default for Protocol {
                 s(r#"Expected ASGI message "websocket.accept""#),
                 s(r#"Cannot call "send" once a close message has been sent"#),
             ],
-            close_codes: vec![1000, 1001, 1008, 1011, 1013],
+            close_codes: vec![1000, 1001, 1008, 1011, 1012, 1013],
         }
     }
 }
