@@ -203,3 +203,36 @@ fn load_that_cannot_fit_the_open_file_limit_says_so_with_exit_2() {
         context(&args, &out)
     );
 }
+
+#[test]
+fn serve_with_json_logs_writes_only_json_to_stderr() {
+    let (child, addr) = serve(&["--endpoint", "state-machine", "--log-format", "json"]);
+    let (conn, status) = upgrade(&addr, "/ws?token=u1");
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = wait_output(child);
+    let args = ["serve", "--log-format", "json"];
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+        messages.push(entry["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("SIGTERM: shutting down")),
+        "{stderr}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("0 left at exit")),
+        "{stderr}"
+    );
+    drop(conn);
+}

@@ -45,7 +45,21 @@ fn default_filter(format: LogFormat) -> &'static str {
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
+/// The format `init` chose, for [`notice`].
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// A line for the person running racegate (a server starting or stopping): plain text on
+/// standard error, or, with `--log-format json`, a log entry like every other line there, so
+/// standard error stays one format.
+pub(crate) fn notice(message: &str) {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => eprintln!("racegate: {message}"),
+        LogFormat::Json => tracing::warn!(target: "racegate", "{message}"),
+    }
+}
+
 pub(crate) fn init(format: LogFormat) {
+    let _ = FORMAT.set(format);
     let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(default_filter(format)));
     // tungstenite logs each client upgrade request whole (trace), every frame received (trace)

@@ -141,20 +141,20 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
                 let name = signal.await;
                 let open = counters.open();
                 if grace == 0 {
-                    eprintln!(
-                        "racegate: {name}: shutting down with {open} connections open: accepted ones close with 1012, the others get HTTP 500"
-                    );
+                    crate::logging::notice(&format!(
+                        "{name}: shutting down with {open} connections open: accepted ones close with 1012, the others get HTTP 500"
+                    ));
                 } else {
-                    eprintln!(
-                        "racegate: {name}: shutting down with {open} connections open: not yet accepted ones get HTTP 500; in-flight messages get {grace} ms, then accepted ones close with 1012"
-                    );
+                    crate::logging::notice(&format!(
+                        "{name}: shutting down with {open} connections open: not yet accepted ones get HTTP 500; in-flight messages get {grace} ms, then accepted ones close with 1012"
+                    ));
                 }
             })
             .await;
-        eprintln!(
-            "racegate: stopped ({} connections open at the signal, {} left at exit)",
+        crate::logging::notice(&format!(
+            "stopped ({} connections open at the signal, {} left at exit)",
             report.open_at_signal, report.open_at_exit
-        );
+        ));
         Ok(Outcome::Pass)
     })
 }
