@@ -124,6 +124,23 @@ fn run_over_real_sockets_exits_0_on_a_bundled_scenario() {
     let out = run(&args);
     assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 mismatches"));
+    // JSON says which clock a run's milliseconds are on.
+    let json: Vec<&str> = args.iter().copied().chain(["--format", "json"]).collect();
+    let out = run(&json);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &doc["scenarios"][0]["results"][0];
+    assert_eq!(first["clock"], "real", "{first}");
+    assert_eq!(first["elapsed_ms"], first["simulated_ms"], "{first}");
+    let virt = run(&[
+        "run",
+        "scenarios/partial-passes-fast-setup.toml",
+        "--format",
+        "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&virt.stdout).unwrap();
+    let first = &doc["scenarios"][0]["results"][0];
+    assert_eq!(first["clock"], "virtual", "{first}");
+    assert!(first.get("elapsed_ms").is_none(), "{first}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ pub fn replay_ws(
     // Dropping the runtime ends whatever is still running and closes its sockets.
     drop(runtime);
     let mut outcome = runner::judge(scenario, endpoint, trace, elapsed_ms);
+    outcome.real_time = true;
     if on_timing_tie(scenario, endpoint, TIE_MS) {
         outcome.expected = None;
     }

@@ -223,7 +223,14 @@ struct JsonResult<'a> {
     violations: &'a [Violation],
     /// Chats whose fate the run cannot tell: neither a pass nor a loss.
     indeterminate: &'a [Indeterminate],
+    /// Kept for scripts that read it; for a real-time run it is the wall clock's time, which
+    /// `clock` and `elapsed_ms` say.
     simulated_ms: u64,
+    /// `virtual` or `real`.
+    clock: &'static str,
+    /// A real-time run's wall-clock milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elapsed_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a [TraceEvent]>,
 }
@@ -248,6 +255,8 @@ pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
                         violations: &o.violations,
                         indeterminate: &o.indeterminate,
                         simulated_ms: o.simulated_ms,
+                        clock: if o.real_time { "real" } else { "virtual" },
+                        elapsed_ms: o.real_time.then_some(o.simulated_ms),
                         trace: with_trace.then_some(o.trace.as_slice()),
                     })
                     .collect(),

@@ -47,8 +47,10 @@ pub struct RunOutcome {
     pub indeterminate: Vec<Indeterminate>,
     /// The timeline.
     pub trace: Vec<TraceEvent>,
-    /// Virtual milliseconds the run covered.
+    /// Milliseconds the run covered: virtual ones, or, when `real_time`, the wall clock's.
     pub simulated_ms: u64,
+    /// True when the run went over real sockets on a real clock (`run --transport ws`).
+    pub real_time: bool,
 }
 
 impl RunOutcome {
@@ -150,6 +152,7 @@ pub fn judge(
         indeterminate,
         trace,
         simulated_ms,
+        real_time: false,
     }
 }
 
