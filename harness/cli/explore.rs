@@ -36,6 +36,10 @@ pub(crate) struct ExploreArgs {
     /// shards together run exactly the cases of one unsharded run.
     #[arg(long, default_value_t = Shard::WHOLE)]
     shard: Shard,
+    /// Worker threads (default: the available cores). The answer is the one thread's, byte for
+    /// byte: the lowest failing case wins, with the counts of the cases up to it.
+    #[arg(long, value_parser = crate::run::at_least_one)]
+    jobs: Option<usize>,
 }
 
 /// One endpoint (exploring all three at once would mix their counterexamples).
@@ -67,7 +71,10 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
     let total = options.shard.len(options.cases);
     let mut progress = Progress::new(total);
     let start = Instant::now();
-    let result = explore::explore(&options, &mut |done| progress.update(done));
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let result = explore::explore_jobs(&options, jobs, &mut |done| progress.update(done));
     let elapsed = start.elapsed();
     progress.finish();
     let what = format!(

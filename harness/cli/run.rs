@@ -187,7 +187,7 @@ fn gated_by_file(scenarios: &[scenario::Scenario], outcome: &racegate_replay::Ru
 }
 
 /// `--jobs`: a count of at least one.
-fn at_least_one(text: &str) -> Result<usize, String> {
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),

@@ -265,3 +265,31 @@ fn an_interleaving_ignores_times_and_ids_but_not_order() {
     swapped.swap(0, 1);
     assert_ne!(explore::signature(&base), explore::signature(&swapped));
 }
+
+/// What a search concluded, as bytes: the found file and its counts, or the held counts.
+fn answer(o: &Options, jobs: usize) -> String {
+    match explore::explore_jobs(o, jobs, &mut |_| {}).unwrap() {
+        Outcome::Held(s) => format!("held {s:?}"),
+        Outcome::Found(f) => format!("found case {} {:?}\n{}", f.case, f.summary, f.to_toml()),
+    }
+}
+
+#[rstest]
+#[case::unfixed_finds_its_race(EndpointKind::Unfixed, 300, 1)]
+#[case::partial_finds_its_race(EndpointKind::Partial, 300, 2)]
+#[case::the_fix_holds(EndpointKind::StateMachine, 150, 3)]
+fn more_jobs_never_change_the_answer(
+    #[case] endpoint: EndpointKind,
+    #[case] cases: u64,
+    #[case] seed: u64,
+) {
+    let o = options(endpoint, cases, seed);
+    let one = answer(&o, 1);
+    assert_eq!(one, answer(&o, 2), "jobs 2");
+    assert_eq!(one, answer(&o, 3), "jobs 3");
+    let sharded = Options {
+        shard: Shard::new(2, 3).unwrap(),
+        ..o
+    };
+    assert_eq!(answer(&sharded, 1), answer(&sharded, 2), "shard 2/3");
+}

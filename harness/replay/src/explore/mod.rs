@@ -42,6 +42,8 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
 use proptest::strategy::{Strategy, ValueTree};
@@ -337,53 +339,165 @@ pub fn draw(seed: u64, case: u64, users: UserRange) -> Result<Scenario, ExploreE
 /// Runs the cases of `options.shard`, calling `progress` with the number of cases done after
 /// each; stops at the first violation and shrinks it.
 pub fn explore(options: &Options, progress: &mut dyn FnMut(u64)) -> Result<Outcome, ExploreError> {
-    let strategy = scenarios(options.users);
-    let config = config(options.cases);
-    let mut summary = Summary::default();
-    // Only counted, never iterated.
-    let mut seen: BTreeSet<u64> = BTreeSet::new();
-    for case in options.shard.cases(options.cases) {
-        let mut runner = runner(&config, options.seed, case);
-        let tree = strategy
-            .new_tree(&mut runner)
-            .map_err(|reason| ExploreError::Strategy {
+    explore_jobs(options, 1, progress)
+}
+
+/// How many cases the workers of [`explore_jobs`] share out before the results are folded in
+/// case order: small enough that a found case stops the search soon, large enough that waiting
+/// for the slowest case of a chunk costs little.
+const CHUNK: u64 = 256;
+
+/// [`explore`] on `jobs` threads. The answer is the single-threaded one, byte for byte: cases are
+/// handed out in chunks, each chunk's results are folded in case order, and the lowest failing
+/// case wins, with the counts of exactly the cases up to it. (Each case draws from its own RNG,
+/// keyed by the seed and its index, so which thread runs it changes nothing.)
+pub fn explore_jobs(
+    options: &Options,
+    jobs: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Outcome, ExploreError> {
+    let mut fold = Fold::default();
+    if jobs <= 1 {
+        let strategy = scenarios(options.users);
+        let config = config(options.cases);
+        for case in options.shard.cases(options.cases) {
+            let result = run_case(options, &strategy, &config, case);
+            if let Some(end) = fold.add(options, case, result)? {
+                return Ok(end);
+            }
+            progress(fold.summary.cases);
+        }
+        return Ok(Outcome::Held(fold.summary));
+    }
+    let total = options.shard.len(options.cases);
+    let nth = |position: u64| options.shard.k - 1 + position * options.shard.n;
+    let mut from = 0;
+    while from < total {
+        let to = (from + CHUNK * jobs as u64).min(total);
+        let next = AtomicU64::new(from);
+        let results: Vec<Mutex<Option<CaseResult>>> =
+            (from..to).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| {
+                    let strategy = scenarios(options.users);
+                    let config = config(options.cases);
+                    loop {
+                        let position = next.fetch_add(1, Ordering::Relaxed);
+                        if position >= to {
+                            return;
+                        }
+                        let result = run_case(options, &strategy, &config, nth(position));
+                        let slot = &results[(position - from) as usize];
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    }
+                });
+            }
+        });
+        for (i, slot) in results.into_iter().enumerate() {
+            let result = slot.into_inner().unwrap_or_else(|p| p.into_inner()).ok_or(
+                ExploreError::Strategy {
+                    case: nth(from + i as u64),
+                    reason: "a worker thread stopped before running this case".into(),
+                },
+            )?;
+            if let Some(end) = fold.add(options, nth(from + i as u64), result)? {
+                return Ok(end);
+            }
+        }
+        progress(fold.summary.cases);
+        from = to;
+    }
+    Ok(Outcome::Held(fold.summary))
+}
+
+/// What one case did.
+enum CaseResult {
+    /// It held (or its replay failed, which `error` reports).
+    Done {
+        probe: Probe,
+        failure: Option<Box<(String, Scenario)>>,
+    },
+    /// proptest could not run it.
+    Error(ExploreError),
+}
+
+/// Runs one case: draw it from its own RNG, replay it, shrink it if it breaks an invariant.
+fn run_case(
+    options: &Options,
+    strategy: &impl Strategy<Value = Scenario>,
+    config: &Config,
+    case: u64,
+) -> CaseResult {
+    let mut runner = runner(config, options.seed, case);
+    let tree = match strategy.new_tree(&mut runner) {
+        Ok(tree) => tree,
+        Err(reason) => {
+            return CaseResult::Error(ExploreError::Strategy {
                 case,
                 reason: reason.to_string(),
-            })?;
-        let probe = Probe::default();
-        let result = runner.run_one(tree, |s| probe.test(&s, options.endpoint));
+            });
+        }
+    };
+    let probe = Probe::default();
+    let result = runner.run_one(tree, |s| probe.test(&s, options.endpoint));
+    let failure = match result {
+        Ok(_) => None,
+        Err(TestError::Fail(reason, minimal)) => Some(Box::new((reason.to_string(), minimal))),
+        Err(TestError::Abort(reason)) => {
+            // Only rejections abort, and no strategy here rejects.
+            return CaseResult::Error(ExploreError::Strategy {
+                case,
+                reason: reason.to_string(),
+            });
+        }
+    };
+    CaseResult::Done { probe, failure }
+}
+
+/// The results so far, folded in case order.
+#[derive(Default)]
+struct Fold {
+    summary: Summary,
+    // Only counted, never iterated.
+    seen: BTreeSet<u64>,
+}
+
+impl Fold {
+    /// Adds case `case`'s result; `Some` when the search ends here.
+    fn add(
+        &mut self,
+        options: &Options,
+        case: u64,
+        result: CaseResult,
+    ) -> Result<Option<Outcome>, ExploreError> {
+        let (probe, failure) = match result {
+            CaseResult::Done { probe, failure } => (probe, failure),
+            CaseResult::Error(e) => return Err(e),
+        };
         if let Some(e) = probe.error.take() {
             return Err(e.into());
         }
-        summary.cases += 1;
-        summary.replays += probe.replays.get();
+        self.summary.cases += 1;
+        self.summary.replays += probe.replays.get();
         if let Some(signature) = probe.signature.get() {
-            seen.insert(signature);
+            self.seen.insert(signature);
         }
-        summary.interleavings = seen.len() as u64;
-        match result {
-            Ok(_) => progress(summary.cases),
-            Err(TestError::Fail(reason, minimal)) => {
-                let Some(invariant) = probe.target.get() else {
-                    return Err(ExploreError::Panicked {
-                        case,
-                        message: reason.to_string(),
-                        scenario: scenario::to_toml(&minimal, ""),
-                    });
-                };
-                let found = confirm(options, case, &probe, invariant, minimal, summary)?;
-                return Ok(Outcome::Found(Box::new(found)));
-            }
-            Err(TestError::Abort(reason)) => {
-                // Only rejections abort, and no strategy here rejects.
-                return Err(ExploreError::Strategy {
-                    case,
-                    reason: reason.to_string(),
-                });
-            }
-        }
+        self.summary.interleavings = self.seen.len() as u64;
+        let Some(failed) = failure else {
+            return Ok(None);
+        };
+        let (reason, minimal) = *failed;
+        let Some(invariant) = probe.target.get() else {
+            return Err(ExploreError::Panicked {
+                case,
+                message: reason,
+                scenario: scenario::to_toml(&minimal, ""),
+            });
+        };
+        let found = confirm(options, case, &probe, invariant, minimal, self.summary)?;
+        Ok(Some(Outcome::Found(Box::new(found))))
     }
-    Ok(Outcome::Held(summary))
 }
 
 /// A proptest config that depends on nothing but its arguments: no failure persistence, no
