@@ -257,6 +257,12 @@ impl WsConnector {
 impl Connector for WsConnector {
     type Client = WsClient;
 
+    /// A loopback handshake takes well under a millisecond, but on a loaded 2-core machine a
+    /// task can wait tens of milliseconds to run: a quarter second covers that with room.
+    fn open_slack(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
     fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> WsClient {
         let listener = self.listener.clone();
         let ctx = SocketCtx {

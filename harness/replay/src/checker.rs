@@ -182,14 +182,18 @@ impl<'h> Facts<'h> {
             dropped: BTreeMap::new(),
             endings: Vec::new(),
         };
-        let mut connect_ms: Option<u64> = None;
+        // Whether the server ever recorded this connection: a push it refused before that
+        // crossed the upgrade on its way (see `Act::Rejected` below).
+        let served_eventually = ops.iter().any(|op| matches!(op.act, Act::Served));
         let mut ended = false;
         for (pos, op) in ops.iter().enumerate() {
             let at = op.at_ms;
             match &op.act {
-                Act::Connect => connect_ms = Some(at),
-                Act::Open | Act::CloseAnswered { .. } | Act::GaveUp { .. } | Act::Raised { .. } => {
-                }
+                Act::Connect
+                | Act::Open
+                | Act::CloseAnswered { .. }
+                | Act::GaveUp { .. }
+                | Act::Raised { .. } => {}
                 Act::Handled { .. } => {}
                 Act::Served => f.served = true,
                 Act::ServerEnded => ended = true,
@@ -243,11 +247,13 @@ impl<'h> Facts<'h> {
                 }
                 Act::Rejected { id, reason } => {
                     // A push can only be refused by a connection that is over, or one the
-                    // server cannot know of yet (the push crossed the upgrade: no later than
-                    // the connect's instant, before the server recorded anything). One refused
-                    // while its user's connection is still opening never had a chance.
+                    // server cannot know of yet: the push crossed the upgrade on its way (the
+                    // refusal came before the server recorded anything of a connection it did
+                    // go on to serve). Causal, not by the clock: over real sockets the two
+                    // are a jitter apart. One refused while its user's connection is still
+                    // opening, or from a server that never serves it, never had a chance.
                     let push = f.pushes.iter().any(|(p, _)| p == id);
-                    let crossed_upgrade = !f.served && connect_ms.is_none_or(|t| at <= t);
+                    let crossed_upgrade = !f.served && served_eventually;
                     if push && !ended && !crossed_upgrade {
                         f.refused_early.insert(id, reason);
                     } else {
