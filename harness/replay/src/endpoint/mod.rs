@@ -6,6 +6,7 @@
 //! structure; each opens by naming the race it has or the fix it makes.
 
 mod kind;
+mod lifecycle;
 mod partial;
 mod state_machine;
 mod unfixed;
