@@ -2,10 +2,13 @@
 //!
 //! Each endpoint serves one connection over any [`ServerSocket`]: accept, authenticate, create
 //! services, register handlers, then process messages, with the [`Backend`] supplying every
-//! delay and failure. `unfixed`, `partial` and `state_machine` are parallel files with the same
-//! structure; each opens by naming the race it has or the fix it makes.
+//! delay and failure. That order is written once, in `lifecycle::serve`; `unfixed`, `partial`
+//! and `state_machine` implement its hooks in parallel files with the same structure, so a diff
+//! between two of them shows the fix and nothing else (docs/endpoints.md walks through it). Each
+//! opens by naming the race it has or the fix it makes.
 
 mod kind;
+mod lifecycle;
 mod partial;
 mod state_machine;
 mod unfixed;

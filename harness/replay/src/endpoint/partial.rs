@@ -11,6 +11,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use racegate_core::ConnectionState;
+use tokio::task::JoinHandle;
+
+use super::lifecycle::{self, Lifecycle};
 use super::{
     Endpoint, ReaderEnd, legacy_fail, legacy_heartbeat, legacy_route, lock, send_or_drop, state,
     tracked_id, transport_error,
@@ -18,102 +22,164 @@ use super::{
 use crate::backend::{Backend, Pusher, pause};
 use crate::scenario::Phase;
 use crate::trace::EventKind;
-use crate::transport::{ErrorKind, Inbound, ServerSocket};
+use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 
 /// The sleep-based partial fix.
 pub struct Partial;
 
+impl Endpoint for Partial {
+    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
+        lifecycle::serve(Conn::new(backend, socket, user)).await;
+    }
+}
+
 /// The staged delays after accept before the reader starts (300 ms in all), as staging ran them.
 pub const PROGRESSIVE_DELAYS_MS: [u64; 3] = [50, 100, 150];
 
-impl Endpoint for Partial {
-    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
-        let b = &*backend;
-        state(b, &user, "connecting");
-        let live = Arc::new(AtomicBool::new(true));
+/// One connection: its socket, a liveness flag, and a copy of the shared user context.
+struct Conn<S> {
+    backend: Arc<Backend>,
+    socket: Arc<S>,
+    user: String,
+    /// Cleared when the connection ends; the heartbeat stops on it.
+    live: Arc<AtomicBool>,
+    /// The user context, copied from shared state during setup.
+    context: Mutex<Option<String>>,
+    reader: Mutex<Option<JoinHandle<ReaderEnd>>>,
+}
+
+impl<S: ServerSocket> Conn<S> {
+    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Arc<Self> {
+        Arc::new(Conn {
+            backend,
+            socket,
+            user,
+            live: Arc::new(AtomicBool::new(true)),
+            context: Mutex::default(),
+            reader: Mutex::default(),
+        })
+    }
+}
+
+impl<S: ServerSocket> Lifecycle for Conn<S> {
+    type Socket = S;
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn on_upgrade(self: &Arc<Self>) {
         // Still registered before the handshake completes, but every send is guarded.
-        b.register(
-            &user,
-            guarded_pusher(backend.clone(), socket.clone(), user.clone()),
-        );
-        if b.config.heartbeat_ms > 0 {
-            let hb = legacy_heartbeat(
-                backend.clone(),
-                socket.clone(),
-                user.clone(),
-                live.clone(),
+        self.backend.register(&self.user, pusher(self.clone()));
+    }
+
+    fn before_accept(self: &Arc<Self>) {
+        if self.backend.config.heartbeat_ms > 0 {
+            tokio::spawn(legacy_heartbeat(
+                self.backend.clone(),
+                self.socket.clone(),
+                self.user.clone(),
+                self.live.clone(),
                 true,
-            );
-            tokio::spawn(hb);
+            ));
         }
-        let context: Arc<Mutex<Option<String>>> = Arc::default();
+    }
 
-        if let Err(e) = socket.accept().await {
-            transport_error(b, &user, "accept", &e);
-            legacy_fail(b, &*socket, &user, 1011, &live).await;
-            return;
-        }
-        state(b, &user, "accepted");
+    async fn on_accept_failed(self: &Arc<Self>, e: TransportError) {
+        transport_error(&self.backend, &self.user, "accept", &e);
+        legacy_fail(&self.backend, &*self.socket, &self.user, 1011, &self.live).await;
+    }
+
+    /// There is no machine: the state is a log line, and setup goes on whatever happened.
+    fn advance(&self, to: ConnectionState) -> bool {
+        state(&self.backend, &self.user, to.name());
+        true
+    }
+
+    fn after_accept(self: &Arc<Self>) {
         // FIX (partial): the reader waits out the staged delays, then runs beside setup.
-        let reader = tokio::spawn(read_loop(
-            backend.clone(),
-            socket.clone(),
-            user.clone(),
-            context.clone(),
-        ));
+        self.start_reader();
+    }
 
-        if b.phase(&user, Phase::Auth).await.is_err() {
-            legacy_fail(b, &*socket, &user, Phase::Auth.close_code(), &live).await;
-            return;
+    async fn on_failure(self: &Arc<Self>, phase: Phase) {
+        let code = phase.close_code();
+        legacy_fail(&self.backend, &*self.socket, &self.user, code, &self.live).await;
+    }
+
+    fn on_phase_done(self: &Arc<Self>, phase: Phase) {
+        let b = &self.backend;
+        match phase {
+            Phase::Auth => {
+                b.set_current_user(&self.user);
+                self.cleanup("auth_session");
+            }
+            Phase::Services => {
+                self.cleanup("services");
+                // RACE (kept): read across the await above; another user's auth may have replaced it.
+                *lock(&self.context) = b.current_user();
+            }
+            Phase::Register => {
+                self.cleanup("handlers");
+                b.add_router_handler();
+            }
         }
-        b.set_current_user(&user);
-        b.record(
-            &user,
-            EventKind::CleanupRegistered {
-                name: "auth_session",
-            },
-        );
-        state(b, &user, "authenticated");
+    }
 
-        if b.phase(&user, Phase::Services).await.is_err() {
-            legacy_fail(b, &*socket, &user, Phase::Services.close_code(), &live).await;
-            return;
-        }
-        b.record(&user, EventKind::CleanupRegistered { name: "services" });
-        // RACE (kept): read across the await above; another user's auth may have replaced it.
-        *lock(&context) = b.current_user();
-        state(b, &user, "services_ready");
-
-        if b.phase(&user, Phase::Register).await.is_err() {
-            legacy_fail(b, &*socket, &user, Phase::Register.close_code(), &live).await;
-            return;
-        }
-        b.record(&user, EventKind::CleanupRegistered { name: "handlers" });
-        b.add_router_handler();
-        state(b, &user, "processing_ready");
-
-        let end = reader.await.unwrap_or(ReaderEnd::GaveUp);
-        live.store(false, Ordering::Release);
+    async fn process(self: &Arc<Self>) {
+        let reader = lock(&self.reader).take();
+        let end = match reader {
+            Some(reader) => reader.await.unwrap_or(ReaderEnd::GaveUp),
+            None => ReaderEnd::GaveUp,
+        };
+        self.live.store(false, Ordering::Release);
         match end {
             ReaderEnd::Disconnected => {
-                state(b, &user, "closed");
-                b.record(&user, EventKind::Terminal { state: "closed" });
+                state(&self.backend, &self.user, "closed");
+                self.backend
+                    .record(&self.user, EventKind::Terminal { state: "closed" });
             }
+            // Nobody reads this socket any more; the connection is neither open nor ended.
             ReaderEnd::GaveUp => {}
         }
     }
 }
 
+impl<S: ServerSocket> Conn<S> {
+    fn start_reader(self: &Arc<Self>) {
+        *lock(&self.reader) = Some(tokio::spawn(read_loop(self.clone())));
+    }
+
+    /// Records a setup cleanup as registered. Nothing ever runs it: there is no rollback.
+    fn cleanup(&self, name: &'static str) {
+        self.backend
+            .record(&self.user, EventKind::CleanupRegistered { name });
+    }
+
+    /// Routes a chat at once, through the global router, as whichever user the context names.
+    async fn deliver(&self, id: String, _text: String) {
+        let context = lock(&self.context).clone();
+        legacy_route(&self.backend, &*self.socket, &self.user, context, id).await;
+    }
+}
+
 /// The manager's way to this connection: onto the socket if `is_connected_and_ready()`,
 /// otherwise skipped with a warning, which is to say lost.
-fn guarded_pusher<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Pusher {
+fn pusher<S: ServerSocket>(conn: Arc<Conn<S>>) -> Pusher {
     Arc::new(move |frame| {
-        let (backend, socket, user) = (backend.clone(), socket.clone(), user.clone());
+        let conn = conn.clone();
         Box::pin(async move {
-            if !socket.is_connected_and_ready() {
+            if !conn.socket.is_connected_and_ready() {
                 if let Some(id) = tracked_id(&frame) {
-                    backend.record(
-                        &user,
+                    conn.backend.record(
+                        &conn.user,
                         EventKind::Dropped {
                             id: id.to_string(),
                             reason: "connection not ready; message skipped".into(),
@@ -122,38 +188,30 @@ fn guarded_pusher<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: 
                 }
                 return;
             }
-            send_or_drop(&backend, &*socket, &user, &frame).await;
+            send_or_drop(&conn.backend, &*conn.socket, &conn.user, &frame).await;
         })
     })
 }
 
-async fn read_loop<S: ServerSocket>(
-    backend: Arc<Backend>,
-    socket: Arc<S>,
-    user: String,
-    context: Arc<Mutex<Option<String>>>,
-) -> ReaderEnd {
+async fn read_loop<S: ServerSocket>(conn: Arc<Conn<S>>) -> ReaderEnd {
     for delay in PROGRESSIVE_DELAYS_MS {
         pause(delay).await;
     }
     loop {
         // FIX (partial): read only while the socket is connected and ready.
-        if !socket.is_connected_and_ready() {
+        if !conn.socket.is_connected_and_ready() {
             break;
         }
-        match socket.receive().await {
-            Ok(Inbound::Chat { id, .. }) => {
-                let ctx = lock(&context).clone();
-                legacy_route(&backend, &*socket, &user, ctx, id).await;
-            }
+        match conn.socket.receive().await {
+            Ok(Inbound::Chat { id, text }) => conn.deliver(id, text).await,
             Ok(Inbound::Disconnect(_)) => break,
             Err(e) if matches!(e.kind, ErrorKind::Disconnected(_)) => break,
             Err(e) => {
-                transport_error(&backend, &user, "receive", &e);
+                transport_error(&conn.backend, &conn.user, "receive", &e);
                 return ReaderEnd::GaveUp;
             }
         }
     }
-    backend.unregister(&user);
+    conn.backend.unregister(&conn.user);
     ReaderEnd::Disconnected
 }

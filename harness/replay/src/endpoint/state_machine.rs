@@ -8,19 +8,27 @@
 //! each, newest first), rejects what was held, visibly, and closes with the phase's code (1008
 //! auth, 1011 services or registration); an overflowing queue closes with 1013.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use racegate_core::{ConnectionState, ConnectionStateMachine, EnqueueError, Payload, QueueLimits};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
+use super::lifecycle::{self, Lifecycle};
 use super::{Endpoint, lock, state, tracked_id, transport_error};
 use crate::backend::{Backend, Pusher, pause};
 use crate::scenario::Phase;
 use crate::trace::{EventKind, Frame};
-use crate::transport::{ErrorKind, Inbound, ServerSocket};
+use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 
 /// The fixed endpoint.
 pub struct StateMachine;
+
+impl Endpoint for StateMachine {
+    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
+        lifecycle::serve(Conn::new(backend, socket, user)).await;
+    }
+}
 
 /// What one connection's machine carries: chats in, frames out, in one FIFO.
 #[derive(Debug)]
@@ -53,144 +61,73 @@ struct Conn<S> {
     /// The handler's channel. Dropped when the connection ends, so the handler drains what was
     /// delivered and stops, and the connection can be freed.
     chats: Chats,
+    /// The handler's end of it, until registration starts the handler.
+    handler: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The way to the handler: a chat's id and text. `None` once the connection ended.
-type Chats = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<(String, String)>>>>;
+type Chats = Arc<Mutex<Option<mpsc::UnboundedSender<(String, String)>>>>;
 
-/// The sink: chats to the handler, frames onto the socket.
-fn sink<S: ServerSocket>(
-    backend: Arc<Backend>,
-    socket: Arc<S>,
-    user: String,
-    chats: Chats,
-) -> Sink {
-    // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
-    // rejected, never sent into it.
-    let mut broken = false;
-    Box::new(move |item| match item {
-        Item::Chat { id, text } => {
-            // No channel means the connection is over; end() accounts for the rest.
-            if let Some(tx) = &*lock(&chats) {
-                let _ = tx.send((id, text));
-            }
-        }
-        Item::Out(frame) => {
-            let failed = if broken {
-                "connection ended"
-            } else {
-                match socket.send(&frame) {
-                    Ok(()) => return,
-                    Err(e) => {
-                        transport_error(&backend, &user, "send", &e);
-                        broken = true;
-                        "send failed"
-                    }
-                }
-            };
-            if let Some(id) = tracked_id(&frame) {
-                backend.record(
-                    &user,
-                    EventKind::Rejected {
-                        id: id.to_string(),
-                        reason: failed.to_string(),
-                    },
-                );
-            }
-        }
-    })
-}
-
-impl Endpoint for StateMachine {
-    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
+impl<S: ServerSocket> Conn<S> {
+    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Arc<Self> {
         let (chat_tx, chat_rx) = mpsc::unbounded_channel();
-        let chats = Arc::new(std::sync::Mutex::new(Some(chat_tx)));
+        let chats = Arc::new(Mutex::new(Some(chat_tx)));
         let sink = sink(backend.clone(), socket.clone(), user.clone(), chats.clone());
         let limits = QueueLimits {
             max_messages: backend.config.queue_capacity,
             max_bytes: backend.config.queue_bytes,
         };
-        let conn = Arc::new(Conn {
-            backend: backend.clone(),
+        Arc::new(Conn {
+            backend,
             socket,
             user,
             machine: ConnectionStateMachine::new(limits, sink),
             chats,
-        });
-        let b = &*backend;
-        let user = conn.user.as_str();
-        state(b, user, "connecting");
-
-        // FIX: reachable from the upgrade on, but only through the machine.
-        b.register(user, machine_pusher(conn.clone()));
-        conn.cleanup("unregister", {
-            let (b, u) = (backend.clone(), conn.user.clone());
-            move || b.unregister(&u)
-        });
-
-        if let Err(e) = conn.socket.accept().await {
-            // Ended while the handshake was in flight (an overflow, the client leaving): whoever
-            // ended it closed the socket and accounted for everything. Terminal is absorbing,
-            // so this read cannot go stale.
-            if conn.machine.state().is_terminal() {
-                return;
-            }
-            transport_error(b, user, "accept", &e);
-            // A handshake that failed leaves nothing to close.
-            conn.fail(None, "handshake failed").await;
-            return;
-        }
-        if !conn.advance(ConnectionState::Accepted) {
-            return;
-        }
-        // FIX: the reader starts once accepted; what it reads is held until ready.
-        let reader = tokio::spawn(read_loop(conn.clone()));
-
-        if b.phase(user, Phase::Auth).await.is_err() {
-            conn.fail(Some(Phase::Auth.close_code()), "authentication failed")
-                .await;
-            return;
-        }
-        conn.cleanup("auth_session", || {});
-        if !conn.advance(ConnectionState::Authenticated) {
-            return;
-        }
-
-        if b.phase(user, Phase::Services).await.is_err() {
-            conn.fail(
-                Some(Phase::Services.close_code()),
-                "service creation failed",
-            )
-            .await;
-            return;
-        }
-        conn.cleanup("services", || {});
-        if !conn.advance(ConnectionState::ServicesReady) {
-            return;
-        }
-
-        if b.phase(user, Phase::Register).await.is_err() {
-            conn.fail(
-                Some(Phase::Register.close_code()),
-                "handler registration failed",
-            )
-            .await;
-            return;
-        }
-        conn.cleanup("handlers", || {});
-        // The handler exists before the flush that feeds it.
-        tokio::spawn(handle_loop(conn.clone(), chat_rx));
-        if !conn.advance(ConnectionState::ProcessingReady) {
-            return;
-        }
-        if b.config.heartbeat_ms > 0 {
-            tokio::spawn(heartbeat(conn.clone()));
-        }
-        let _ = reader.await;
+            handler: Mutex::new(Some(chat_rx)),
+            reader: Mutex::default(),
+        })
     }
 }
 
-impl<S: ServerSocket> Conn<S> {
+impl<S: ServerSocket> Lifecycle for Conn<S> {
+    type Socket = S;
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn on_upgrade(self: &Arc<Self>) {
+        // FIX: reachable from the upgrade on, but only through the machine.
+        self.backend.register(&self.user, pusher(self.clone()));
+        self.cleanup("unregister", {
+            let (b, u) = (self.backend.clone(), self.user.clone());
+            move || b.unregister(&u)
+        });
+    }
+
+    fn before_accept(self: &Arc<Self>) {}
+
+    async fn on_accept_failed(self: &Arc<Self>, e: TransportError) {
+        // Ended while the handshake was in flight (an overflow, the client leaving): whoever
+        // ended it closed the socket and accounted for everything. Terminal is absorbing, so
+        // this read cannot go stale.
+        if self.machine.state().is_terminal() {
+            return;
+        }
+        transport_error(&self.backend, &self.user, "accept", &e);
+        // A handshake that failed leaves nothing to close.
+        self.fail(None, "handshake failed").await;
+    }
+
     /// Moves forward; false if the connection already ended (a reader saw a close or overflow).
     fn advance(&self, to: ConnectionState) -> bool {
         match self.machine.advance(to) {
@@ -202,6 +139,55 @@ impl<S: ServerSocket> Conn<S> {
         }
     }
 
+    fn after_accept(self: &Arc<Self>) {
+        // FIX: the reader starts once accepted; what it reads is held until ready.
+        self.start_reader();
+    }
+
+    async fn on_failure(self: &Arc<Self>, phase: Phase) {
+        let reason = match phase {
+            Phase::Auth => "authentication failed",
+            Phase::Services => "service creation failed",
+            Phase::Register => "handler registration failed",
+        };
+        self.fail(Some(phase.close_code()), reason).await;
+    }
+
+    fn on_phase_done(self: &Arc<Self>, phase: Phase) {
+        match phase {
+            Phase::Auth => {
+                // FIX: no shared user context; the connection's own user is used throughout.
+                self.cleanup("auth_session", || {});
+            }
+            Phase::Services => {
+                self.cleanup("services", || {});
+            }
+            Phase::Register => {
+                self.cleanup("handlers", || {});
+                // The handler exists before the flush that feeds it.
+                if let Some(chats) = lock(&self.handler).take() {
+                    tokio::spawn(handle_loop(self.clone(), chats));
+                }
+            }
+        }
+    }
+
+    async fn process(self: &Arc<Self>) {
+        if self.backend.config.heartbeat_ms > 0 {
+            tokio::spawn(heartbeat(self.clone()));
+        }
+        let reader = lock(&self.reader).take();
+        if let Some(reader) = reader {
+            let _ = reader.await;
+        }
+    }
+}
+
+impl<S: ServerSocket> Conn<S> {
+    fn start_reader(self: &Arc<Self>) {
+        *lock(&self.reader) = Some(tokio::spawn(read_loop(self.clone())));
+    }
+
     /// Registers a setup rollback action, recording it and, when it runs, that it ran.
     fn cleanup(&self, name: &'static str, undo: impl FnOnce() + Send + 'static) {
         let (b, u) = (self.backend.clone(), self.user.clone());
@@ -211,6 +197,11 @@ impl<S: ServerSocket> Conn<S> {
             undo();
             b.record(&u, EventKind::CleanupRan { name });
         });
+    }
+
+    /// Offers a chat to the machine: held until ready, then handled as this connection's user.
+    async fn deliver(&self, id: String, text: String) {
+        self.offer(Item::Chat { id, text }).await;
     }
 
     /// Ends the connection in `Failed`, closing with `code` if there is a socket to close. The
@@ -318,7 +309,7 @@ impl<S: ServerSocket> Conn<S> {
 }
 
 /// The manager's way to this connection: through the machine, held until ready.
-fn machine_pusher<S: ServerSocket>(conn: Arc<Conn<S>>) -> Pusher {
+fn pusher<S: ServerSocket>(conn: Arc<Conn<S>>) -> Pusher {
     Arc::new(move |frame| {
         let conn = conn.clone();
         Box::pin(async move { conn.offer(Item::Out(frame)).await })
@@ -339,7 +330,7 @@ async fn read_loop<S: ServerSocket>(conn: Arc<Conn<S>>) {
             break;
         }
         match conn.socket.receive().await {
-            Ok(Inbound::Chat { id, text }) => conn.offer(Item::Chat { id, text }).await,
+            Ok(Inbound::Chat { id, text }) => conn.deliver(id, text).await,
             Ok(Inbound::Disconnect(_)) => break,
             Err(e) if matches!(e.kind, ErrorKind::Disconnected(_)) => break,
             Err(e) => {
@@ -402,4 +393,47 @@ async fn heartbeat<S: ServerSocket>(conn: Arc<Conn<S>>) {
         }
         conn.offer(Item::Out(Frame::Ping)).await;
     }
+}
+
+/// The sink: chats to the handler, frames onto the socket.
+fn sink<S: ServerSocket>(
+    backend: Arc<Backend>,
+    socket: Arc<S>,
+    user: String,
+    chats: Chats,
+) -> Sink {
+    // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
+    // rejected, never sent into it.
+    let mut broken = false;
+    Box::new(move |item| match item {
+        Item::Chat { id, text } => {
+            // No channel means the connection is over; end() accounts for the rest.
+            if let Some(tx) = &*lock(&chats) {
+                let _ = tx.send((id, text));
+            }
+        }
+        Item::Out(frame) => {
+            let failed = if broken {
+                "connection ended"
+            } else {
+                match socket.send(&frame) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        transport_error(&backend, &user, "send", &e);
+                        broken = true;
+                        "send failed"
+                    }
+                }
+            };
+            if let Some(id) = tracked_id(&frame) {
+                backend.record(
+                    &user,
+                    EventKind::Rejected {
+                        id: id.to_string(),
+                        reason: failed.to_string(),
+                    },
+                );
+            }
+        }
+    })
 }
