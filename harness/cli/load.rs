@@ -55,7 +55,7 @@ pub(crate) struct LoadArgs {
     #[arg(long)]
     in_process: bool,
     /// Measure the endpoint and the baseline this many times, alternating, and report the run
-    /// with the median ratio (race counts are totals over all runs). One run's ratio moves by
+    /// with the median ratio (msgs/s, latencies and memory from that run; every count, sent to cross, a total over all runs). One run's ratio moves by
     /// ±0.2 on a shared machine.
     #[arg(long, default_value_t = 3)]
     repeat: usize,

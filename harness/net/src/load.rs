@@ -275,7 +275,8 @@ impl LoadReport {
         if !self.runs.is_empty() {
             let each: Vec<String> = self.runs.iter().map(|r| format!("{r:.3}")).collect();
             out.push_str(&format!(
-                "the median of {} runs ({}: {}); race counts are totals over all runs\n",
+                "the median of {} runs ({}: {}); msgs/s, latencies and memory are the median \
+                 run's, every count (sent to cross) is a total over all runs\n",
                 self.runs.len(),
                 if self.baseline.is_some() {
                     "ratios"
@@ -333,9 +334,10 @@ impl LoadReport {
     }
 
     /// The median of several runs of the same load: the run with the median ratio (the median
-    /// endpoint msgs/s without a baseline) gives every figure, except the four race counts
-    /// (and the indeterminate count), which are the totals over all runs, so a race in any run still fails the gate. `None`
-    /// for no runs.
+    /// endpoint msgs/s without a baseline) gives the rates, latencies and memory; every count
+    /// (sent, answered, rejected, the four race counts, indeterminate) is the total over all
+    /// runs, so a race in any run still fails the gate and reads against what all runs sent.
+    /// `None` for no runs.
     pub fn median_of(runs: Vec<LoadReport>) -> Option<LoadReport> {
         let key = |r: &LoadReport| r.ratio().unwrap_or(r.figures.msgs_per_s);
         let keys: Vec<f64> = runs.iter().map(key).collect();
@@ -347,6 +349,13 @@ impl LoadReport {
             total(|f| f.cross_user),
         );
         let indeterminate = total(|f| f.indeterminate);
+        // Totals next to totals: the chats sent, answered and rejected over all runs, so that
+        // "lost 3" reads against what was sent in the runs that lost them.
+        let (sent, answered, rejected) = (
+            total(|f| f.sent),
+            total(|f| f.answered),
+            total(|f| f.rejected),
+        );
         let mut sorted = runs;
         sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
         let mut median = sorted.into_iter().nth(keys.len().checked_sub(1)? / 2)?;
@@ -354,6 +363,7 @@ impl LoadReport {
         (f.lost, f.duplicated, f.out_of_order, f.cross_user) =
             (lost, duplicated, out_of_order, cross_user);
         f.indeterminate = indeterminate;
+        (f.sent, f.answered, f.rejected) = (sent, answered, rejected);
         if keys.len() > 1 {
             median.runs = keys;
         }
@@ -1008,8 +1018,10 @@ mod tests {
         let median = LoadReport::median_of(runs).unwrap();
         assert_eq!(median.figures.msgs_per_s, 90.0);
         assert_eq!(median.ratio(), Some(0.9));
-        // A race in any run fails the gate, even when the median run had none.
+        // A race in any run fails the gate, even when the median run had none; and the chats
+        // sent are counted over the same runs, so "lost 3" reads against "sent 30".
         assert_eq!(median.figures.lost, 3);
+        assert_eq!(median.figures.sent, 30);
         assert!(!median.clean());
         assert_eq!(median.runs, vec![0.9, 0.5, 1.2]);
         assert_eq!(median.to_json()["runs"], serde_json::json!([0.9, 0.5, 1.2]));
