@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use crate::scenario::{Phase, ServerConfig};
+use crate::setup::{Phase, ServerConfig};
 use crate::trace::{AgentEvent, EventKind, Frame, Recorder};
 
 /// A boxed, sendable future.

@@ -26,7 +26,8 @@
 //! ```
 //!
 //! Modules, in the order a run uses them:
-//! [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
+//! [`setup`] and [`endpoint_kind`] (the server's phases and the endpoints' names: leaves that
+//! scenarios and endpoints both name), [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
 //! one here), [`backend`] (the server's phases, manager, router), [`endpoint`] (`unfixed`,
 //! `partial`, `state-machine`), [`trace`] (the timeline), [`history`] (the client history every driver
 //! records), [`checker`] (the client-observable invariants over a history, one function each),
@@ -38,6 +39,7 @@
 pub mod backend;
 pub mod checker;
 pub mod endpoint;
+pub mod endpoint_kind;
 pub mod explore;
 pub mod history;
 pub mod import;
@@ -46,6 +48,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod schedule;
+pub mod setup;
 pub mod trace;
 pub mod transport;
 

@@ -12,7 +12,7 @@ use racegate_core::ConnectionState;
 
 use super::state;
 use crate::backend::Backend;
-use crate::scenario::Phase;
+use crate::setup::Phase;
 use crate::transport::{ServerSocket, TransportError};
 
 /// The setup phases in order, each with the state reaching its end moves to.

@@ -7,7 +7,6 @@
 //! between two of them shows the fix and nothing else (docs/endpoints.md walks through it). Each
 //! opens by naming the race it has or the fix it makes.
 
-mod kind;
 mod lifecycle;
 mod partial;
 mod state_machine;
@@ -17,7 +16,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use kind::{EndpointKind, UnknownEndpoint};
+// A leaf of its own: scenario files name endpoints without depending on how they serve.
+pub use crate::endpoint_kind::{EndpointKind, UnknownEndpoint};
 
 use crate::backend::{Backend, pause};
 use crate::trace::{EventKind, Frame};

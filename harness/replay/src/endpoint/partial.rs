@@ -20,7 +20,7 @@ use super::{
     tracked_id, transport_error,
 };
 use crate::backend::{Backend, Pusher, pause};
-use crate::scenario::Phase;
+use crate::setup::Phase;
 use crate::trace::EventKind;
 use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::lifecycle::{self, Lifecycle};
 use super::{Endpoint, lock, state, tracked_id, transport_error};
 use crate::backend::{Backend, Pusher, pause};
-use crate::scenario::Phase;
+use crate::setup::Phase;
 use crate::trace::{EventKind, Frame};
 use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 

@@ -16,7 +16,7 @@ use super::{
     InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict,
     template,
 };
-use crate::endpoint::EndpointKind;
+use crate::endpoint_kind::EndpointKind;
 use crate::oracle::Invariant;
 
 /// Quiet time after the last scheduled activity when `settle_ms` is left out.
@@ -784,7 +784,7 @@ mod tests {
     use indexmap::IndexMap;
     use rstest::rstest;
 
-    use crate::endpoint::EndpointKind;
+    use crate::endpoint_kind::EndpointKind;
     use crate::scenario::{Phase, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict};
 
     /// Joins lines with `\n`, so a case's line numbers are its indices plus one.

@@ -144,7 +144,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::endpoint::EndpointKind;
+    use crate::endpoint_kind::EndpointKind;
     use crate::scenario::{Phase, ServerConfig, Timed, User, Verdict, parse};
 
     #[test]
