@@ -54,7 +54,9 @@ fn the_readme_lists_every_endpoint_and_every_invariant_once() {
     assert_eq!(endpoints.len(), EndpointKind::ALL.len(), "{endpoints:#?}");
     for k in EndpointKind::ALL {
         assert!(
-            endpoints.iter().any(|r| r.starts_with(&format!("| `{k}` |"))),
+            endpoints
+                .iter()
+                .any(|r| r.starts_with(&format!("| `{k}` |"))),
             "README's endpoint table lacks {k}"
         );
     }
@@ -62,7 +64,9 @@ fn the_readme_lists_every_endpoint_and_every_invariant_once() {
     assert_eq!(invariants.len(), Invariant::ALL.len(), "{invariants:#?}");
     for i in Invariant::ALL {
         assert!(
-            invariants.iter().any(|r| r.starts_with(&format!("| `{i}` |"))),
+            invariants
+                .iter()
+                .any(|r| r.starts_with(&format!("| `{i}` |"))),
             "README's invariant table lacks {i}"
         );
     }
@@ -84,7 +88,10 @@ fn docs_invariants_has_one_section_per_invariant() {
 #[test]
 fn the_readme_stays_a_front_page() {
     let lines = read("README.md").lines().count();
-    assert!(lines <= 250, "README.md has {lines} lines; move detail to docs/");
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; move detail to docs/"
+    );
 }
 
 #[test]
@@ -92,7 +99,12 @@ fn every_doc_the_readme_links_exists() {
     let readme = read("README.md");
     for part in readme.split("](docs/").skip(1) {
         let target = part.split(')').next().unwrap();
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(target);
-        assert!(path.is_file(), "README links docs/{target}, which is missing");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(target);
+        assert!(
+            path.is_file(),
+            "README links docs/{target}, which is missing"
+        );
     }
 }
