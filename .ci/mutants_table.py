@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-file table of a cargo-mutants run, and the gate: >= 95 % of viable mutants killed.
 
-Usage: mutants_table.py [mutants.out] [--min PERCENT]. A viable mutant is one that built;
+Usage: mutants_table.py [mutants.out ...] [--min PERCENT]: one table over every run given (make
+mutants runs one a crate). A viable mutant is one that built;
 killed means caught (a test failed). Timeouts are listed apart: a hang is not a behaviour a test
 states, so they count as viable and not killed. Exit 1 below the minimum.
 """
@@ -18,16 +19,18 @@ SUMMARY = {
 
 
 def main(argv):
-    out, minimum = "mutants.out", 95.0
+    outs, minimum = [], 95.0
     args = list(argv)
     while args:
         a = args.pop(0)
         if a == "--min":
             minimum = float(args.pop(0))
         else:
-            out = a
-    with open(f"{out}/outcomes.json") as f:
-        outcomes = json.load(f)["outcomes"]
+            outs.append(a)
+    outcomes = []
+    for out in outs or ["mutants.out"]:
+        with open(f"{out}/outcomes.json") as f:
+            outcomes += json.load(f)["outcomes"]
     rows = OrderedDict()
     missed = []
     for o in outcomes:
