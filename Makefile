@@ -81,10 +81,13 @@ MUTANTS_JUDGES_core :=
 # one_judge.rs, the same histories through every driver's path to the checker. Not the root's
 # tests/probe.rs: 35 s of real sockets a mutant (about 100 minutes over this group on 2 jobs),
 # judging through the same checker that one_judge.rs and the replay tests already judge; nor
-# logs.rs, net_cli.rs (log format and real-socket plumbing, no verdict). A hung mutant is
-# stopped after 30 s: no test here waits on a real clock for longer than 5 s.
-MUTANTS_JUDGES_replay := --test-package racegate-replay --test-package racegate \
-	--test-package racegate-probe --minimum-test-timeout 30 \
+# logs.rs, net_cli.rs (log format and real-socket plumbing, no verdict). cargo-mutants 27.1 runs
+# its baseline with the mutated package's tests only (not --test-package), so the test selection
+# below fails it: the baseline is skipped (`make test` is the unmutated run) and the timeout set
+# here. A hung mutant is stopped after 60 s: these tests take about 10 s unloaded, and none waits
+# on a real clock for longer than 5 s.
+MUTANTS_JUDGES_replay := --test-package racegate-replay,racegate,racegate-probe \
+	--baseline skip --timeout 60 \
 	$(foreach a,--lib --test=explore --test=liveness --test=oracle --test=prop_state_machine \
 		--test=report --test=fixed_endpoint --test=scenarios --test=cli --test=one_judge,\
 		--cargo-test-arg=$(a))

@@ -430,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn check_reports_the_violations_a_chat_never_answered_on_a_quiet_connection_shows() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Connect),
+            rec(1.0, "u", Seen::Open),
+            send(5.0, "u"),
+            rec(9.0, "u", Seen::ClientClose),
+            rec(9.5, "u", Seen::CloseAnswered { code: Some(1000) }),
+        ];
+        let violations = check(&s, &records);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(
+            violations[0].invariant,
+            racegate_replay::Invariant::MessageLost
+        );
+        assert_eq!((violations[0].user.as_str(), violations[0].at_ms), ("u", 5));
+        assert_eq!(violations, judge(&s, &records).violations);
+    }
+
+    #[test]
     fn records_become_the_shared_history_with_times_in_whole_milliseconds() {
         let s = scenario(
             r#"
