@@ -350,6 +350,22 @@ mod tests {
     }
 
     #[test]
+    fn a_served_user_with_nothing_to_send_is_conclusive_whatever_frames_it_gets() {
+        let s = scenario(
+            r#"
+            name = "quiet"
+            [[user]]
+            id = "u"
+            "#,
+        );
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            recv(6.0, "u", r#"{"type":"welcome"}"#),
+        ];
+        assert_eq!(inconclusive(&s, &records), None);
+    }
+
+    #[test]
     fn error_push_and_event_frames_are_frames_the_protocol_names() {
         let s = one_chat();
         let records = [
