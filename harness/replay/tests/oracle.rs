@@ -448,3 +448,17 @@ fn violations_are_sorted_by_time_then_invariant() {
     assert_eq!(times, sorted);
     assert_eq!(v[0].invariant, Invariant::AcceptFirst);
 }
+
+#[test]
+fn a_violation_reads_as_its_invariant_user_time_and_detail() {
+    let v = racegate_replay::Violation {
+        invariant: Invariant::MessageLost,
+        user: "u".into(),
+        at_ms: 5,
+        detail: "u/m1 was never delivered and never rejected".into(),
+    };
+    assert_eq!(
+        v.to_string(),
+        "message-lost user=u at 5 ms: u/m1 was never delivered and never rejected"
+    );
+}
