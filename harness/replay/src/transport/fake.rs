@@ -536,4 +536,52 @@ mod tests {
             assert!(!client.close());
         });
     }
+
+    /// The events the client has been told so far, without waiting for more.
+    async fn told(client: &mut FakeClient) -> Vec<ClientEvent> {
+        let mut got = Vec::new();
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(1), client.next_event()).await
+        {
+            got.push(e);
+        }
+        got
+    }
+
+    #[test]
+    fn an_application_that_ends_is_a_500_before_accept_a_drop_after_and_nothing_once_closed() {
+        run(async {
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.app_finished();
+            assert_eq!(told(&mut client).await, [ClientEvent::Refused(500)]);
+
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.app_finished();
+            assert_eq!(
+                told(&mut client).await,
+                [ClientEvent::Open, ClientEvent::Dropped]
+            );
+            // A task the application left behind finds the connection gone.
+            assert_eq!(
+                socket.send(&Frame::Ping).unwrap_err(),
+                TransportError::disconnected(1006)
+            );
+
+            // Closed by the server, or left by the client: already over.
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.close(1000).await.unwrap();
+            socket.app_finished();
+            assert_eq!(
+                told(&mut client).await,
+                [ClientEvent::Open, ClientEvent::Closed(1000)]
+            );
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.close());
+            socket.app_finished();
+            assert_eq!(told(&mut client).await, [ClientEvent::Open]);
+        });
+    }
 }
