@@ -105,7 +105,7 @@ mutants:
 		$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --profile mutants --output $(MUTANTS_OUT)/$(g) \
 			$(MUTANTS_JUDGES_$(g)) $(foreach f,$(filter harness/$(g)/%,$(MUTANTS_FILES)),-f '$(f)') \
 			|| { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; };))
-	$(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) \
+	$(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml \
 		$(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),$(MUTANTS_OUT)/$(g)/mutants.out))
 
 ## The mutants of the last commit's change in MUTANTS_FILES (cargo-mutants --in-diff), judged as
@@ -132,7 +132,7 @@ mutants-diff:
 				|| { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; }; \
 			outs="$$outs $(MUTANTS_OUT)-diff/$(g)/mutants.out"; \
 		else echo "racegate: $(g): no mutants in the change"; fi;)) \
-	if [ -n "$$outs" ]; then $(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) $$outs; fi
+	if [ -n "$$outs" ]; then $(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml $$outs; fi
 
 ## The Python wheel (maturin, `bindings = "bin"`) into target/wheels, then installed into a fresh
 ## virtual environment where its racegate serves and probes (tests/wheel.sh).
