@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom mutants lint bench ci conformance wheel
+.PHONY: run test py loom mutants mutants-diff lint bench ci conformance wheel
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -55,23 +55,84 @@ loom:
 	RUSTFLAGS="$(LOOM_FLAGS) --cfg racegate_loom_broken" $(CARGO) test -p racegate-core --release \
 		--target-dir target/loom-broken --test loom_machine -- --nocapture broken_
 
-## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about 5 minutes
-## on 2 cores). Settings and every excluded mutant, with its reason, are in .cargo/mutants.toml;
-## the table in target/mutants and the gate (>= 95 % of viable mutants killed) come last.
+## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI). Settings and
+## every excluded mutant, with its reason, are in .cargo/mutants.toml; the per-file table of all
+## groups and the gate (>= 95 % of viable mutants killed) come last. One group per owning crate,
+## run one after the other, each judged by its own tests (MUTANTS_JUDGES_<crate>).
 ## Install with `cargo install --locked cargo-mutants`.
 MUTANTS_JOBS ?= 2
 MUTANTS_MIN ?= 95
 # One file (or glob) a line; each is mutated and judged by the tests of the crate that owns it.
 MUTANTS_FILES := \
 	harness/core/src/*.rs \
+	harness/replay/src/endpoint/state_machine.rs \
+	harness/replay/src/transport/fake.rs \
+	harness/replay/src/checker.rs \
+	harness/replay/src/oracle.rs \
+	harness/replay/src/history.rs \
+	harness/replay/src/scenario/raw.rs \
+	harness/probe/src/check.rs \
+
+MUTANTS_GROUPS := core replay probe
+# The core: its own tests (cargo-mutants' default), lost wake-ups and all (mutants.toml's floor).
+MUTANTS_JUDGES_core :=
+# The replay crate: its own tests; the root package's scenario, CLI and explore tests, which run
+# the bundled scenarios through the endpoints, the oracle and the exit codes; and the probe's
+# one_judge.rs, the same histories through every driver's path to the checker. Not the root's
+# tests/probe.rs: 35 s of real sockets a mutant (about 100 minutes over this group on 2 jobs),
+# judging through the same checker that one_judge.rs and the replay tests already judge; nor
+# logs.rs, net_cli.rs (log format and real-socket plumbing, no verdict). cargo-mutants 27.1 runs
+# its baseline with the mutated package's tests only (not --test-package), so the test selection
+# below fails it: the baseline is skipped (`make test` is the unmutated run) and the timeout set
+# here. A hung mutant is stopped after 60 s: these tests take about 10 s unloaded, and none waits
+# on a real clock for longer than 5 s.
+MUTANTS_JUDGES_replay := --test-package racegate-replay,racegate,racegate-probe \
+	--baseline skip --timeout 60 \
+	$(foreach a,--lib --test=explore --test=liveness --test=oracle --test=prop_state_machine \
+		--test=report --test=fixed_endpoint --test=scenarios --test=cli --test=one_judge,\
+		--cargo-test-arg=$(a))
+# The probe's checks: the probe crate's tests (lib, one_judge.rs, live.rs against a live server).
+MUTANTS_JUDGES_probe := --test-package racegate-probe --minimum-test-timeout 30
+MUTANTS_OUT := target/mutants
 
 mutants:
 	@$(CARGO) mutants --version >/dev/null 2>&1 || \
 		{ echo "racegate: make mutants needs cargo-mutants (cargo install --locked cargo-mutants)" >&2; exit 1; }
+	@mkdir -p $(MUTANTS_OUT)
 	@# cargo-mutants exits 2 for missed mutants and 3 for timeouts: results the table judges.
-	$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --output target/mutants \
-		$(foreach f,$(MUTANTS_FILES),-f '$(f)') || { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; }
-	$(PYTHON3) .ci/mutants_table.py target/mutants/mutants.out --min $(MUTANTS_MIN)
+	@set -e; $(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),\
+		echo "racegate: mutants of $(g)"; \
+		$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --profile mutants --output $(MUTANTS_OUT)/$(g) \
+			$(MUTANTS_JUDGES_$(g)) $(foreach f,$(filter harness/$(g)/%,$(MUTANTS_FILES)),-f '$(f)') \
+			|| { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; };))
+	$(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml \
+		$(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),$(MUTANTS_OUT)/$(g)/mutants.out))
+
+## The mutants of the last commit's change in MUTANTS_FILES (cargo-mutants --in-diff), judged as
+## in `make mutants`, for CI: capped at MUTANTS_DIFF_MAX mutants a crate so that it stays within
+## about 15 minutes on 2 cores; a larger change runs one shard of it (chosen by the commit, so
+## reruns agree), and says so. The table and the gate come last, as in `make mutants`.
+MUTANTS_DIFF_MAX ?= 40
+MUTANTS_DIFF_BASE ?= HEAD~1
+mutants-diff:
+	@mkdir -p $(MUTANTS_OUT)-diff && git diff $(MUTANTS_DIFF_BASE) HEAD > $(MUTANTS_OUT)-diff/last.diff
+	@set -e; outs=; $(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),\
+		args="--workspace --in-diff $(MUTANTS_OUT)-diff/last.diff \
+			$(foreach f,$(filter harness/$(g)/%,$(MUTANTS_FILES)),-f '$(f)')"; \
+		n=$$(eval $(CARGO) mutants --list $$args | wc -l); \
+		if [ $$n -gt 0 ]; then \
+			shard=; if [ $$n -gt $(MUTANTS_DIFF_MAX) ]; then \
+				k=$$(( (n + $(MUTANTS_DIFF_MAX) - 1) / $(MUTANTS_DIFF_MAX) )); \
+				i=$$(( $$(git rev-parse --short=7 HEAD | xargs -I{} printf '%d' 0x{}) % k )); \
+				shard="--shard $$i/$$k"; \
+				echo "racegate: $(g): $$n mutants in the change (more than $(MUTANTS_DIFF_MAX)): running only shard $$i/$$k"; \
+			else echo "racegate: $(g): $$n mutants in the change"; fi; \
+			eval $(CARGO) mutants $$args -j $(MUTANTS_JOBS) --profile mutants $$shard \
+				--output $(MUTANTS_OUT)-diff/$(g) $(MUTANTS_JUDGES_$(g)) \
+				|| { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; }; \
+			outs="$$outs $(MUTANTS_OUT)-diff/$(g)/mutants.out"; \
+		else echo "racegate: $(g): no mutants in the change"; fi;)) \
+	if [ -n "$$outs" ]; then $(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml $$outs; fi
 
 ## The Python wheel (maturin, `bindings = "bin"`) into target/wheels, then installed into a fresh
 ## virtual environment where its racegate serves and probes (tests/wheel.sh).

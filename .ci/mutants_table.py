@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Per-file table of a cargo-mutants run, and the gate: >= 95 % of viable mutants killed.
 
-Usage: mutants_table.py [mutants.out] [--min PERCENT]. A viable mutant is one that built;
+Usage: mutants_table.py [mutants.out ...] [--min PERCENT]: one table over every run given (make
+mutants runs one a crate). A mutant found in several runs counts once, with its outcome in the
+last run given (a `cargo mutants --iterate` run retests only the earlier run's survivors). With
+--config FILE, mutants its `exclude_re` excludes are left out (runs made before an exclusion). A viable mutant is one that built;
 killed means caught (a test failed). Timeouts are listed apart: a hang is not a behaviour a test
 states, so they count as viable and not killed. Exit 1 below the minimum.
 """
 import json
+import re
 import sys
+import tomllib
 from collections import OrderedDict
 
 SUMMARY = {
@@ -18,22 +23,30 @@ SUMMARY = {
 
 
 def main(argv):
-    out, minimum = "mutants.out", 95.0
+    outs, minimum, excluded = [], 95.0, []
     args = list(argv)
     while args:
         a = args.pop(0)
         if a == "--min":
             minimum = float(args.pop(0))
+        elif a == "--config":
+            with open(args.pop(0), "rb") as f:
+                excluded = [re.compile(r) for r in tomllib.load(f).get("exclude_re", [])]
         else:
-            out = a
-    with open(f"{out}/outcomes.json") as f:
-        outcomes = json.load(f)["outcomes"]
+            outs.append(a)
+    latest = OrderedDict()
+    for out in outs or ["mutants.out"]:
+        with open(f"{out}/outcomes.json") as f:
+            for o in json.load(f)["outcomes"]:
+                mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
+                if mutant is None:
+                    continue  # the unmutated baseline
+                if any(r.search(mutant["name"]) for r in excluded):
+                    continue
+                latest[(mutant["file"], mutant["name"])] = (mutant, o)
     rows = OrderedDict()
     missed = []
-    for o in outcomes:
-        mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
-        if mutant is None:
-            continue  # the unmutated baseline
+    for mutant, o in latest.values():
         kind = SUMMARY.get(o["summary"], o["summary"])
         row = rows.setdefault(mutant["file"], {k: 0 for k in SUMMARY.values()})
         row[kind] = row.get(kind, 0) + 1

@@ -198,3 +198,322 @@ fn millis(at_ms: f64) -> u64 {
 pub(crate) fn field(frame: &Value, path: &str) -> Option<String> {
     racegate_replay::history::field(frame, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(toml: &str) -> Scenario {
+        racegate_replay::scenario::parse(toml, "inline.toml".as_ref()).unwrap()
+    }
+
+    /// One user `u` with one chat; `v` with none, served too.
+    fn one_chat() -> Scenario {
+        scenario(
+            r#"
+            name = "one chat"
+            [[user]]
+            id = "u"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            "#,
+        )
+    }
+
+    fn rec(at_ms: f64, user: &str, seen: Seen) -> Record {
+        Record {
+            at_ms,
+            user: user.into(),
+            seen,
+        }
+    }
+
+    fn send(at: f64, user: &str) -> Record {
+        rec(
+            at,
+            user,
+            Seen::Send {
+                id: format!("{user}/m1"),
+            },
+        )
+    }
+
+    fn close(at: f64, user: &str, code: u16) -> Record {
+        rec(
+            at,
+            user,
+            Seen::ServerClose {
+                code,
+                reason: String::new(),
+            },
+        )
+    }
+
+    fn recv(at: f64, user: &str, text: &str) -> Record {
+        rec(at, user, Seen::Recv { text: text.into() })
+    }
+
+    #[test]
+    fn a_scenario_whose_users_all_fail_setup_is_never_inconclusive() {
+        let s = scenario(
+            r#"
+            name = "all fail"
+            [[user]]
+            id = "u"
+            fail_at = "auth"
+            "#,
+        );
+        assert_eq!(inconclusive(&s, &[]), None);
+    }
+
+    #[test]
+    fn no_connection_opened_is_inconclusive_and_lists_what_the_server_answered() {
+        let s = one_chat();
+        let refused = |close_code| Seen::Refused {
+            status: 403,
+            close_code,
+        };
+        let records = [
+            rec(0.0, "u", refused(None)),
+            rec(1.0, "u", refused(None)),
+            rec(2.0, "u", refused(Some(4001))),
+        ];
+        let why = inconclusive(&s, &records).unwrap();
+        assert!(
+            why.starts_with(
+                "no connection opened (the server answered: HTTP 403 ×2, \
+                 HTTP 403 (close code 4001) ×1); check the scenario's [protocol] credentials"
+            ),
+            "{why}"
+        );
+        assert_eq!(
+            inconclusive(&s, &[]).unwrap(),
+            format!(
+                "no connection opened; {}",
+                "check the scenario's [protocol] credentials (`user_query`, `user_header`): \
+                 a server that refuses them refuses everyone"
+            )
+        );
+    }
+
+    #[test]
+    fn only_users_expected_to_be_served_count_towards_a_conclusive_run() {
+        let s = scenario(
+            r#"
+            name = "one fails"
+            [[user]]
+            id = "bad"
+            fail_at = "auth"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            [[user]]
+            id = "u"
+            "#,
+        );
+        // Only the user meant to fail opened: nothing about the served one is known.
+        let records = [rec(0.0, "bad", Seen::Open)];
+        assert!(
+            inconclusive(&s, &records)
+                .unwrap()
+                .starts_with("no connection opened")
+        );
+        // The served user opened and had nothing to send: conclusive.
+        assert_eq!(inconclusive(&s, &[rec(0.0, "u", Seen::Open)]), None);
+    }
+
+    #[test]
+    fn a_server_that_ends_every_connection_before_its_first_chat_is_inconclusive() {
+        let s = one_chat();
+        let records = [rec(0.0, "u", Seen::Open), close(1.0, "u", 1008)];
+        assert!(inconclusive(&s, &records).unwrap().starts_with(
+            "the server ended every connection before its first chat \
+                     (the server answered: close 1008 ×1)"
+        ),);
+    }
+
+    #[test]
+    fn chats_answered_only_in_frames_the_protocol_does_not_name_are_inconclusive() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"received","id":"u/m1"}"#),
+            recv(7.0, "u", "plain text"),
+        ];
+        assert_eq!(
+            inconclusive(&s, &records).unwrap(),
+            "no chat was answered: 1 sent, 2 frame(s) of a type the scenario's [protocol] does \
+             not name came instead; check its frame fields (`type_field`, `ack_type`, `id_field`)"
+        );
+    }
+
+    #[test]
+    fn a_served_user_with_nothing_to_send_is_conclusive_whatever_frames_it_gets() {
+        let s = scenario(
+            r#"
+            name = "quiet"
+            [[user]]
+            id = "u"
+            "#,
+        );
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            recv(6.0, "u", r#"{"type":"welcome"}"#),
+        ];
+        assert_eq!(inconclusive(&s, &records), None);
+    }
+
+    #[test]
+    fn error_push_and_event_frames_are_frames_the_protocol_names() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"error","message":"busy"}"#),
+            recv(6.0, "u", r#"{"type":"push","id":"x"}"#),
+            recv(6.0, "u", r#"{"type":"agent_started","run":"u/m1"}"#),
+        ];
+        // A server that took the chat and never acknowledged it: loss, for check to judge.
+        assert_eq!(inconclusive(&s, &records), None);
+    }
+
+    #[test]
+    fn a_server_that_closes_every_connection_after_its_chats_is_inconclusive() {
+        let s = scenario(
+            r#"
+            name = "two users"
+            [[user]]
+            id = "u"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            [[user]]
+            id = "v"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            "#,
+        );
+        let opened = |u| rec(0.0, u, Seen::Open);
+        let dropped = rec(
+            9.0,
+            "v",
+            Seen::Dropped {
+                error: "reset".into(),
+            },
+        );
+        let both = [
+            opened("u"),
+            opened("v"),
+            send(5.0, "u"),
+            send(5.0, "v"),
+            close(8.0, "u", 1011),
+            dropped.clone(),
+        ];
+        assert_eq!(
+            inconclusive(&s, &both).unwrap(),
+            "no chat was answered: 2 sent, the server closed each connection instead \
+             (the server answered: close 1011 ×1, dropped ×1)"
+        );
+        // One connection the server left open (or closed normally): conclusive, a loss.
+        let one = [
+            opened("u"),
+            opened("v"),
+            send(5.0, "u"),
+            send(5.0, "v"),
+            close(8.0, "u", 1011),
+        ];
+        assert_eq!(inconclusive(&s, &one), None);
+        let normal = [opened("u"), send(5.0, "u"), close(8.0, "u", 1000)];
+        assert_eq!(inconclusive(&s, &normal), None);
+        // A close before the chat refused nothing the client sent.
+        let early = [opened("u"), close(1.0, "u", 1011), send(5.0, "u")];
+        assert_eq!(inconclusive(&s, &early), None);
+    }
+
+    #[test]
+    fn an_acknowledged_chat_makes_the_run_conclusive() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"ack","id":"u/m1","user":"u"}"#),
+            close(8.0, "u", 1011),
+        ];
+        assert_eq!(inconclusive(&s, &records), None);
+    }
+
+    #[test]
+    fn check_reports_the_violations_a_chat_never_answered_on_a_quiet_connection_shows() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Connect),
+            rec(1.0, "u", Seen::Open),
+            send(5.0, "u"),
+            rec(9.0, "u", Seen::ClientClose),
+            rec(9.5, "u", Seen::CloseAnswered { code: Some(1000) }),
+        ];
+        let violations = check(&s, &records);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(
+            violations[0].invariant,
+            racegate_replay::Invariant::MessageLost
+        );
+        assert_eq!((violations[0].user.as_str(), violations[0].at_ms), ("u", 5));
+        assert_eq!(violations, judge(&s, &records).violations);
+    }
+
+    #[test]
+    fn records_become_the_shared_history_with_times_in_whole_milliseconds() {
+        let s = scenario(
+            r#"
+            name = "closes"
+            [[user]]
+            id = "u"
+            close_ms = 50
+            [[user]]
+            id = "v"
+            "#,
+        );
+        let records = [
+            rec(-0.5, "u", Seen::Connect),
+            rec(1.9, "u", Seen::ClientClose),
+            rec(
+                2.0,
+                "v",
+                Seen::Timeout {
+                    waiting_for: "the handshake".into(),
+                },
+            ),
+            rec(3.0, "v", Seen::ClientClose),
+        ];
+        let h = history(&s, &records);
+        let acts = |u: &str| -> Vec<(u64, Act<'_>)> {
+            h.conns[u]
+                .iter()
+                .map(|o| (o.at_ms, o.act.clone()))
+                .collect()
+        };
+        assert_eq!(
+            acts("u"),
+            [(0, Act::Connect), (1, Act::ClientClose { scheduled: true })]
+        );
+        assert_eq!(
+            acts("v"),
+            [
+                (
+                    2,
+                    Act::GaveUp {
+                        detail: Cow::Owned(
+                            "still waiting for the handshake when the timeout ended the probe"
+                                .into()
+                        )
+                    }
+                ),
+                (3, Act::ClientClose { scheduled: false }),
+            ]
+        );
+    }
+}

@@ -696,3 +696,171 @@ fn quote(text: &str) -> String {
         format!("`{cut}…`")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::history::DEFAULT_PROTOCOL;
+
+    /// One user's history, read with racegate's own protocol.
+    fn one(acts: Vec<Act<'static>>) -> History<'static> {
+        let mut h = History::new(&DEFAULT_PROTOCOL);
+        for (at, act) in acts.into_iter().enumerate() {
+            h.push("u", at as u64 * 10, act);
+        }
+        h
+    }
+
+    fn details(h: &History<'_>, invariant: Invariant) -> Vec<(u64, String)> {
+        check(h)
+            .violations
+            .into_iter()
+            .filter(|v| v.invariant == invariant)
+            .map(|v| (v.at_ms, v.detail))
+            .collect()
+    }
+
+    fn close(code: u16, reason: &'static str) -> Act<'static> {
+        Act::ServerClose {
+            code,
+            reason: Cow::Borrowed(reason),
+        }
+    }
+
+    #[test]
+    fn a_close_code_outside_the_protocols_set_is_abnormal_and_says_which_were_expected() {
+        let h = one(vec![
+            Act::Connect,
+            Act::Open,
+            close(4000, "bye"),
+            close(1011, ""),
+            Act::CloseAnswered { code: Some(1006) },
+            Act::CloseAnswered { code: Some(1000) },
+            Act::CloseAnswered { code: None },
+        ]);
+        assert_eq!(
+            details(&h, Invariant::AbnormalClose),
+            [
+                (
+                    20,
+                    "server closed with 4000 (`bye`); expected one of 1000, 1001, 1008, 1011, 1013"
+                        .to_string()
+                ),
+                (
+                    40,
+                    "server answered the client's close with 1006; expected one of 1000, 1001, \
+                     1008, 1011, 1013"
+                        .to_string()
+                ),
+            ]
+        );
+        let h = one(vec![Act::Connect, Act::Open, close(4000, "")]);
+        assert_eq!(
+            details(&h, Invariant::AbnormalClose)[0].1,
+            "server closed with 4000; expected one of 1000, 1001, 1008, 1011, 1013"
+        );
+    }
+
+    #[test]
+    fn a_refused_upgrade_is_abnormal_for_an_unexpected_code_or_a_5xx_and_a_drop_always() {
+        let refused = |status, code| Act::UpgradeRefused { status, code };
+        let h = one(vec![
+            Act::Connect,
+            refused(403, None),
+            refused(499, None),
+            refused(500, None),
+            refused(403, Some(1008)),
+            refused(403, Some(4003)),
+            Act::Dropped {
+                error: Cow::Borrowed("reset"),
+            },
+        ]);
+        assert_eq!(
+            details(&h, Invariant::AbnormalClose),
+            [
+                (
+                    30,
+                    "upgrade refused with HTTP 500 and no close code".to_string()
+                ),
+                (
+                    50,
+                    "upgrade refused with HTTP 403, close code 4003; expected one of 1000, 1001, \
+                     1008, 1011, 1013"
+                        .to_string()
+                ),
+                (
+                    60,
+                    "connection ended without a close frame: reset".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_pattern_anywhere_in_an_error_frame_text_frame_or_close_reason_is_accept_first() {
+        let error = |message: &'static str| {
+            Act::Recv(Got::Error {
+                message: Cow::Borrowed(message),
+                about: None,
+            })
+        };
+        let h = one(vec![
+            Act::Connect,
+            Act::Open,
+            error("RuntimeError: NOT CONNECTED yet"),
+            error("queue full"),
+            Act::Recv(Got::Text(Cow::Borrowed("oops: not connected"))),
+            Act::Recv(Got::Text(Cow::Borrowed("hello"))),
+            close(1011, "WebSocket is not connected"),
+            close(1011, "internal error"),
+            Act::Raised {
+                op: "send",
+                error: Cow::Borrowed("Cannot call send"),
+            },
+        ]);
+        assert_eq!(
+            details(&h, Invariant::AcceptFirst),
+            [
+                (
+                    20,
+                    "error frame `RuntimeError: NOT CONNECTED yet` matches \"not connected\""
+                        .to_string()
+                ),
+                (
+                    40,
+                    "text frame `oops: not connected` matches \"not connected\"".to_string()
+                ),
+                (
+                    60,
+                    "close reason `WebSocket is not connected` matches \"not connected\""
+                        .to_string()
+                ),
+                (80, "send: Cannot call send".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quoted_frame_is_cut_after_160_characters() {
+        let exact = "é".repeat(QUOTE_CHARS);
+        assert_eq!(quote(&exact), format!("`{exact}`"));
+        let long = format!("{exact}xyz");
+        assert_eq!(quote(&long), format!("`{exact}…`"));
+    }
+
+    #[test]
+    fn giving_up_on_the_server_is_stuck_with_what_the_client_waited_for() {
+        let h = one(vec![
+            Act::Connect,
+            Act::GaveUp {
+                detail: Cow::Borrowed("still waiting for the handshake"),
+            },
+        ]);
+        assert_eq!(
+            details(&h, Invariant::Stuck),
+            [(10, "still waiting for the handshake".to_string())]
+        );
+    }
+}

@@ -403,3 +403,194 @@ pub fn field(frame: &Value, path: &str) -> Option<String> {
         Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(s: &str) -> Cow<'static, str> {
+        Cow::Owned(s.to_string())
+    }
+
+    #[test]
+    fn a_text_frame_is_read_by_its_type_field_into_ack_push_error_or_event() {
+        let p = Protocol::default();
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"ack","id":"u/m1","user":"u"}"#),
+            Got::Ack {
+                id: owned("u/m1"),
+                user: Some(owned("u"))
+            }
+        );
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"push","id":"u/p1"}"#),
+            Got::Push {
+                id: owned("u/p1"),
+                user: None
+            }
+        );
+        // The third of the five events.
+        assert_eq!(
+            parse_frame(&p, &format!(r#"{{"type":"{}","run":"u/m1"}}"#, p.events[2])),
+            Got::Event {
+                index: 2,
+                run: owned("u/m1"),
+                user: None
+            }
+        );
+        assert_eq!(parse_frame(&p, r#"{"type":"pong"}"#), Got::Other);
+        assert_eq!(parse_frame(&p, "not json"), Got::Text(owned("not json")));
+    }
+
+    #[test]
+    fn an_ack_push_or_event_without_its_id_is_no_answer_at_all() {
+        let p = Protocol::default();
+        assert_eq!(parse_frame(&p, r#"{"type":"ack","user":"u"}"#), Got::Other);
+        assert_eq!(parse_frame(&p, r#"{"type":"push"}"#), Got::Other);
+        let event = format!(r#"{{"type":"{}","id":"u/m1"}}"#, p.events[0]);
+        assert_eq!(parse_frame(&p, &event), Got::Other);
+    }
+
+    #[test]
+    fn an_error_frame_refuses_the_chat_its_id_names_or_else_the_one_its_message_names() {
+        let p = Protocol::default();
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"error","id":"u/m2","message":"queue full"}"#),
+            Got::Error {
+                message: owned("queue full"),
+                about: Some(owned("u/m2"))
+            }
+        );
+        assert_eq!(
+            parse_frame(
+                &p,
+                r#"{"type":"error","message":"message u/m3 rejected: closed"}"#
+            ),
+            Got::Error {
+                message: owned("message u/m3 rejected: closed"),
+                about: Some(owned("u/m3"))
+            }
+        );
+        // No message field: the whole frame is the message, and it names no chat.
+        let bare = r#"{"type":"error"}"#;
+        assert_eq!(
+            parse_frame(&p, bare),
+            Got::Error {
+                message: owned(bare),
+                about: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_protocols_own_field_names_and_dotted_paths_are_followed() {
+        let p = Protocol {
+            type_field: "kind".into(),
+            ack_type: "received".into(),
+            id_field: "meta.msg".into(),
+            user_field: "meta.who".into(),
+            ..Protocol::default()
+        };
+        assert_eq!(
+            parse_frame(&p, r#"{"kind":"received","meta":{"msg":7,"who":"u"}}"#),
+            Got::Ack {
+                id: owned("7"),
+                user: Some(owned("u"))
+            }
+        );
+        let frame: Value = serde_json::from_str(r#"{"a":{"b":true,"n":null,"l":[1]}}"#).unwrap();
+        assert_eq!(field(&frame, "a.b").as_deref(), Some("true"));
+        assert_eq!(field(&frame, "a.n"), None);
+        assert_eq!(field(&frame, "a.l"), None);
+        assert_eq!(field(&frame, "a"), None);
+        assert_eq!(field(&frame, "a.b.c"), None);
+    }
+
+    #[test]
+    fn racegate_names_a_refused_chat_as_message_id_rejected() {
+        assert_eq!(
+            refused_chat("message u/m1 rejected: queue full"),
+            Some("u/m1")
+        );
+        assert_eq!(refused_chat("message u/m1 was fine"), None);
+        assert_eq!(refused_chat("error: message u/m1 rejected"), None);
+    }
+
+    #[test]
+    fn the_replay_history_keeps_each_users_steps_apart_and_marks_what_the_server_recorded() {
+        let ev = |at_ms, user: &str, kind| TraceEvent {
+            at_ms,
+            user: user.into(),
+            kind,
+        };
+        let trace = vec![
+            ev(0, "a", EventKind::ClientConnect),
+            ev(0, "b", EventKind::ClientConnect),
+            ev(
+                1,
+                "a",
+                EventKind::State {
+                    state: "connecting",
+                },
+            ),
+            ev(2, "b", EventKind::ClientClosed { code: 1006 }),
+            ev(3, "a", EventKind::ClientClosed { code: 1011 }),
+            ev(4, "a", EventKind::State { state: "failed" }),
+            ev(5, "a", EventKind::ClientClose),
+        ];
+        let h = History::from_trace(&trace, &|u| u == "a");
+        let acts = |u: &str| -> Vec<(u64, Act<'_>)> {
+            h.conns[u]
+                .iter()
+                .map(|o| (o.at_ms, o.act.clone()))
+                .collect()
+        };
+        assert_eq!(
+            acts("a"),
+            [
+                (0, Act::Connect),
+                (1, Act::Served),
+                (
+                    3,
+                    Act::ServerClose {
+                        code: 1011,
+                        reason: owned("")
+                    }
+                ),
+                (4, Act::ServerEnded),
+                (5, Act::ClientClose { scheduled: true }),
+            ]
+        );
+        assert_eq!(
+            acts("b"),
+            [
+                (0, Act::Connect),
+                (
+                    2,
+                    Act::Dropped {
+                        error: owned("no close frame (1006)")
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn many_users_each_keep_their_own_history() {
+        // More users than the linear search covers: the index takes over and must agree.
+        let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+        let mut trace = Vec::new();
+        for round in 0..2 {
+            for u in &users {
+                trace.push(TraceEvent {
+                    at_ms: round,
+                    user: u.clone(),
+                    kind: EventKind::ClientConnect,
+                });
+            }
+        }
+        let h = History::from_trace(&trace, &|_| false);
+        assert_eq!(h.conns.len(), 12);
+        assert!(h.conns.values().all(|ops| ops.len() == 2));
+    }
+}

@@ -448,3 +448,46 @@ fn violations_are_sorted_by_time_then_invariant() {
     assert_eq!(times, sorted);
     assert_eq!(v[0].invariant, Invariant::AcceptFirst);
 }
+
+#[test]
+fn a_violation_reads_as_its_invariant_user_time_and_detail() {
+    let v = racegate_replay::Violation {
+        invariant: Invariant::MessageLost,
+        user: "u".into(),
+        at_ms: 5,
+        detail: "u/m1 was never delivered and never rejected".into(),
+    };
+    assert_eq!(
+        v.to_string(),
+        "message-lost user=u at 5 ms: u/m1 was never delivered and never rejected"
+    );
+}
+
+#[test]
+fn a_leaked_registration_is_reported_when_its_users_part_of_the_run_ended_and_each_cleanup_when_registered()
+ {
+    // User a fails at 200 ms, still registered; user b goes on until 1000 ms.
+    let mut t = failed_in_setup("a");
+    for e in clean("b") {
+        insert(&mut t, e);
+    }
+    let leaks: Vec<(u64, String)> = check(&t)
+        .into_iter()
+        .filter(|v| v.invariant == Invariant::Leak)
+        .map(|v| (v.at_ms, v.detail))
+        .collect();
+    assert_eq!(
+        leaks,
+        [
+            (
+                100,
+                "ended before ready but its `auth_session` cleanup never ran".to_string()
+            ),
+            (
+                200,
+                "ended before ready but is still registered with the connection manager"
+                    .to_string()
+            ),
+        ]
+    );
+}

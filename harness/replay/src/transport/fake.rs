@@ -459,4 +459,129 @@ mod tests {
             assert!(!socket.is_connected());
         });
     }
+
+    #[test]
+    fn ready_for_frames_means_both_the_application_and_the_client_side_are_connected() {
+        run(async {
+            // Before the handshake neither side is connected.
+            let (socket, _client) = pair(Duration::ZERO);
+            assert!(!socket.is_connected_and_ready());
+            socket.accept().await.unwrap();
+            assert!(socket.is_connected_and_ready());
+            // The server closed: the application side is DISCONNECTED, the client side still
+            // CONNECTED until a receive takes the disconnect.
+            socket.close(1011).await.unwrap();
+            assert_eq!(socket.client_state(), WsState::Connected);
+            assert!(!socket.is_connected_and_ready());
+
+            // The client left and the application read it: the client side is DISCONNECTED, the
+            // application side still CONNECTED.
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.close());
+            assert_eq!(socket.receive().await, Ok(Inbound::Disconnect(1000)));
+            assert_eq!(socket.application_state(), WsState::Connected);
+            assert!(socket.is_connected());
+            assert!(!socket.is_connected_and_ready());
+        });
+    }
+
+    #[test]
+    fn a_client_cannot_send_once_either_side_has_closed() {
+        run(async {
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.close());
+            assert_eq!(client.send_chat("a", "x"), Err(ClientSendError::Closed));
+
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.close(1011).await.unwrap();
+            assert_eq!(client.send_chat("a", "x"), Err(ClientSendError::Closed));
+            assert_eq!(
+                socket.receive().await.unwrap_err(),
+                TransportError::not_connected()
+            );
+        });
+    }
+
+    #[test]
+    fn a_client_leaves_once_with_1006_before_the_handshake_and_its_own_code_after() {
+        run(async {
+            let (socket, client) = pair(Duration::ZERO);
+            assert!(client.close());
+            assert!(!client.close(), "a second close is refused");
+            assert!(!client.drop_connection());
+            // Starlette's accept takes the connect, then finds the client gone.
+            assert_eq!(
+                socket.accept().await.unwrap_err(),
+                TransportError::client_disconnected()
+            );
+            assert_eq!(socket.receive().await, Ok(Inbound::Disconnect(1006)));
+
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.close_with(4001));
+            assert_eq!(socket.receive().await, Ok(Inbound::Disconnect(4001)));
+
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.drop_connection());
+            assert_eq!(socket.receive().await, Ok(Inbound::Disconnect(1005)));
+
+            // Nothing to leave once the server closed.
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.close(1000).await.unwrap();
+            assert!(!client.close());
+        });
+    }
+
+    /// The events the client has been told so far, without waiting for more.
+    async fn told(client: &mut FakeClient) -> Vec<ClientEvent> {
+        let mut got = Vec::new();
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(1), client.next_event()).await
+        {
+            got.push(e);
+        }
+        got
+    }
+
+    #[test]
+    fn an_application_that_ends_is_a_500_before_accept_a_drop_after_and_nothing_once_closed() {
+        run(async {
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.app_finished();
+            assert_eq!(told(&mut client).await, [ClientEvent::Refused(500)]);
+
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.app_finished();
+            assert_eq!(
+                told(&mut client).await,
+                [ClientEvent::Open, ClientEvent::Dropped]
+            );
+            // A task the application left behind finds the connection gone.
+            assert_eq!(
+                socket.send(&Frame::Ping).unwrap_err(),
+                TransportError::disconnected(1006)
+            );
+
+            // Closed by the server, or left by the client: already over.
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            socket.close(1000).await.unwrap();
+            socket.app_finished();
+            assert_eq!(
+                told(&mut client).await,
+                [ClientEvent::Open, ClientEvent::Closed(1000)]
+            );
+            let (socket, mut client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(client.close());
+            socket.app_finished();
+            assert_eq!(told(&mut client).await, [ClientEvent::Open]);
+        });
+    }
 }
