@@ -745,13 +745,13 @@ mod tests {
             [
                 (
                     20,
-                    "server closed with 4000 (`bye`); expected one of 1000, 1001, 1008, 1011, 1013"
+                    "server closed with 4000 (`bye`); expected one of 1000, 1001, 1008, 1011, 1012, 1013"
                         .to_string()
                 ),
                 (
                     40,
                     "server answered the client's close with 1006; expected one of 1000, 1001, \
-                     1008, 1011, 1013"
+                     1008, 1011, 1012, 1013"
                         .to_string()
                 ),
             ]
@@ -759,7 +759,7 @@ mod tests {
         let h = one(vec![Act::Connect, Act::Open, close(4000, "")]);
         assert_eq!(
             details(&h, Invariant::AbnormalClose)[0].1,
-            "server closed with 4000; expected one of 1000, 1001, 1008, 1011, 1013"
+            "server closed with 4000; expected one of 1000, 1001, 1008, 1011, 1012, 1013"
         );
     }
 
@@ -787,7 +787,7 @@ mod tests {
                 (
                     50,
                     "upgrade refused with HTTP 403, close code 4003; expected one of 1000, 1001, \
-                     1008, 1011, 1013"
+                     1008, 1011, 1012, 1013"
                         .to_string()
                 ),
                 (
