@@ -104,8 +104,8 @@ async fn connection(stream: TcpStream, behaviour: Behaviour) {
             return;
         }
         Behaviour::Slow => {
-            // real-time: the slowness is the point; the probe must wait it out
-            tokio::time::sleep(Duration::from_millis(2500)).await;
+            // The slowness is the point: the probe must wait it out.
+            tokio::time::sleep(Duration::from_millis(2500)).await; // real-time: a slow server
         }
         Behaviour::StarletteError => {
             let error = json!({"type": "error", "message":

@@ -126,7 +126,7 @@ async fn run_app<S: Inspect>(socket: Arc<S>, steps: &[AppStep]) -> Vec<String> {
     for step in steps {
         let result = match *step {
             AppStep::Sleep(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await; // real-time: on ws (paused for the fake)
                 "ok".into()
             }
             AppStep::Accept => ok(socket.accept().await),
@@ -273,7 +273,8 @@ fn run_fake(case: &Case) -> Outcome {
                         c.drop_connection();
                     }
                 }
-                ClientOp::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                // The fake arm's clock is paused: this wait costs no wall time there.
+                ClientOp::Wait(ms) => tokio::time::sleep(Duration::from_millis(ms)).await, // paused
                 // Shutdown cases never reach the fake (`Case::shuts_down`): it has no server.
                 ClientOp::Open | ClientOp::Shutdown => {}
             }
