@@ -18,10 +18,10 @@
 use std::borrow::Cow;
 
 use indexmap::IndexMap;
-use racegate_replay::Violation;
 use racegate_replay::checker::{self, Judgement};
 use racegate_replay::history::{Act, Got, History, parse_frame};
 use racegate_replay::scenario::Scenario;
+use racegate_replay::{Unmatched, Violation};
 use serde_json::Value;
 
 use crate::session::{Record, Seen};
@@ -83,6 +83,37 @@ pub fn history<'a>(scenario: &'a Scenario, records: &'a [Record]) -> History<'a>
         h.push(user, millis(r.at_ms), act);
     }
     h
+}
+
+/// How many of `records` are push frames (by the scenario's `push_type`).
+pub fn pushes(scenario: &Scenario, records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| match &r.seen {
+            Seen::Recv { text } => {
+                matches!(parse_frame(&scenario.protocol, text), Got::Push { .. })
+            }
+            _ => false,
+        })
+        .count()
+}
+
+/// For each of `records`, the entry of `unmatched` that is its frame, if any: the history holds
+/// one step per record, in record order per user, so a step's position names its record.
+pub fn unmatched_marks<'u>(
+    records: &[Record],
+    unmatched: &'u [Unmatched],
+) -> Vec<Option<&'u Unmatched>> {
+    let mut steps: IndexMap<&str, usize> = IndexMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let step = steps.entry(r.user.as_str()).or_default();
+            let pos = *step;
+            *step += 1;
+            unmatched.iter().find(|u| u.op == pos && u.user == r.user)
+        })
+        .collect()
 }
 
 /// Why `records` prove nothing about the server, if they do not: every user the scenario

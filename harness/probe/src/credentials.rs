@@ -247,7 +247,8 @@ impl ExtraHeader {
 /// The tokens of one probe, to mask in everything it reports.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// Each token and the forms a server may echo it in (JSON-escaped), longest first.
+    /// Each token and the forms a server may echo it in (JSON-escaped, percent-encoded),
+    /// longest first.
     forms: Vec<String>,
 }
 
@@ -269,7 +270,10 @@ impl Secrets {
             let json = serde_json::Value::String(token.to_string()).to_string();
             let json = json[1..json.len() - 1].to_string();
             let slashed = json.replace('/', "\\/");
-            for form in [token.to_string(), json, slashed] {
+            // As a query string carries it (`user_query = "access_token={token}"`), should a
+            // server echo its request URL.
+            let encoded = crate::target::percent_encode(token);
+            for form in [token.to_string(), json, slashed, encoded] {
                 if !form.is_empty() && !forms.contains(&form) {
                     forms.push(form);
                 }
@@ -336,6 +340,12 @@ impl Secrets {
         for v in &mut outcome.violations {
             self.mask_in(&mut v.detail);
         }
+        for u in &mut outcome.unmatched {
+            self.mask_in(&mut u.reason);
+            if let Some(id) = &mut u.id {
+                self.mask_in(id);
+            }
+        }
         if let Some(why) = &mut outcome.inconclusive {
             self.mask_in(why);
         }
@@ -397,6 +407,11 @@ mod tests {
             "abc/de is not cut, abc/d neither"
         );
         assert_eq!(s.mask("nothing here"), "nothing here");
+        assert_eq!(
+            s.mask("GET /ws?access_token=abc%2Fdef%22ghi-123456 HTTP/1.1"),
+            "GET /ws?access_token=*** HTTP/1.1",
+            "as a query string carries it"
+        );
     }
 
     #[test]

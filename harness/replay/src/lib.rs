@@ -52,7 +52,7 @@ pub mod setup;
 pub mod trace;
 pub mod transport;
 
-pub use checker::{Indeterminate, Judgement};
+pub use checker::{Indeterminate, Judgement, Unmatched};
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
 pub use runner::{RunOutcome, replay};
