@@ -8,9 +8,9 @@
 //! | invariant | violated when |
 //! | --- | --- |
 //! | `message-lost` | a chat is neither acknowledged nor refused by an error frame naming it, and the connection did not end with an error (close other than 1000, drop) or the client's own early close (`close_ms`) after it (those make it indeterminate); or it was never sent because the connection never opened |
-//! | `out-of-order` | an ack comes for a chat sent before one already acknowledged, or twice |
-//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless it was refused, or the connection's error end cut it short (indeterminate) |
-//! | `cross-user` | a frame names another user, or another user's chat |
+//! | `out-of-order` | an ack comes for a chat sent before one already acknowledged, or twice, or for a chat no client sent |
+//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless it was refused, or the connection's error end cut it short (indeterminate); run events match no chat (no such run, an unannounced run id, none) |
+//! | `cross-user` | a frame names another user (each kind in its own user field), or another user's chat |
 //! | `accept-first` | an error frame (or a close reason, or a non-JSON text frame) matches one of the error patterns |
 //! | `abnormal-close` | the server closed with a code outside the expected set, dropped the connection without a close frame, or refused the upgrade |
 //! | `stuck` | the timeout passed while the client still waited: for the handshake, the scheduled close, or the server's answer to the client's close |
