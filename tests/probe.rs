@@ -266,6 +266,44 @@ fn a_protocol_table_error_exits_2_with_file_line_and_column() {
     );
 }
 
+#[rstest]
+#[case::a_chat_id_without_n("chat_id = \"{user}\"", 11, "needs an `{n}` placeholder")]
+#[case::a_chat_id_with_an_unknown_placeholder(
+    "chat_id = \"{user}-{seq}\"",
+    11,
+    "unknown placeholder `{seq}` in `chat_id`"
+)]
+#[case::a_chat_id_two_users_share("chat_id = \"m{n}\"", 11, "the same id \"m1\"")]
+#[case::an_empty_run_from_ack("run_from_ack = \"\"", 16, "must not be empty")]
+#[case::a_query_token_without_a_name("user_query = \"{token}\"", 14, "write `name={token}`")]
+fn a_bad_wire_format_key_exits_2_with_file_line_and_column(
+    #[case] line: &str,
+    #[case] column: usize,
+    #[case] phrase: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"bad\"\n[protocol]\n{line}\n[[user]]\nid = \"u\"\nsend = [{{ at_ms = 0, text = \"a\" }}]\n\
+             [[user]]\nid = \"v\"\nsend = [{{ at_ms = 0, text = \"b\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    // The URL is never dialled: the scenario is read first.
+    let args = ["probe", "--url", "ws://127.0.0.1:9/", "--scenario", &file];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:3:{column}: ")) && stderr.contains(phrase),
+        "{}",
+        context(&args, &out)
+    );
+}
+
 #[test]
 fn a_probe_whose_credentials_the_server_refuses_is_inconclusive_not_a_pass() {
     // `racegate serve` reads the user id from `?token=`; this scenario sends it in a header, so

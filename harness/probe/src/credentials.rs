@@ -415,6 +415,51 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_is_masked_in_its_frames_violations_and_unmatched_frames() {
+        use racegate_replay::{Invariant, Unmatched, Violation};
+
+        use crate::ProbeVerdict;
+        use crate::session::Record;
+        let s = Secrets::new(&Tokens::from_pairs([("u", "tok-Zx81-secret")]), []);
+        let leak = "run tok-Zx81-secret";
+        let mut o = ProbeOutcome {
+            scenario: "s".into(),
+            file: "s.toml".into(),
+            verdict: ProbeVerdict::Fail,
+            inconclusive: None,
+            violations: vec![Violation {
+                invariant: Invariant::EventOrder,
+                user: "u".into(),
+                at_ms: 1,
+                detail: leak.into(),
+            }],
+            indeterminate: vec![],
+            unmatched: vec![Unmatched {
+                user: "u".into(),
+                at_ms: 1,
+                op: 0,
+                frame: "run.step".into(),
+                id: Some("tok-Zx81-secret".into()),
+                reason: leak.into(),
+            }],
+            pushes: 0,
+            records: vec![Record {
+                at_ms: 1.0,
+                user: "u".into(),
+                seen: Seen::Recv { text: leak.into() },
+            }],
+            own_ms: 1,
+            elapsed_ms: 1.0,
+            timeout_ms: 1,
+        };
+        s.mask_outcome(&mut o);
+        let text = format!("{o:?}");
+        assert!(!text.contains("Zx81"), "{text}");
+        assert_eq!(o.unmatched[0].id.as_deref(), Some(MASK));
+        assert_eq!(o.unmatched[0].reason, "run ***");
+    }
+
+    #[test]
     fn extra_headers_parse_name_and_template_and_never_echo_a_value() {
         let h = ExtraHeader::parse("X-Api-Key:  {token} ").unwrap();
         assert_eq!(
