@@ -266,6 +266,44 @@ fn a_protocol_table_error_exits_2_with_file_line_and_column() {
     );
 }
 
+#[rstest]
+#[case::a_chat_id_without_n("chat_id = \"{user}\"", 11, "needs an `{n}` placeholder")]
+#[case::a_chat_id_with_an_unknown_placeholder(
+    "chat_id = \"{user}-{seq}\"",
+    11,
+    "unknown placeholder `{seq}` in `chat_id`"
+)]
+#[case::a_chat_id_two_users_share("chat_id = \"m{n}\"", 11, "the same id \"m1\"")]
+#[case::an_empty_run_from_ack("run_from_ack = \"\"", 16, "must not be empty")]
+#[case::a_query_token_without_a_name("user_query = \"{token}\"", 14, "write `name={token}`")]
+fn a_bad_wire_format_key_exits_2_with_file_line_and_column(
+    #[case] line: &str,
+    #[case] column: usize,
+    #[case] phrase: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"bad\"\n[protocol]\n{line}\n[[user]]\nid = \"u\"\nsend = [{{ at_ms = 0, text = \"a\" }}]\n\
+             [[user]]\nid = \"v\"\nsend = [{{ at_ms = 0, text = \"b\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    // The URL is never dialled: the scenario is read first.
+    let args = ["probe", "--url", "ws://127.0.0.1:9/", "--scenario", &file];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", context(&args, &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:3:{column}: ")) && stderr.contains(phrase),
+        "{}",
+        context(&args, &out)
+    );
+}
+
 #[test]
 fn a_probe_whose_credentials_the_server_refuses_is_inconclusive_not_a_pass() {
     // `racegate serve` reads the user id from `?token=`; this scenario sends it in a header, so
@@ -1002,4 +1040,463 @@ fn a_token_the_server_echoes_back_appears_in_no_output_of_any_format() {
         );
     }
     assert!(masked, "the echoed header is shown masked in the trace");
+}
+
+// --- wire formats ---------------------------------------------------------------------------
+
+mod nested {
+    //! A server with a wire format of its own, as a Node `ws` backend might speak: the token in
+    //! `?access_token=`, chats as `{"action":"send","payload":{...}}`, every answer typed by its
+    //! `event` field, an ack announcing the run id the server assigns (`data.runId`) and naming
+    //! its user at `data.user.id`, run events naming that run id and their `owner`, pushes naming
+    //! their recipient in `to`. Every frame also carries a top-level `user` naming the gateway: a
+    //! probe reading `user_field` for every kind of frame would take it for another user.
+
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::StatusCode;
+
+    pub const EVENTS: [&str; 3] = ["run.started", "run.step", "run.finished"];
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    pub enum Mode {
+        /// Every chat acknowledged with a fresh run id, then that run's events in order.
+        Good,
+        /// The run's last two events swapped.
+        SwappedRun,
+        /// The events name a run id the ack never announced.
+        WrongRunId,
+        /// Good, plus one event of a run nobody started after each run.
+        StrayEvent,
+        /// Good, plus a push for the connection's own user when it opens.
+        PushOwn,
+        /// Good, plus a push for another user when it opens.
+        PushOther,
+        /// Acks name another user.
+        AckOther,
+        /// Events name another owner.
+        EventOther,
+        /// Good, after echoing its request URI (credentials and all) in a frame.
+        EchoUri,
+    }
+
+    pub struct Server {
+        pub addr: SocketAddr,
+        /// The chat ids the server read, in arrival order.
+        pub ids: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// Serves on loopback until the test process ends.
+    pub fn start(tokens: &[(&str, &str)], mode: Mode) -> Server {
+        let tokens: Vec<(String, String)> = tokens
+            .iter()
+            .map(|(u, t)| (u.to_string(), t.to_string()))
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let seen = ids.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let runs = Arc::new(AtomicUsize::new(100));
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let c = (tokens.clone(), seen.clone(), runs.clone());
+                    tokio::spawn(connection(tcp, c.0, c.1, c.2, mode));
+                }
+            });
+        });
+        Server { addr, ids }
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    // The handshake callback's `Result<Response, ErrorResponse>` is tungstenite's signature.
+    #[allow(clippy::result_large_err)]
+    async fn connection(
+        tcp: tokio::net::TcpStream,
+        tokens: Vec<(String, String)>,
+        ids: Arc<Mutex<Vec<String>>>,
+        runs: Arc<AtomicUsize>,
+        mode: Mode,
+    ) {
+        let seen = Arc::new(Mutex::new((String::new(), String::new())));
+        let write = seen.clone();
+        let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let token = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")))
+                .map(percent_decode)
+                .unwrap_or_default();
+            let Some((user, _)) = tokens.iter().find(|(_, t)| *t == token) else {
+                let mut refused = ErrorResponse::new(Some("bad token".into()));
+                *refused.status_mut() = StatusCode::UNAUTHORIZED;
+                return Err(refused);
+            };
+            *write.lock().unwrap() = (user.clone(), req.uri().to_string());
+            Ok(resp)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+            return;
+        };
+        let (user, uri) = seen.lock().unwrap().clone();
+        let send = |v: Value| Message::text(v.to_string());
+        let opening = match mode {
+            Mode::PushOwn => Some(json!({"event": "notification", "to": user, "user": "gateway"})),
+            Mode::PushOther => {
+                Some(json!({"event": "notification", "to": "someone-else", "user": "gateway"}))
+            }
+            Mode::EchoUri => Some(json!({"event": "hello", "uri": uri})),
+            _ => None,
+        };
+        if let Some(frame) = opening {
+            let _ = ws.send(send(frame)).await;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(text) = msg else { continue };
+            let chat: Value = serde_json::from_str(text.as_str()).unwrap();
+            let id = chat["payload"]["clientMsgId"].as_str().unwrap().to_string();
+            ids.lock().unwrap().push(id.clone());
+            let run = format!("run-{}", runs.fetch_add(1, Ordering::SeqCst));
+            let ack_user = if mode == Mode::AckOther {
+                "someone-else"
+            } else {
+                &user
+            };
+            let ack = json!({"event": "message.accepted", "user": "gateway",
+                "data": {"clientMsgId": id, "runId": run, "user": {"id": ack_user}}});
+            let _ = ws.send(send(ack)).await;
+            let mut events = EVENTS;
+            if mode == Mode::SwappedRun {
+                events.swap(1, 2);
+            }
+            let event_run = if mode == Mode::WrongRunId {
+                format!("{run}-x")
+            } else {
+                run
+            };
+            let owner = if mode == Mode::EventOther {
+                "someone-else"
+            } else {
+                &user
+            };
+            for e in events {
+                let frame =
+                    json!({"event": e, "runId": event_run, "owner": owner, "user": "gateway"});
+                let _ = ws.send(send(frame)).await;
+            }
+            if mode == Mode::StrayEvent {
+                let stray = json!({"event": "run.step", "runId": "run-999", "owner": user});
+                let _ = ws.send(send(stray)).await;
+            }
+        }
+    }
+}
+
+/// Two users, u1 with two chats and u2 with one, speaking [`nested`]'s wire format.
+const NESTED_SCENARIO: &str = r#"name = "nested"
+settle_ms = 100
+[protocol]
+user_query = "access_token={token}"
+chat = '{"action":"send","payload":{"clientMsgId":"{id}","body":"{text}"}}'
+chat_id = "{user}-{n}"
+type_field = "event"
+ack_type = "message.accepted"
+push_type = "notification"
+id_field = "data.clientMsgId"
+run_from_ack = "data.runId"
+run_field = "runId"
+ack_user_field = "data.user.id"
+event_user_field = "owner"
+push_user_field = "to"
+events = ["run.started", "run.step", "run.finished"]
+[[user]]
+id = "u1"
+send = [{ at_ms = 0, text = "hi" }, { at_ms = 5, text = "again" }]
+[[user]]
+id = "u2"
+connect_ms = 10
+send = [{ at_ms = 0, text = "yo" }]
+"#;
+
+/// Tokens with characters a query string must percent-encode.
+const NESTED_TOKENS: [(&str, &str); 2] =
+    [("u1", "QueryTok/u1+Zx81=="), ("u2", "QueryTok/u2+Qw77==")];
+
+/// A scenario and tokens file for [`nested`], in `dir`.
+fn nested_files(dir: &tempfile::TempDir) -> (String, String) {
+    let scenario = dir.path().join("nested.toml");
+    std::fs::write(&scenario, NESTED_SCENARIO).unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let map: serde_json::Map<String, serde_json::Value> = NESTED_TOKENS
+        .iter()
+        .map(|(u, t)| (u.to_string(), serde_json::Value::from(*t)))
+        .collect();
+    std::fs::write(&tokens, serde_json::Value::Object(map).to_string()).unwrap();
+    (scenario.display().to_string(), tokens.display().to_string())
+}
+
+/// Probes a [`nested`] server in `mode` with `extra` arguments (JSON unless they say otherwise);
+/// returns the output and the chat ids the server read.
+fn probe_nested(
+    mode: nested::Mode,
+    extra: &[&str],
+) -> (std::process::Output, Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (scenario, tokens) = nested_files(&dir);
+    let server = nested::start(&NESTED_TOKENS, mode);
+    let url = format!("ws://{}/ws", server.addr);
+    let mut args: Vec<String> = [
+        "probe",
+        "--url",
+        &url,
+        "--scenario",
+        &scenario,
+        "--tokens",
+        &tokens,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.contains(&"--format") {
+        args.extend(["--format".to_string(), "json".to_string()]);
+    }
+    // A run whose last event never matches keeps its client waiting: not for 10 s here.
+    args.extend(["--timeout-ms".to_string(), "1500".to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut ids = server.ids.lock().unwrap().clone();
+    ids.sort();
+    (out, ids, args)
+}
+
+fn violations_of(doc: &serde_json::Value) -> Vec<(String, String)> {
+    doc["scenarios"][0]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["invariant"].as_str().unwrap().to_string(),
+                v["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_server_that_assigns_its_own_run_ids_has_its_event_order_checked() {
+    // Correct: every run followed through the id its ack announced, chat ids from the template.
+    let (out, ids, args) = probe_nested(nested::Mode::Good, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    assert_eq!(
+        ids,
+        ["u1-1", "u1-2", "u2-1"],
+        "the chat_id template on the wire"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["scenarios"][0]["verdict"], "pass");
+    assert_eq!(doc["scenarios"][0]["unmatched"], serde_json::json!([]));
+    // The same server with one run's events out of order fails: the check is live.
+    let (out, _, args) = probe_nested(nested::Mode::SwappedRun, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = violations_of(&doc);
+    assert_eq!(v.len(), 3, "one per chat: {v:#?}");
+    assert!(
+        v.iter().all(|(i, d)| i == "event-order"
+            && d.contains("(run id run-")
+            && d.contains("got [run.started, run.finished, run.step]")),
+        "{v:#?}"
+    );
+}
+
+#[test]
+fn events_under_a_run_id_no_ack_announced_fail_event_order_and_are_listed_unmatched() {
+    let (out, _, args) = probe_nested(nested::Mode::WrongRunId, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = violations_of(&doc);
+    // Each chat's run got nothing, and each mislabelled run is reported, not dropped.
+    let missing = v.iter().filter(|(_, d)| d.contains(" got []")).count();
+    let stray = v
+        .iter()
+        .filter(|(_, d)| d.contains("which no ack announced (`data.runId`)"))
+        .count();
+    assert_eq!((missing, stray), (3, 3), "{v:#?}");
+    assert!(v.iter().all(|(i, _)| i == "event-order"), "{v:#?}");
+    assert_eq!(
+        doc["scenarios"][0]["unmatched"].as_array().unwrap().len(),
+        9
+    );
+    assert_eq!(doc["summary"]["unmatched"], 9);
+}
+
+#[test]
+fn an_event_that_matches_no_chat_is_reported_in_the_table_json_and_trace() {
+    let (out, _, args) = probe_nested(nested::Mode::StrayEvent, &["--trace"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unmatched = doc["scenarios"][0]["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 3, "one per chat: {unmatched:#?}");
+    let u1 = unmatched.iter().find(|u| u["user"] == "u1").unwrap();
+    assert_eq!(u1["frame"], "run.step");
+    assert_eq!(u1["id"], "run-999");
+    assert_eq!(
+        u1["reason"],
+        "run.step of run run-999, which no ack announced (`data.runId`)"
+    );
+    let v = violations_of(&doc);
+    assert!(
+        v.iter().any(|(i, d)| i == "event-order"
+            && d == "received [run.step, run.step] of run run-999, which no ack announced \
+                     (`data.runId`): events that match no chat"),
+        "{v:#?}"
+    );
+    // The table lists the violation, and its trace marks the frame.
+    let (out, _, args) = probe_nested(nested::Mode::StrayEvent, &["--format", "table", "--trace"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("✗ event-order user=u1")
+            && table.contains("of run run-999, which no ack announced"),
+        "{}",
+        context(&args, &out)
+    );
+    let marked: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("<- matches no chat: run.step of run run-999"))
+        .collect();
+    assert_eq!(marked.len(), 3, "{}", context(&args, &out));
+    assert!(
+        marked.iter().all(|l| l.contains("client recv {")),
+        "{marked:#?}"
+    );
+}
+
+#[test]
+fn each_kind_of_frame_is_checked_for_the_user_its_own_field_names() {
+    // Good already passed with `user` naming the gateway in every frame: each kind's own field
+    // was read. Naming another user there fails.
+    for (mode, what) in [
+        (
+            nested::Mode::AckOther,
+            "client received ack u1-1 addressed to user someone-else",
+        ),
+        (
+            nested::Mode::EventOther,
+            "client received event run-", // the run id the server assigned
+        ),
+    ] {
+        let (out, _, args) = probe_nested(mode, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = violations_of(&doc);
+        assert!(v.iter().all(|(i, _)| i == "cross-user"), "{mode:?}: {v:#?}");
+        assert!(
+            v.iter().any(|(_, d)| d.starts_with(what)),
+            "{mode:?}: {v:#?}"
+        );
+        if mode == nested::Mode::EventOther {
+            assert!(
+                v.iter()
+                    .any(|(_, d)| d.contains("(of u1-1) addressed to user someone-else")),
+                "{v:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pushes_are_counted_and_a_push_for_another_user_fails_cross_user() {
+    let (out, _, args) = probe_nested(nested::Mode::PushOwn, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["scenarios"][0]["pushes"], 2, "one per connection");
+    assert_eq!(doc["summary"]["pushes"], 2);
+    let (out, _, args) = probe_nested(nested::Mode::PushOwn, &["--format", "table"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("· 2 pushes received"),
+        "{}",
+        context(&args, &out)
+    );
+    let (out, _, args) = probe_nested(nested::Mode::PushOther, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(out.status.code(), Some(1), "{}", context(&args, &out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        violations_of(&doc),
+        vec![
+            (
+                "cross-user".to_string(),
+                "client received push addressed to user someone-else".to_string()
+            );
+            2
+        ]
+    );
+}
+
+#[test]
+fn a_token_in_the_query_string_appears_in_no_output_even_when_the_server_echoes_its_url() {
+    for format in ["table", "json", "junit"] {
+        let (out, _, args) = probe_nested(nested::Mode::EchoUri, &["--format", format, "--trace"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(out.status.code(), Some(0), "{}", context(&args, &out));
+        for text in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(text);
+            for (_, token) in NESTED_TOKENS {
+                let encoded = token
+                    .replace('/', "%2F")
+                    .replace('+', "%2B")
+                    .replace('=', "%3D");
+                assert!(
+                    !text.contains(token) && !text.contains(&encoded) && !text.contains("QueryTok"),
+                    "a token leaked\n{}",
+                    context(&args, &out)
+                );
+            }
+        }
+        if format == "table" {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("access_token=***"),
+                "{}",
+                context(&args, &out)
+            );
+        }
+    }
 }

@@ -661,6 +661,7 @@ pub fn history(logs: &[ClientLog], target: Target) -> History<'_> {
                 Heard::Ack { chat, claimed: c } => Got::Ack {
                     id: id(log, chat),
                     user: claimed(c, user),
+                    run: None,
                 },
                 Heard::Event {
                     chat,
@@ -668,7 +669,7 @@ pub fn history(logs: &[ClientLog], target: Target) -> History<'_> {
                     claimed: c,
                 } => Got::Event {
                     index: *index,
-                    run: id(log, chat),
+                    run: Some(id(log, chat)),
                     user: claimed(c, user),
                 },
                 Heard::Error { message, refuses } => Got::Error {

@@ -8,9 +8,9 @@
 //! | invariant | violated when |
 //! | --- | --- |
 //! | `message-lost` | a chat is neither acknowledged nor refused by an error frame naming it, and the connection did not end with an error (close other than 1000, drop) or the client's own early close (`close_ms`) after it (those make it indeterminate); or it was never sent because the connection never opened |
-//! | `out-of-order` | an ack comes for a chat sent before one already acknowledged, or twice |
-//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless it was refused, or the connection's error end cut it short (indeterminate) |
-//! | `cross-user` | a frame names another user, or another user's chat |
+//! | `out-of-order` | an ack comes for a chat sent before one already acknowledged, or twice, or for a chat no client sent |
+//! | `event-order` | an acknowledged chat's run events are missing or out of order, unless it was refused, or the connection's error end cut it short (indeterminate); run events match no chat (no such run, an unannounced run id, none) |
+//! | `cross-user` | a frame names another user (each kind in its own user field), or another user's chat |
 //! | `accept-first` | an error frame (or a close reason, or a non-JSON text frame) matches one of the error patterns |
 //! | `abnormal-close` | the server closed with a code outside the expected set, dropped the connection without a close frame, or refused the upgrade |
 //! | `stuck` | the timeout passed while the client still waited: for the handshake, the scheduled close, or the server's answer to the client's close |
@@ -18,10 +18,10 @@
 use std::borrow::Cow;
 
 use indexmap::IndexMap;
-use racegate_replay::Violation;
 use racegate_replay::checker::{self, Judgement};
 use racegate_replay::history::{Act, Got, History, parse_frame};
 use racegate_replay::scenario::Scenario;
+use racegate_replay::{Unmatched, Violation};
 use serde_json::Value;
 
 use crate::session::{Record, Seen};
@@ -83,6 +83,37 @@ pub fn history<'a>(scenario: &'a Scenario, records: &'a [Record]) -> History<'a>
         h.push(user, millis(r.at_ms), act);
     }
     h
+}
+
+/// How many of `records` are push frames (by the scenario's `push_type`).
+pub fn pushes(scenario: &Scenario, records: &[Record]) -> usize {
+    records
+        .iter()
+        .filter(|r| match &r.seen {
+            Seen::Recv { text } => {
+                matches!(parse_frame(&scenario.protocol, text), Got::Push { .. })
+            }
+            _ => false,
+        })
+        .count()
+}
+
+/// For each of `records`, the entry of `unmatched` that is its frame, if any: the history holds
+/// one step per record, in record order per user, so a step's position names its record.
+pub fn unmatched_marks<'u>(
+    records: &[Record],
+    unmatched: &'u [Unmatched],
+) -> Vec<Option<&'u Unmatched>> {
+    let mut steps: IndexMap<&str, usize> = IndexMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let step = steps.entry(r.user.as_str()).or_default();
+            let pos = *step;
+            *step += 1;
+            unmatched.iter().find(|u| u.op == pos && u.user == r.user)
+        })
+        .collect()
 }
 
 /// Why `records` prove nothing about the server, if they do not: every user the scenario

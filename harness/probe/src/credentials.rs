@@ -247,7 +247,8 @@ impl ExtraHeader {
 /// The tokens of one probe, to mask in everything it reports.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// Each token and the forms a server may echo it in (JSON-escaped), longest first.
+    /// Each token and the forms a server may echo it in (JSON-escaped, percent-encoded),
+    /// longest first.
     forms: Vec<String>,
 }
 
@@ -269,7 +270,10 @@ impl Secrets {
             let json = serde_json::Value::String(token.to_string()).to_string();
             let json = json[1..json.len() - 1].to_string();
             let slashed = json.replace('/', "\\/");
-            for form in [token.to_string(), json, slashed] {
+            // As a query string carries it (`user_query = "access_token={token}"`), should a
+            // server echo its request URL.
+            let encoded = crate::target::percent_encode(token);
+            for form in [token.to_string(), json, slashed, encoded] {
                 if !form.is_empty() && !forms.contains(&form) {
                     forms.push(form);
                 }
@@ -336,6 +340,12 @@ impl Secrets {
         for v in &mut outcome.violations {
             self.mask_in(&mut v.detail);
         }
+        for u in &mut outcome.unmatched {
+            self.mask_in(&mut u.reason);
+            if let Some(id) = &mut u.id {
+                self.mask_in(id);
+            }
+        }
         if let Some(why) = &mut outcome.inconclusive {
             self.mask_in(why);
         }
@@ -397,6 +407,56 @@ mod tests {
             "abc/de is not cut, abc/d neither"
         );
         assert_eq!(s.mask("nothing here"), "nothing here");
+        assert_eq!(
+            s.mask("GET /ws?access_token=abc%2Fdef%22ghi-123456 HTTP/1.1"),
+            "GET /ws?access_token=*** HTTP/1.1",
+            "as a query string carries it"
+        );
+    }
+
+    #[test]
+    fn an_outcome_is_masked_in_its_frames_violations_and_unmatched_frames() {
+        use racegate_replay::{Invariant, Unmatched, Violation};
+
+        use crate::ProbeVerdict;
+        use crate::session::Record;
+        let s = Secrets::new(&Tokens::from_pairs([("u", "tok-Zx81-secret")]), []);
+        let leak = "run tok-Zx81-secret";
+        let mut o = ProbeOutcome {
+            scenario: "s".into(),
+            file: "s.toml".into(),
+            verdict: ProbeVerdict::Fail,
+            inconclusive: None,
+            violations: vec![Violation {
+                invariant: Invariant::EventOrder,
+                user: "u".into(),
+                at_ms: 1,
+                detail: leak.into(),
+            }],
+            indeterminate: vec![],
+            unmatched: vec![Unmatched {
+                user: "u".into(),
+                at_ms: 1,
+                op: 0,
+                frame: "run.step".into(),
+                id: Some("tok-Zx81-secret".into()),
+                reason: leak.into(),
+            }],
+            pushes: 0,
+            records: vec![Record {
+                at_ms: 1.0,
+                user: "u".into(),
+                seen: Seen::Recv { text: leak.into() },
+            }],
+            own_ms: 1,
+            elapsed_ms: 1.0,
+            timeout_ms: 1,
+        };
+        s.mask_outcome(&mut o);
+        let text = format!("{o:?}");
+        assert!(!text.contains("Zx81"), "{text}");
+        assert_eq!(o.unmatched[0].id.as_deref(), Some(MASK));
+        assert_eq!(o.unmatched[0].reason, "run ***");
     }
 
     #[test]

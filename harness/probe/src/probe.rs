@@ -3,14 +3,16 @@
 //! scenario's own horizon (or its `close_ms`); then [`check`](crate::check) judges the records.
 //!
 //! Pushes are server-side (the notifier inside racegate) and cannot be driven from outside, so a
-//! probe ignores them. `[expect]` does not apply either: the live server is what is under test.
+//! scenario's `[[user.push]]` entries are skipped; the push frames a server sends anyway are
+//! checked for their user and counted. `[expect]` does not apply either: the live server is what
+//! is under test.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use racegate_replay::scenario::Scenario;
 use racegate_replay::schedule::{self, Pushes};
-use racegate_replay::{Indeterminate, Judgement, Violation};
+use racegate_replay::{Indeterminate, Judgement, Unmatched, Violation};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
@@ -90,6 +92,11 @@ pub struct ProbeOutcome {
     /// Chats whose fate the probe cannot tell (an error close, a drop or the client's own
     /// scheduled close came before their answer): neither a pass nor a loss.
     pub indeterminate: Vec<Indeterminate>,
+    /// Acks and events that matched no chat (each also among the violations, or, naming
+    /// another user, `cross-user`'s), by user, then time.
+    pub unmatched: Vec<Unmatched>,
+    /// Push frames the clients received (each checked for its user).
+    pub pushes: usize,
     /// What every client saw, by time.
     pub records: Vec<Record>,
     /// The scenario's own time: when its clients close unless the server is slower.
@@ -228,8 +235,10 @@ pub async fn probe_scenario(
     let Judgement {
         violations,
         indeterminate,
+        unmatched,
     } = check::judge(scenario, &records);
     let inconclusive = check::inconclusive(scenario, &records);
+    let pushes = check::pushes(scenario, &records);
     let mut outcome = ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
@@ -241,6 +250,8 @@ pub async fn probe_scenario(
         inconclusive,
         violations,
         indeterminate,
+        unmatched,
+        pushes,
         records,
         own_ms: own,
         elapsed_ms,

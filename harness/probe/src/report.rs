@@ -55,6 +55,14 @@ pub fn table(
                 i.user, i.id, i.at_ms, i.reason
             );
         }
+        if o.pushes > 0 {
+            let _ = writeln!(
+                out,
+                "    · {} push{} received, each checked for its user",
+                o.pushes,
+                if o.pushes == 1 { "" } else { "es" }
+            );
+        }
         if trace {
             out.push_str(&timeline(o));
         }
@@ -65,10 +73,12 @@ pub fn table(
 
 /// One record per line, in the shape `run --trace` prints a replay's timeline: the time, the
 /// user, and what the client saw in words.
+/// A frame that matched no chat is marked on its line, with why.
 pub fn timeline(o: &ProbeOutcome) -> String {
     use crate::Seen;
     let mut out = String::new();
-    for r in &o.records {
+    let marks = crate::check::unmatched_marks(&o.records, &o.unmatched);
+    for (r, unmatched) in o.records.iter().zip(marks) {
         let what = match &r.seen {
             Seen::Connect => "client connect".to_string(),
             Seen::Open => "client open".to_string(),
@@ -90,7 +100,10 @@ pub fn timeline(o: &ProbeOutcome) -> String {
             Seen::CloseAnswered { code: None } => "close answered".to_string(),
             Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
         };
-        let _ = writeln!(out, "{:>9.1} ms  {:<24} {what}", r.at_ms, r.user);
+        let mark = unmatched.map_or(String::new(), |u| {
+            format!("  <- matches no chat: {}", u.reason)
+        });
+        let _ = writeln!(out, "{:>9.1} ms  {:<24} {what}{mark}", r.at_ms, r.user);
     }
     out
 }
@@ -111,6 +124,8 @@ struct JsonScenario<'a> {
     inconclusive: Option<&'a str>,
     violations: &'a [racegate_replay::Violation],
     indeterminate: &'a [racegate_replay::Indeterminate],
+    unmatched: &'a [racegate_replay::Unmatched],
+    pushes: usize,
     elapsed_ms: f64,
     own_ms: u64,
     timeout_ms: u64,
@@ -129,6 +144,10 @@ pub struct Summary {
     pub failed: usize,
     /// That exercised nothing.
     pub inconclusive: usize,
+    /// Push frames received, over every scenario.
+    pub pushes: usize,
+    /// Acks and events that matched no chat, over every scenario.
+    pub unmatched: usize,
 }
 
 impl Summary {
@@ -140,6 +159,8 @@ impl Summary {
             passed: count(ProbeVerdict::Pass),
             failed: count(ProbeVerdict::Fail),
             inconclusive: count(ProbeVerdict::Inconclusive),
+            pushes: outcomes.iter().map(|o| o.pushes).sum(),
+            unmatched: outcomes.iter().map(|o| o.unmatched.len()).sum(),
         }
     }
 
@@ -175,8 +196,9 @@ impl Summary {
 }
 
 /// `{"url","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
-/// "detail"}],"indeterminate":[{"user","id","at_ms","reason"}],"elapsed_ms","own_ms","timeout_ms"(,"records")}],"summary":{"scenarios","passed",
-/// "failed"}}`.
+/// "detail"}],"indeterminate":[{"user","id","at_ms","reason"}],"unmatched":[{"user","at_ms",
+/// "frame","id","reason"}],"pushes","elapsed_ms","own_ms","timeout_ms"(,"records")}],
+/// "summary":{"scenarios","passed","failed","inconclusive","pushes","unmatched"}}`.
 pub fn json(
     url: &str,
     outcomes: &[ProbeOutcome],
@@ -193,6 +215,8 @@ pub fn json(
                 inconclusive: o.inconclusive.as_deref(),
                 violations: &o.violations,
                 indeterminate: &o.indeterminate,
+                unmatched: &o.unmatched,
+                pushes: o.pushes,
                 elapsed_ms: (o.elapsed_ms * 10.0).round() / 10.0,
                 own_ms: o.own_ms,
                 timeout_ms: o.timeout_ms,
@@ -242,18 +266,21 @@ pub fn junit(
         let mut case = TestCase::new(o.scenario.clone(), status);
         case.set_classname(o.file.display().to_string());
         case.set_time(std::time::Duration::from_secs_f64(o.elapsed_ms / 1000.0));
-        if !o.indeterminate.is_empty() {
-            // Neither a pass nor a failure: said, so nobody reads it as either.
-            let lines: Vec<String> = o
-                .indeterminate
-                .iter()
-                .map(|i| {
-                    format!(
-                        "indeterminate user={} {} at {} ms: {}",
-                        i.user, i.id, i.at_ms, i.reason
-                    )
-                })
-                .collect();
+        // Neither a pass nor a failure: said, so nobody reads it as either.
+        let mut lines: Vec<String> = o
+            .indeterminate
+            .iter()
+            .map(|i| {
+                format!(
+                    "indeterminate user={} {} at {} ms: {}",
+                    i.user, i.id, i.at_ms, i.reason
+                )
+            })
+            .collect();
+        if o.pushes > 0 {
+            lines.push(format!("pushes received: {}", o.pushes));
+        }
+        if !lines.is_empty() {
             case.set_system_out(lines.join("\n"));
         }
         suite.add_test_case(case);

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use racegate_replay::runner::chat_id;
+use racegate_replay::history::{Got, parse_frame};
 use racegate_replay::scenario::{Protocol, User};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -207,7 +207,7 @@ pub async fn run(
             });
             for n in 1..=user.sends.len() {
                 log.push(Seen::Unsent {
-                    id: chat_id(&user.id, n),
+                    id: protocol.chat_id(&user.id, n),
                     reason: "the connection never opened".into(),
                 });
             }
@@ -264,7 +264,7 @@ pub async fn run(
                     return Ok(log.records);
                 }
                 if Some(wake) == send_at && wake < close_at {
-                    let id = chat_id(&user.id, next + 1);
+                    let id = protocol.chat_id(&user.id, next + 1);
                     let text = protocol.render_chat(&id, &user.sends[next].text, &user.id);
                     next += 1;
                     match ws.send(Message::text(text)).await {
@@ -335,10 +335,16 @@ async fn close(ws: &mut Ws, log: &mut Log, deadline: Instant) {
 
 /// The chats a client sent and still expects an answer to: its ack and the last event of its
 /// run, or an error frame (a visible refusal, taken as answering the oldest chat still open).
+/// Frames are read as the checker reads them ([`parse_frame`]), so a run is followed through
+/// the id its ack announced where the protocol says so (`run_from_ack`).
 #[derive(Default)]
 struct Pending {
     /// Chat id → (ack seen, run complete).
     open: indexmap::IndexMap<String, (bool, bool)>,
+    /// Run id → chat id, from acks that announced one.
+    runs: indexmap::IndexMap<String, String>,
+    /// Run ids whose last event came before any ack announced them.
+    finished_early: Vec<String>,
 }
 
 impl Pending {
@@ -351,32 +357,55 @@ impl Pending {
     }
 
     fn answered_by(&mut self, protocol: &Protocol, text: &str) {
-        let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else {
+        // A protocol without run events is answered by its ack alone.
+        let Some(last_event) = protocol.events.len().checked_sub(1) else {
+            if let Got::Ack { id, .. } = parse_frame(protocol, text) {
+                self.open.shift_remove(id.as_ref());
+            }
             return;
         };
-        let kind = crate::check::field(&frame, &protocol.type_field).unwrap_or_default();
-        if kind == protocol.error_type {
-            self.open.shift_remove_index(0);
-            return;
+        match parse_frame(protocol, text) {
+            Got::Error { .. } => {
+                self.open.shift_remove_index(0);
+            }
+            Got::Ack { id, run, .. } => {
+                self.mark(&id, true);
+                if let Some(run) = run {
+                    // The run may have finished before its ack announced it.
+                    if let Some(k) = self.finished_early.iter().position(|r| *r == run) {
+                        self.finished_early.swap_remove(k);
+                        self.mark(&id, false);
+                    }
+                    self.runs.entry(run.into_owned()).or_insert(id.into_owned());
+                }
+            }
+            Got::Event {
+                index,
+                run: Some(run),
+                ..
+            } if index == last_event => {
+                if protocol.run_from_ack.is_none() {
+                    self.mark(&run, false);
+                } else if let Some(chat) = self.runs.get(run.as_ref()).cloned() {
+                    self.mark(&chat, false);
+                } else {
+                    self.finished_early.push(run.into_owned());
+                }
+            }
+            _ => {}
         }
-        let last_event = protocol.events.last();
-        let (id, is_ack) = if kind == protocol.ack_type {
-            (crate::check::field(&frame, &protocol.id_field), true)
-        } else if last_event == Some(&kind) {
-            (crate::check::field(&frame, &protocol.run_field), false)
-        } else {
-            return;
-        };
-        let Some(id) = id else { return };
-        if let Some((ack, done)) = self.open.get_mut(&id) {
+    }
+
+    /// Notes `chat`'s ack (or its run's last event), and forgets the chat once it has both.
+    fn mark(&mut self, chat: &str, is_ack: bool) {
+        if let Some((ack, done)) = self.open.get_mut(chat) {
             if is_ack {
                 *ack = true;
             } else {
                 *done = true;
             }
-            // A protocol without run events is answered by its ack alone.
-            if *ack && (*done || last_event.is_none()) {
-                self.open.shift_remove(&id);
+            if *ack && *done {
+                self.open.shift_remove(chat);
             }
         }
     }

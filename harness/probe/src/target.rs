@@ -107,9 +107,9 @@ impl Target {
         }
     }
 
-    /// `user`'s upgrade request: the id in the query parameter `protocol` names, its credential
-    /// templates (header, cookie, subprotocol) and `extra` headers filled with the id and
-    /// `token`. Errors name headers, never values: a value may hold the token.
+    /// `user`'s upgrade request: the query `user_query` gives (the id in a bare parameter, or
+    /// its `name=template` pairs, percent-encoded), its credential templates (header, cookie,
+    /// subprotocol) and `extra` headers, filled with the id and `token`. Errors name headers, never values: a value may hold the token.
     pub fn request(
         &self,
         user: &str,
@@ -118,11 +118,11 @@ impl Target {
         extra: &[ExtraHeader],
     ) -> Result<Request, String> {
         let mut url = self.url.clone();
-        if let Some(param) = &protocol.user_query {
+        for (name, value) in protocol.query_pairs(user, token) {
             url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&percent_encode(param));
+            url.push_str(&percent_encode(&name));
             url.push('=');
-            url.push_str(&percent_encode(user));
+            url.push_str(&percent_encode(&value));
         }
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
         let value = |header: &str, template: &str| {
@@ -149,7 +149,7 @@ impl Target {
 }
 
 /// RFC 3986 unreserved characters kept, every other byte `%XX`.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -215,6 +215,20 @@ mod tests {
         assert_eq!(
             r.uri().to_string(),
             "ws://127.0.0.1:9/chat?v=2&token=a%20b%2F%C3%BC"
+        );
+    }
+
+    #[test]
+    fn query_pairs_carry_the_user_and_the_token_percent_encoded() {
+        let t = Target::parse("wss://staging.example.test/ws?v=2").unwrap();
+        let p = Protocol {
+            user_query: Some("uid={user}&access_token={token}".into()),
+            ..Protocol::default()
+        };
+        let r = t.request("a b", Some("tk/1+=="), &p, &[]).unwrap();
+        assert_eq!(
+            r.uri().to_string(),
+            "wss://staging.example.test/ws?v=2&uid=a%20b&access_token=tk%2F1%2B%3D%3D"
         );
     }
 

@@ -28,6 +28,27 @@ pub struct Indeterminate {
     pub reason: String,
 }
 
+/// An ack or run event that matches no chat of the run: for a chat no client sent, of a run no
+/// ack announced, or naming no run at all. Each is also a violation (`out-of-order` for an ack,
+/// `event-order` for an event's run), unless its user field names another user, which makes it
+/// `cross-user`'s instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unmatched {
+    /// Whose connection received it.
+    pub user: String,
+    /// When (milliseconds since the run began).
+    pub at_ms: u64,
+    /// Its position in the connection's history (the probe marks its record with it).
+    #[serde(skip)]
+    pub op: usize,
+    /// `ack`, or the event's type.
+    pub frame: String,
+    /// The chat id (an ack) or run id (an event) it named, if any.
+    pub id: Option<String>,
+    /// Why it matches nothing, in words.
+    pub reason: String,
+}
+
 /// Everything the checker found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Judgement {
@@ -35,19 +56,22 @@ pub struct Judgement {
     pub violations: Vec<Violation>,
     /// Chats whose fate is unknowable, in history order.
     pub indeterminate: Vec<Indeterminate>,
+    /// Acks and events that match no chat, by connection, then in history order.
+    pub unmatched: Vec<Unmatched>,
 }
 
 /// Checks every client-observable invariant over `history`.
 pub fn check(history: &History<'_>) -> Judgement {
-    let owners = owners(history);
+    let ctx = Context::of(history);
     let mut j = Judgement::default();
     for (user, ops) in &history.conns {
-        let f = Facts::of(user, ops);
+        let f = Facts::of(user, ops, &ctx);
         message_lost(&f, &mut j);
         j.violations
             .extend(out_of_order(&f).into_iter().map(|(v, _)| v));
         event_order(&f, history, &mut j);
-        cross_user(&f, &owners, &mut j.violations);
+        unmatched(&f, history, &mut j);
+        cross_user(&f, &ctx, &mut j.violations);
         accept_first(&f, history, &mut j.violations);
         abnormal_close(&f, history, &mut j.violations);
         stuck(&f, &mut j.violations);
@@ -84,10 +108,10 @@ pub struct Tally {
 
 /// Counts `history` with the same rule functions [`check`] uses.
 pub fn tally(history: &History<'_>) -> Tally {
-    let owners = owners(history);
+    let ctx = Context::of(history);
     let mut t = Tally::default();
     for (user, ops) in &history.conns {
-        let f = Facts::of(user, ops);
+        let f = Facts::of(user, ops, &ctx);
         let mut j = Judgement::default();
         for (id, _, fate) in fates(&f) {
             match fate {
@@ -107,10 +131,13 @@ pub fn tally(history: &History<'_>) -> Tally {
             }
         }
         event_order(&f, history, &mut j);
-        cross_user(&f, &owners, &mut j.violations);
+        unmatched(&f, history, &mut j);
+        cross_user(&f, &ctx, &mut j.violations);
         for v in &j.violations {
             match v.invariant {
                 Invariant::MessageLost => t.lost += 1,
+                // Here only `unmatched`'s: an ack for a chat nobody sent.
+                Invariant::OutOfOrder => t.out_of_order += 1,
                 Invariant::EventOrder => t.out_of_order += 1,
                 Invariant::CrossUser => t.cross_user += 1,
                 _ => {}
@@ -140,6 +167,20 @@ enum Ending {
 /// One run's events as received: (index in the protocol's list, time, position in `ops`).
 type RunEvents = Vec<(usize, u64, usize)>;
 
+/// An event that matches no chat.
+#[derive(Clone, Copy)]
+struct StrayEvent<'h> {
+    /// The run id it names, if any.
+    run: Option<&'h str>,
+    /// Its position in the protocol's event list.
+    index: usize,
+    at: u64,
+    /// Its position in the connection's history.
+    pos: usize,
+    /// The user it names, if any.
+    claimed: Option<&'h str>,
+}
+
 /// What the rules read about one connection, gathered in one pass.
 struct Facts<'h> {
     user: &'h str,
@@ -152,8 +193,15 @@ struct Facts<'h> {
     pushes: Vec<(&'h str, u64)>,
     acks: Vec<(&'h str, u64, usize)>,
     pushes_got: Vec<(&'h str, u64)>,
-    /// Run id → (event index, time, position).
+    /// Chat id → its run's events (index, time, position), each matched to its chat through
+    /// [`Context::chat_of`].
     runs: Vec<(&'h str, RunEvents)>,
+    /// Own chats whose ack announced a run id (`run_from_ack`): chat id, run id.
+    announced: Vec<(&'h str, &'h str)>,
+    /// Acks for a chat no client invoked: id, time, position, the user they name.
+    stray_acks: Vec<(&'h str, u64, usize, Option<&'h str>)>,
+    /// Events that match no chat.
+    stray_events: Vec<StrayEvent<'h>>,
     /// Refused visibly: an error frame naming it, or a refusal the server or notifier recorded
     /// when the connection was over (or not yet known to the server).
     refused: BTreeSet<&'h str>,
@@ -166,7 +214,7 @@ struct Facts<'h> {
 }
 
 impl<'h> Facts<'h> {
-    fn of(user: &'h str, ops: &'h [Op<'h>]) -> Self {
+    fn of(user: &'h str, ops: &'h [Op<'h>], ctx: &Context<'h>) -> Self {
         let mut f = Facts {
             user,
             ops,
@@ -177,6 +225,9 @@ impl<'h> Facts<'h> {
             acks: Vec::new(),
             pushes_got: Vec::new(),
             runs: Vec::new(),
+            announced: Vec::new(),
+            stray_acks: Vec::new(),
+            stray_events: Vec::new(),
             refused: BTreeSet::new(),
             refused_early: BTreeMap::new(),
             dropped: BTreeMap::new(),
@@ -205,17 +256,33 @@ impl<'h> Facts<'h> {
                 Act::Unsent { id, reason } => f.unsent.push((id, at, reason)),
                 Act::PushIssued { id } => f.pushes.push((id, at)),
                 Act::Recv(got) => match got {
-                    Got::Ack { id, .. } => f.acks.push((id, at, pos)),
-                    Got::Push { id, .. } => f.pushes_got.push((id, at)),
-                    Got::Event { index, run, .. } => {
-                        {
-                            // Runs come one after another: look at the latest first.
-                            match f.runs.iter_mut().rev().find(|(r, _)| r == run) {
-                                Some((_, events)) => events.push((*index, at, pos)),
-                                None => f.runs.push((run, vec![(*index, at, pos)])),
-                            }
+                    Got::Ack { id, user, run } => {
+                        f.acks.push((id, at, pos));
+                        if ctx.owners.get(id).is_none() {
+                            f.stray_acks.push((id, at, pos, user.as_deref()));
+                        } else if let Some(run) = run {
+                            f.announced.push((id, run));
                         }
                     }
+                    Got::Push { id, .. } => {
+                        if let Some(id) = id {
+                            f.pushes_got.push((id, at));
+                        }
+                    }
+                    Got::Event { index, run, user } => match ctx.chat_of(f.user, run.as_deref()) {
+                        // Runs come one after another: look at the latest first.
+                        Some(chat) => match f.runs.iter_mut().rev().find(|(r, _)| *r == chat) {
+                            Some((_, events)) => events.push((*index, at, pos)),
+                            None => f.runs.push((chat, vec![(*index, at, pos)])),
+                        },
+                        None => f.stray_events.push(StrayEvent {
+                            run: run.as_deref(),
+                            index: *index,
+                            at,
+                            pos,
+                            claimed: user.as_deref(),
+                        }),
+                    },
                     Got::Error {
                         about: Some(id), ..
                     } => {
@@ -281,6 +348,14 @@ impl<'h> Facts<'h> {
             .iter()
             .find(|(r, _)| *r == id)
             .map(|(_, e)| e.as_slice())
+    }
+
+    /// The run id an ack on this connection announced for own chat `chat`, if one did.
+    fn announced_run(&self, chat: &str) -> Option<&'h str> {
+        self.announced
+            .iter()
+            .find(|(c, _)| *c == chat)
+            .map(|(_, r)| *r)
     }
 
     fn ending_after(&self, pos: usize) -> Option<Ending> {
@@ -524,15 +599,158 @@ fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
             .iter()
             .map(|i| names.get(*i).map_or("?", String::as_str))
             .collect();
+        // Where runs are matched through the ack's run id, say which id that was, or that
+        // there was none to follow.
+        let via = match (&history.protocol.run_from_ack, f.announced_run(run)) {
+            (None, _) => String::new(),
+            (Some(_), Some(id)) => format!(" (run id {id})"),
+            (Some(path), None) => format!(" (its ack announced no run id at `{path}`)"),
+        };
         j.violations.push(f.violation(
             Invariant::EventOrder,
             last_at,
             format!(
-                "run {run} got [{}], expected [{}] in order",
+                "run {run}{via} got [{}], expected [{}] in order",
                 got.join(", "),
                 names.join(", ")
             ),
         ));
+    }
+}
+
+/// Acks and events that match no chat (never silently dropped): an ack for a chat no client
+/// sent breaks `out-of-order` (acks answer sent chats one to one, like a second ack for one);
+/// an event of a run no chat of this run started, or naming no run, breaks `event-order` (run
+/// events come for started chats only, each once), one violation per run id. The probe's
+/// clients are the only ones its users have, and every type in `events` belongs to a chat's
+/// run, so such a frame is another client's run leaking in, a run outliving an earlier
+/// connection, a mislabelled run (whose own chat then misses events too), or a `[protocol]`
+/// that reads the wrong field. A frame whose user field names another user is `cross-user`'s,
+/// not counted twice.
+fn unmatched(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
+    let p = history.protocol;
+    let foreign = |claimed: Option<&str>| claimed.is_some_and(|c| c != f.user);
+    for &(id, at, pos, claimed) in &f.stray_acks {
+        if foreign(claimed) {
+            continue;
+        }
+        let reason = format!("ack {id} is for a chat no client sent");
+        j.violations
+            .push(f.violation(Invariant::OutOfOrder, at, reason.clone()));
+        j.unmatched.push(Unmatched {
+            user: f.user.to_string(),
+            at_ms: at,
+            op: pos,
+            frame: p.ack_type.clone(),
+            id: Some(id.to_string()),
+            reason,
+        });
+    }
+    // One violation per run id, at its first event, listing every event of it.
+    let mut runs: Vec<(Option<&str>, u64, Vec<&str>)> = Vec::new();
+    for &StrayEvent {
+        run,
+        index,
+        at,
+        pos,
+        claimed,
+    } in &f.stray_events
+    {
+        if foreign(claimed) {
+            continue;
+        }
+        let name = p.events.get(index).map_or("?", String::as_str);
+        let reason = match (run, &p.run_from_ack) {
+            (None, _) => format!("{name} names no run (`{}`)", p.run_field),
+            (Some(r), Some(path)) => {
+                format!("{name} of run {r}, which no ack announced (`{path}`)")
+            }
+            (Some(r), None) => format!("{name} of run {r}, a chat no client sent"),
+        };
+        j.unmatched.push(Unmatched {
+            user: f.user.to_string(),
+            at_ms: at,
+            op: pos,
+            frame: name.to_string(),
+            id: run.map(str::to_string),
+            reason,
+        });
+        match runs.iter_mut().find(|(r, _, _)| *r == run) {
+            Some((_, _, names)) => names.push(name),
+            None => runs.push((run, at, vec![name])),
+        }
+    }
+    for (run, at, names) in runs {
+        let what = match (run, &p.run_from_ack) {
+            (None, _) => format!("naming no run (`{}`)", p.run_field),
+            (Some(r), Some(path)) => format!("of run {r}, which no ack announced (`{path}`)"),
+            (Some(r), None) => format!("of run {r}, which is no chat any client sent"),
+        };
+        j.violations.push(f.violation(
+            Invariant::EventOrder,
+            at,
+            format!(
+                "received [{}] {what}: events that match no chat",
+                names.join(", ")
+            ),
+        ));
+    }
+}
+
+/// What the rules need to know across connections: who invoked each id, and which chat each
+/// run id an ack announced belongs to.
+struct Context<'h> {
+    owners: Owners<'h>,
+    /// The protocol's `run_from_ack` is set: events are matched to chats only through the run
+    /// ids acks announced, never by taking their run id for a chat id.
+    by_announced_run: bool,
+    /// (run id, connection, chat id) of every ack for an invoked chat that announced a run id,
+    /// sorted by run id; history order within one.
+    announced: Vec<(&'h str, &'h str, &'h str)>,
+}
+
+impl<'h> Context<'h> {
+    fn of(history: &'h History<'_>) -> Self {
+        let owners = owners(history);
+        let by_announced_run = history.protocol.run_from_ack.is_some();
+        let mut announced = Vec::new();
+        if by_announced_run {
+            for (user, ops) in &history.conns {
+                for op in ops {
+                    if let Act::Recv(Got::Ack {
+                        id, run: Some(run), ..
+                    }) = &op.act
+                        && owners.get(id).is_some()
+                    {
+                        announced.push((run.as_ref(), user.as_ref(), id.as_ref()));
+                    }
+                }
+            }
+            announced.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        Context {
+            owners,
+            by_announced_run,
+            announced,
+        }
+    }
+
+    /// The chat an event naming `run` belongs to, on `user`'s connection, if any: the invoked
+    /// chat of that id; or, with `run_from_ack`, the chat an ack announced `run` for, on this
+    /// connection first (servers may count run ids per connection), else on another (a leak
+    /// `cross-user` names). The first announcement wins.
+    fn chat_of(&self, user: &str, run: Option<&'h str>) -> Option<&'h str> {
+        let run = run?;
+        if !self.by_announced_run {
+            return self.owners.get(run).map(|_| run);
+        }
+        let start = self.announced.partition_point(|(r, _, _)| *r < run);
+        let same = self.announced[start..]
+            .iter()
+            .take_while(|(r, _, _)| *r == run);
+        let mine = same.clone().find(|(_, u, _)| *u == user);
+        mine.or_else(|| same.clone().next())
+            .map(|(_, _, chat)| *chat)
     }
 }
 
@@ -565,25 +783,34 @@ fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
 }
 
 /// `cross-user`: a client received an ack, event or push that names another user, or is about
-/// a chat or push another user invoked. One violation per frame.
-fn cross_user(f: &Facts<'_>, owners: &Owners<'_>, out: &mut Vec<Violation>) {
+/// a chat or push another user invoked (an event through the chat its run belongs to). One
+/// violation per frame.
+fn cross_user(f: &Facts<'_>, ctx: &Context<'_>, out: &mut Vec<Violation>) {
     for op in f.ops {
         let Act::Recv(got) = &op.act else { continue };
-        let (what, id, claimed) = match got {
-            Got::Ack { id, user } => ("ack", id, user),
-            Got::Event { run, user, .. } => ("event", run, user),
-            Got::Push { id, user } => ("push", id, user),
+        let (what, named, id, claimed) = match got {
+            Got::Ack { id, user, .. } => ("ack", Some(id.as_ref()), Some(id.as_ref()), user),
+            Got::Event { run, user, .. } => {
+                let run = run.as_deref();
+                ("event", run, ctx.chat_of(f.user, run), user)
+            }
+            Got::Push { id, user } => ("push", id.as_deref(), id.as_deref(), user),
             Got::Error { .. } | Got::Text(_) | Got::Other => continue,
         };
-        if claimed.as_deref().is_none_or(|c| c == f.user) && f.invoked(id) {
+        if claimed.as_deref().is_none_or(|c| c == f.user) && id.is_some_and(|i| f.invoked(i)) {
             continue; // the common case: its own frame
         }
-        let detail = match (claimed.as_deref(), owners.get(id.as_ref())) {
+        let frame = match (named, id) {
+            (Some(n), Some(chat)) if n != chat => format!("{what} {n} (of {chat})"),
+            (Some(n), _) => format!("{what} {n}"),
+            (None, _) => what.to_string(),
+        };
+        let detail = match (claimed.as_deref(), id.and_then(|i| ctx.owners.get(i))) {
             (Some(c), _) if c != f.user => {
-                format!("client received {what} {id} addressed to user {c}")
+                format!("client received {frame} addressed to user {c}")
             }
             (_, Some(o)) if o != f.user => {
-                format!("client received {what} {id}, produced for user {o}")
+                format!("client received {frame}, produced for user {o}")
             }
             _ => continue,
         };
@@ -727,6 +954,264 @@ mod tests {
             code,
             reason: Cow::Borrowed(reason),
         }
+    }
+
+    fn b(s: &'static str) -> Cow<'static, str> {
+        Cow::Borrowed(s)
+    }
+
+    fn send(id: &'static str) -> Act<'static> {
+        Act::Send { id: b(id) }
+    }
+
+    fn ack(id: &'static str, run: Option<&'static str>) -> Act<'static> {
+        Act::Recv(Got::Ack {
+            id: b(id),
+            user: None,
+            run: run.map(b),
+        })
+    }
+
+    fn event(index: usize, run: Option<&'static str>, user: Option<&'static str>) -> Act<'static> {
+        Act::Recv(Got::Event {
+            index,
+            run: run.map(b),
+            user: user.map(b),
+        })
+    }
+
+    /// A whole run of `run`, in order.
+    fn run_of(run: &'static str) -> Vec<Act<'static>> {
+        (0..5).map(|i| event(i, Some(run), None)).collect()
+    }
+
+    /// Connections (user, acts) read with `protocol`, 10 ms apart within each.
+    fn conns<'p>(
+        protocol: &'p Protocol,
+        users: Vec<(&'static str, Vec<Act<'static>>)>,
+    ) -> History<'p> {
+        let mut h = History::new(protocol);
+        for (user, acts) in users {
+            for (at, act) in acts.into_iter().enumerate() {
+                h.push(user, at as u64 * 10, act);
+            }
+        }
+        h
+    }
+
+    fn run_from_ack() -> Protocol {
+        Protocol {
+            run_from_ack: Some("data.runId".into()),
+            ..Protocol::default()
+        }
+    }
+
+    fn names(j: &Judgement) -> Vec<(Invariant, String)> {
+        j.violations
+            .iter()
+            .map(|v| (v.invariant, v.detail.clone()))
+            .collect()
+    }
+
+    use crate::scenario::Protocol;
+
+    #[test]
+    fn events_are_matched_to_chats_through_the_run_id_the_ack_announced() {
+        let p = run_from_ack();
+        let mut acts = vec![Act::Open, send("u-1"), ack("u-1", Some("r-7"))];
+        acts.extend(run_of("r-7"));
+        let j = check(&conns(&p, vec![("u", acts.clone())]));
+        assert_eq!(names(&j), [], "a whole run through its announced id passes");
+        // The same run with two events swapped fails, naming the chat and its run id.
+        acts.swap(4, 5);
+        let j = check(&conns(&p, vec![("u", acts)]));
+        assert_eq!(
+            names(&j),
+            [(
+                Invariant::EventOrder,
+                "run u-1 (run id r-7) got [agent_started, tool_executing, agent_thinking, \
+                 tool_completed, agent_completed], expected [agent_started, agent_thinking, \
+                 tool_executing, tool_completed, agent_completed] in order"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_event_before_the_ack_that_announces_its_run_still_counts_for_that_chat() {
+        let p = run_from_ack();
+        let mut acts = vec![Act::Open, send("u-1")];
+        acts.extend(run_of("r-7"));
+        acts.push(ack("u-1", Some("r-7")));
+        assert_eq!(names(&check(&conns(&p, vec![("u", acts)]))), []);
+    }
+
+    #[test]
+    fn with_run_ids_from_acks_an_event_naming_the_chat_id_itself_matches_nothing() {
+        let p = run_from_ack();
+        let mut acts = vec![Act::Open, send("u-1"), ack("u-1", None)];
+        acts.extend(run_of("u-1"));
+        let j = check(&conns(&p, vec![("u", acts)]));
+        let v = names(&j);
+        assert_eq!(v.len(), 2, "{v:#?}");
+        assert!(
+            v[0].1
+                .starts_with("run u-1 (its ack announced no run id at `data.runId`) got []"),
+            "{v:#?}"
+        );
+        assert_eq!(
+            v[1].1,
+            "received [agent_started, agent_thinking, tool_executing, tool_completed, \
+             agent_completed] of run u-1, which no ack announced (`data.runId`): events that \
+             match no chat"
+        );
+        assert_eq!(j.unmatched.len(), 5);
+        assert_eq!(
+            (
+                j.unmatched[0].op,
+                j.unmatched[0].frame.as_str(),
+                j.unmatched[0].id.as_deref()
+            ),
+            (3, "agent_started", Some("u-1"))
+        );
+    }
+
+    #[test]
+    fn run_ids_counted_per_connection_match_each_connections_own_chat() {
+        let p = run_from_ack();
+        let user = |chat| {
+            let mut acts = vec![Act::Open, send(chat), ack(chat, Some("1"))];
+            acts.extend(run_of("1"));
+            acts
+        };
+        let h = conns(&p, vec![("u", user("u-1")), ("v", user("v-1"))]);
+        assert_eq!(names(&check(&h)), []);
+    }
+
+    #[test]
+    fn an_event_of_a_run_announced_to_another_user_is_cross_user() {
+        let p = run_from_ack();
+        let mut v = vec![Act::Open, send("v-1"), ack("v-1", Some("r-9"))];
+        v.extend(run_of("r-9"));
+        let u = vec![Act::Open, event(0, Some("r-9"), None)];
+        let j = check(&conns(&p, vec![("u", u), ("v", v)]));
+        assert_eq!(
+            names(&j),
+            [(
+                Invariant::CrossUser,
+                "client received event r-9 (of v-1), produced for user v".to_string()
+            )]
+        );
+        assert_eq!(j.unmatched, []);
+    }
+
+    #[test]
+    fn an_event_of_a_run_nobody_started_is_event_order_and_listed_as_unmatched() {
+        // racegate's own protocol: the run id is the chat id, and `zz/m9` was never sent.
+        let p = Protocol::default();
+        let mut acts = vec![Act::Open, send("u/m1"), ack("u/m1", None)];
+        acts.extend(run_of("u/m1"));
+        acts.push(event(0, Some("zz/m9"), Some("u")));
+        acts.push(event(1, Some("zz/m9"), None));
+        acts.push(event(2, None, None));
+        let h = conns(&p, vec![("u", acts)]);
+        let j = check(&h);
+        assert_eq!(
+            names(&j),
+            [
+                (
+                    Invariant::EventOrder,
+                    "received [agent_started, agent_thinking] of run zz/m9, which is no chat any \
+                     client sent: events that match no chat"
+                        .to_string()
+                ),
+                (
+                    Invariant::EventOrder,
+                    "received [tool_executing] naming no run (`run`): events that match no chat"
+                        .to_string()
+                ),
+            ]
+        );
+        let reasons: Vec<&str> = j.unmatched.iter().map(|u| u.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "agent_started of run zz/m9, a chat no client sent",
+                "agent_thinking of run zz/m9, a chat no client sent",
+                "tool_executing names no run (`run`)",
+            ]
+        );
+        assert_eq!(
+            tally(&h).out_of_order,
+            2,
+            "load counts them as out of order"
+        );
+    }
+
+    #[test]
+    fn an_unmatched_event_addressed_to_another_user_is_cross_user_alone() {
+        let p = Protocol::default();
+        let acts = vec![Act::Open, event(0, Some("zz/m9"), Some("w"))];
+        let j = check(&conns(&p, vec![("u", acts)]));
+        assert_eq!(
+            names(&j),
+            [(
+                Invariant::CrossUser,
+                "client received event zz/m9 addressed to user w".to_string()
+            )]
+        );
+        assert_eq!(j.unmatched, []);
+    }
+
+    #[test]
+    fn an_ack_for_a_chat_nobody_sent_is_out_of_order_and_counted_by_load() {
+        let p = Protocol::default();
+        let mut acts = vec![Act::Open, send("u/m1"), ack("u/m1", None)];
+        acts.extend(run_of("u/m1"));
+        acts.push(ack("ghost/m1", None));
+        let h = conns(&p, vec![("u", acts)]);
+        let j = check(&h);
+        assert_eq!(
+            names(&j),
+            [(
+                Invariant::OutOfOrder,
+                "ack ghost/m1 is for a chat no client sent".to_string()
+            )]
+        );
+        assert_eq!(j.unmatched.len(), 1);
+        assert_eq!(tally(&h).out_of_order, 1);
+    }
+
+    #[test]
+    fn a_push_is_checked_for_its_user_with_or_without_an_id() {
+        let p = Protocol::default();
+        let push = |id: Option<&'static str>, user| {
+            Act::Recv(Got::Push {
+                id: id.map(b),
+                user: Some(b(user)),
+            })
+        };
+        let acts = vec![
+            Act::Open,
+            push(Some("n1"), "u"),
+            push(None, "u"),
+            push(None, "w"),
+            push(Some("n2"), "w"),
+        ];
+        let j = check(&conns(&p, vec![("u", acts)]));
+        assert_eq!(
+            names(&j),
+            [
+                (
+                    Invariant::CrossUser,
+                    "client received push addressed to user w".to_string()
+                ),
+                (
+                    Invariant::CrossUser,
+                    "client received push n2 addressed to user w".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

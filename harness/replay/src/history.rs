@@ -26,20 +26,24 @@ pub enum Got<'a> {
         id: Cow<'a, str>,
         /// The user the frame names, if it names one.
         user: Option<Cow<'a, str>>,
+        /// The run id the server assigned to the chat, where the protocol has acks announce
+        /// one (`run_from_ack`) and this ack did.
+        run: Option<Cow<'a, str>>,
     },
     /// One of a run's events.
     Event {
         /// Its position in the protocol's event list.
         index: usize,
-        /// The chat id that started the run.
-        run: Cow<'a, str>,
+        /// The chat id that started the run, or the run id its ack announced (`run_from_ack`);
+        /// `None` when the frame names no run at all.
+        run: Option<Cow<'a, str>>,
         /// The user the frame names, if it names one.
         user: Option<Cow<'a, str>>,
     },
     /// A server push.
     Push {
-        /// The push id.
-        id: Cow<'a, str>,
+        /// The push id, if the frame has one (a probe checks a push's user without it).
+        id: Option<Cow<'a, str>>,
         /// The user the frame names, if it names one.
         user: Option<Cow<'a, str>>,
     },
@@ -323,17 +327,18 @@ fn got_of(frame: &Frame) -> Got<'_> {
         Frame::Ack { id, user: u } => Got::Ack {
             id: Cow::Borrowed(id),
             user: user(u),
+            run: None,
         },
         Frame::Event { kind, run, user: u } => Got::Event {
             index: AgentEvent::RUN
                 .iter()
                 .position(|k| k == kind)
                 .unwrap_or(usize::MAX),
-            run: Cow::Borrowed(run),
+            run: Some(Cow::Borrowed(run)),
             user: user(u),
         },
         Frame::Push { id, user: u, .. } => Got::Push {
-            id: Cow::Borrowed(id),
+            id: Some(Cow::Borrowed(id)),
             user: user(u),
         },
         Frame::Error { message } => Got::Error {
@@ -353,24 +358,29 @@ pub fn refused_chat(message: &str) -> Option<&str> {
 }
 
 /// A text frame read with `protocol`: its type field says ack, push, error or which event; the
-/// id, run and user fields say what it is about. An error frame refuses the chat its id field
-/// names, or the one its message names in racegate's words ([`refused_chat`]).
+/// id, run and user fields (each kind's own user field) say what it is about. An error frame
+/// refuses the chat its id field names, or the one its message names in racegate's words
+/// ([`refused_chat`]). An event without a run id is still an event (the checker reports it as
+/// matching no chat); an ack without a chat id answers nothing, so it is [`Got::Other`].
 pub fn parse_frame(protocol: &Protocol, text: &str) -> Got<'static> {
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
         return Got::Text(Cow::Owned(text.to_string()));
     };
     let get = |path: &str| field(&frame, path).map(Cow::Owned);
     let kind = field(&frame, &protocol.type_field).unwrap_or_default();
-    let user = get(&protocol.user_field);
     if kind == protocol.ack_type {
         match get(&protocol.id_field) {
-            Some(id) => Got::Ack { id, user },
+            Some(id) => Got::Ack {
+                id,
+                user: get(protocol.ack_user_field()),
+                run: protocol.run_from_ack.as_deref().and_then(get),
+            },
             None => Got::Other,
         }
     } else if kind == protocol.push_type {
-        match get(&protocol.id_field) {
-            Some(id) => Got::Push { id, user },
-            None => Got::Other,
+        Got::Push {
+            id: get(&protocol.id_field),
+            user: get(protocol.push_user_field()),
         }
     } else if kind == protocol.error_type {
         let message = field(&frame, &protocol.message_field).unwrap_or_else(|| text.to_string());
@@ -381,9 +391,10 @@ pub fn parse_frame(protocol: &Protocol, text: &str) -> Got<'static> {
             about,
         }
     } else if let Some(index) = protocol.events.iter().position(|e| *e == kind) {
-        match get(&protocol.run_field) {
-            Some(run) => Got::Event { index, run, user },
-            None => Got::Other,
+        Got::Event {
+            index,
+            run: get(&protocol.run_field),
+            user: get(protocol.event_user_field()),
         }
     } else {
         Got::Other
@@ -420,13 +431,14 @@ mod tests {
             parse_frame(&p, r#"{"type":"ack","id":"u/m1","user":"u"}"#),
             Got::Ack {
                 id: owned("u/m1"),
-                user: Some(owned("u"))
+                user: Some(owned("u")),
+                run: None
             }
         );
         assert_eq!(
             parse_frame(&p, r#"{"type":"push","id":"u/p1"}"#),
             Got::Push {
-                id: owned("u/p1"),
+                id: Some(owned("u/p1")),
                 user: None
             }
         );
@@ -435,7 +447,7 @@ mod tests {
             parse_frame(&p, &format!(r#"{{"type":"{}","run":"u/m1"}}"#, p.events[2])),
             Got::Event {
                 index: 2,
-                run: owned("u/m1"),
+                run: Some(owned("u/m1")),
                 user: None
             }
         );
@@ -444,12 +456,74 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_push_or_event_without_its_id_is_no_answer_at_all() {
+    fn an_ack_without_its_chat_id_is_no_answer_but_a_push_or_event_without_an_id_is_kept() {
         let p = Protocol::default();
         assert_eq!(parse_frame(&p, r#"{"type":"ack","user":"u"}"#), Got::Other);
-        assert_eq!(parse_frame(&p, r#"{"type":"push"}"#), Got::Other);
+        // Still checked for its user, and counted.
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"push","user":"u"}"#),
+            Got::Push {
+                id: None,
+                user: Some(owned("u"))
+            }
+        );
+        // Reported as matching no chat, not dropped.
         let event = format!(r#"{{"type":"{}","id":"u/m1"}}"#, p.events[0]);
-        assert_eq!(parse_frame(&p, &event), Got::Other);
+        assert_eq!(
+            parse_frame(&p, &event),
+            Got::Event {
+                index: 0,
+                run: None,
+                user: None
+            }
+        );
+    }
+
+    #[test]
+    fn each_kind_reads_its_own_user_field_and_an_ack_the_run_id_it_announces() {
+        let p = Protocol {
+            run_from_ack: Some("data.runId".into()),
+            ack_user_field: Some("data.user".into()),
+            push_user_field: Some("to".into()),
+            ..Protocol::default()
+        };
+        assert_eq!(
+            parse_frame(
+                &p,
+                r#"{"type":"ack","id":"u-1","user":"x","data":{"runId":42,"user":"u"}}"#
+            ),
+            Got::Ack {
+                id: owned("u-1"),
+                user: Some(owned("u")),
+                run: Some(owned("42"))
+            }
+        );
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"ack","id":"u-1"}"#),
+            Got::Ack {
+                id: owned("u-1"),
+                user: None,
+                run: None
+            },
+            "an ack that announces no run id still answers its chat"
+        );
+        assert_eq!(
+            parse_frame(&p, r#"{"type":"push","user":"x","to":"u"}"#),
+            Got::Push {
+                id: None,
+                user: Some(owned("u"))
+            }
+        );
+        // Events keep `user_field`: no field of their own here.
+        let event = format!(r#"{{"type":"{}","run":"42","user":"u"}}"#, p.events[4]);
+        assert_eq!(
+            parse_frame(&p, &event),
+            Got::Event {
+                index: 4,
+                run: Some(owned("42")),
+                user: Some(owned("u"))
+            }
+        );
     }
 
     #[test]
@@ -496,7 +570,8 @@ mod tests {
             parse_frame(&p, r#"{"kind":"received","meta":{"msg":7,"who":"u"}}"#),
             Got::Ack {
                 id: owned("7"),
-                user: Some(owned("u"))
+                user: Some(owned("u")),
+                run: None
             }
         );
         let frame: Value = serde_json::from_str(r#"{"a":{"b":true,"n":null,"l":[1]}}"#).unwrap();

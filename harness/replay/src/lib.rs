@@ -52,7 +52,7 @@ pub mod setup;
 pub mod trace;
 pub mod transport;
 
-pub use checker::{Indeterminate, Judgement};
+pub use checker::{Indeterminate, Judgement, Unmatched};
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
 /// The lifecycle states a trace records (`EventKind::State`), from the loom-checked core.

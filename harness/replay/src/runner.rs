@@ -132,9 +132,12 @@ pub fn judge(
             .iter()
             .any(|u| u.id == user && u.close_ms.is_some())
     };
+    // The replay's own endpoints answer only the chats its clients sent: anything unmatched is
+    // among the violations too.
     let Judgement {
         violations,
         indeterminate,
+        ..
     } = oracle::judge(&trace, &scheduled);
     let verdict = if violations.is_empty() {
         Verdict::Pass

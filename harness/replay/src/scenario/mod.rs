@@ -50,7 +50,9 @@ pub struct Scenario {
 /// gates servers that are not racegate's. Defaults are racegate's own wire protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protocol {
-    /// The query parameter carrying the user id; `None` when the id travels only in a header.
+    /// The query string carrying the user's credential: a bare parameter name (the user id is
+    /// its value, as in `token`) or `name=template` pairs joined by `&` (`access_token={token}`);
+    /// `None` when the credential travels only in headers. See [`Protocol::query_pairs`].
     pub user_query: Option<String>,
     /// The request header carrying the user's credential, if any.
     pub user_header: Option<String>,
@@ -65,6 +67,9 @@ pub struct Protocol {
     pub token_env: Option<String>,
     /// A chat frame; `{id}`, `{text}` and `{user}` are replaced by JSON-escaped values.
     pub chat: String,
+    /// A chat's id: a template of `{user}` and `{n}` (the user's n-th chat, from 1). Validated
+    /// to give every chat of the scenario its own id, since acks and events are matched by it.
+    pub chat_id: String,
     /// The field naming a frame's type (a dotted path reaches into nested objects).
     pub type_field: String,
     /// The type of an acknowledgement.
@@ -75,10 +80,21 @@ pub struct Protocol {
     pub error_type: String,
     /// The field of an ack naming the chat it acknowledges.
     pub id_field: String,
-    /// The field of an event naming the chat whose run it belongs to.
+    /// The field of an event naming the chat whose run it belongs to, or (with
+    /// [`run_from_ack`](Protocol::run_from_ack)) the run id its chat's ack announced.
     pub run_field: String,
-    /// The field naming the user a frame is for.
+    /// The field of an ack holding the run id the server assigned to the chat, for servers
+    /// whose events name their own run id rather than the chat's. When set, events are matched
+    /// to chats only through the ids acks announced.
+    pub run_from_ack: Option<String>,
+    /// The field naming the user a frame is for (every kind without a field of its own).
     pub user_field: String,
+    /// The user field of an ack, when it differs from `user_field`.
+    pub ack_user_field: Option<String>,
+    /// The user field of a run event, when it differs from `user_field`.
+    pub event_user_field: Option<String>,
+    /// The user field of a push, when it differs from `user_field`.
+    pub push_user_field: Option<String>,
     /// The field of an error frame holding its text.
     pub message_field: String,
     /// The types of one chat's run events, in the order they must arrive.
@@ -101,13 +117,18 @@ impl Default for Protocol {
             cookie: None,
             token_env: None,
             chat: s(r#"{"type":"chat","id":"{id}","text":"{text}"}"#),
+            chat_id: s("{user}/m{n}"),
             type_field: s("type"),
             ack_type: s("ack"),
             push_type: s("push"),
             error_type: s("error"),
             id_field: s("id"),
             run_field: s("run"),
+            run_from_ack: None,
             user_field: s("user"),
+            ack_user_field: None,
+            event_user_field: None,
+            push_user_field: None,
             message_field: s("message"),
             events: crate::trace::AgentEvent::RUN
                 .iter()
@@ -127,6 +148,49 @@ impl Default for Protocol {
 impl Protocol {
     /// The placeholders a chat template may use.
     pub const PLACEHOLDERS: [&'static str; 3] = ["id", "text", "user"];
+
+    /// The placeholders a chat id template may use.
+    pub const CHAT_ID_PLACEHOLDERS: [&'static str; 2] = ["user", "n"];
+
+    /// The id of `user`'s `n`-th chat (1-based), from [`chat_id`](Protocol::chat_id).
+    pub fn chat_id(&self, user: &str, n: usize) -> String {
+        template::fill_with(&self.chat_id, &[("user", user), ("n", &n.to_string())])
+    }
+
+    /// The user field of an ack.
+    pub fn ack_user_field(&self) -> &str {
+        self.ack_user_field.as_deref().unwrap_or(&self.user_field)
+    }
+
+    /// The user field of a run event.
+    pub fn event_user_field(&self) -> &str {
+        self.event_user_field.as_deref().unwrap_or(&self.user_field)
+    }
+
+    /// The user field of a push.
+    pub fn push_user_field(&self) -> &str {
+        self.push_user_field.as_deref().unwrap_or(&self.user_field)
+    }
+
+    /// The query parameters `user_query` puts on `user`'s upgrade URL, filled and not yet
+    /// percent-encoded: a bare name carries the user id; `name=template` pairs their templates.
+    /// `{token}` without a token is left as written (callers resolve tokens first).
+    pub fn query_pairs(&self, user: &str, token: Option<&str>) -> Vec<(String, String)> {
+        let Some(query) = &self.user_query else {
+            return Vec::new();
+        };
+        if !query.contains('=') {
+            return vec![(query.clone(), user.to_string())];
+        }
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (name.to_string(), template::fill(value, user, token))
+            })
+            .collect()
+    }
 
     /// The credential templates this protocol fills per user (header value, cookie,
     /// subprotocol), with the header each one goes into.
@@ -149,6 +213,7 @@ impl Protocol {
         self.credential_templates()
             .iter()
             .any(|(_, t)| template::uses_token(t))
+            || self.user_query.as_deref().is_some_and(template::uses_token)
     }
 
     /// The chat frame for chat `id` with `text` from `user`: each placeholder replaced by the

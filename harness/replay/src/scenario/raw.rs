@@ -46,13 +46,18 @@ struct RawProtocol {
     cookie: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     chat: Option<Spanned<String>>,
+    chat_id: Option<Spanned<String>>,
     type_field: Option<Spanned<String>>,
     ack_type: Option<Spanned<String>>,
     push_type: Option<Spanned<String>>,
     error_type: Option<Spanned<String>>,
     id_field: Option<Spanned<String>>,
     run_field: Option<Spanned<String>>,
+    run_from_ack: Option<Spanned<String>>,
     user_field: Option<Spanned<String>>,
+    ack_user_field: Option<Spanned<String>>,
+    event_user_field: Option<Spanned<String>>,
+    push_user_field: Option<Spanned<String>>,
     message_field: Option<Spanned<String>>,
     events: Option<Spanned<Vec<Spanned<String>>>>,
     error_patterns: Option<Vec<Spanned<String>>>,
@@ -227,7 +232,7 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         None => (IndexMap::new(), IndexMap::new()),
     };
     let protocol = match &raw.protocol {
-        Some(p) => protocol(at, p)?,
+        Some(p) => protocol(at, p, &users)?,
         None => Protocol::default(),
     };
     Ok(Scenario {
@@ -243,7 +248,11 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
     })
 }
 
-fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioError> {
+fn protocol(
+    at: &Locator<'_>,
+    raw: &RawProtocol,
+    users: &[User],
+) -> Result<Protocol, ScenarioError> {
     let d = Protocol::default();
     let name = |key: &str, value: &Option<Spanned<String>>, default: String| match value {
         Some(v) if v.get_ref().trim().is_empty() => Err(at.at(
@@ -298,7 +307,7 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
     let other_credential = user_header.is_some() || cookie.is_some() || subprotocol.is_some();
     let user_query = match (&raw.user_query, other_credential) {
         (Some(q), _) if q.get_ref().is_empty() => None,
-        (Some(q), _) => Some(q.get_ref().clone()),
+        (Some(q), _) => Some(query(at, q)?),
         (None, true) => None,
         (None, false) => d.user_query.clone(),
     };
@@ -314,6 +323,18 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
     let chat = match &raw.chat {
         Some(c) => chat_template(at, c)?,
         None => d.chat.clone(),
+    };
+    let chat_id = match &raw.chat_id {
+        Some(c) => chat_id_template(at, c, users)?,
+        None => d.chat_id.clone(),
+    };
+    let optional = |key: &str, value: &Option<Spanned<String>>, without: &str| match value {
+        Some(v) if v.get_ref().trim().is_empty() => Err(at.at(
+            v,
+            format!("`{key}` in [protocol] must not be empty; leave it out {without}"),
+        )),
+        Some(v) => Ok(Some(v.get_ref().clone())),
+        None => Ok(None),
     };
     let events = match &raw.events {
         Some(list) => {
@@ -387,12 +408,29 @@ fn protocol(at: &Locator<'_>, raw: &RawProtocol) -> Result<Protocol, ScenarioErr
         cookie,
         token_env,
         chat,
+        chat_id,
         type_field: name("type_field", &raw.type_field, d.type_field)?,
         ack_type: name("ack_type", &raw.ack_type, d.ack_type)?,
         push_type: name("push_type", &raw.push_type, d.push_type)?,
         error_type: name("error_type", &raw.error_type, d.error_type)?,
         id_field: name("id_field", &raw.id_field, d.id_field)?,
         run_field: name("run_field", &raw.run_field, d.run_field)?,
+        run_from_ack: optional(
+            "run_from_ack",
+            &raw.run_from_ack,
+            "when events name the chat id itself",
+        )?,
+        ack_user_field: optional("ack_user_field", &raw.ack_user_field, "to use `user_field`")?,
+        event_user_field: optional(
+            "event_user_field",
+            &raw.event_user_field,
+            "to use `user_field`",
+        )?,
+        push_user_field: optional(
+            "push_user_field",
+            &raw.push_user_field,
+            "to use `user_field`",
+        )?,
         user_field: name("user_field", &raw.user_field, d.user_field)?,
         message_field: name("message_field", &raw.message_field, d.message_field)?,
         events,
@@ -506,6 +544,105 @@ fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, Scen
         ));
     }
     Ok(t.clone())
+}
+
+/// A chat id template: `{n}` is required and only `{user}` and `{n}` are placeholders. The ids
+/// it gives this scenario's chats must all differ (acks and events are matched by them), which
+/// a template without `{user}` breaks as soon as two users send, and a careless one
+/// (`{user}{n}`: `u1`'s 11th chat and `u11`'s 1st) can break too: the ids themselves are
+/// compared.
+fn chat_id_template(
+    at: &Locator<'_>,
+    raw: &Spanned<String>,
+    users: &[User],
+) -> Result<String, ScenarioError> {
+    let t = raw.get_ref();
+    if t.trim().is_empty() {
+        return Err(at.at(
+            raw,
+            "`chat_id` in [protocol] must not be empty; leave it out for `{user}/m{n}`".into(),
+        ));
+    }
+    if let Some(name) = template::unknown(t, &Protocol::CHAT_ID_PLACEHOLDERS) {
+        return Err(at.at(
+            raw,
+            format!(
+                "unknown placeholder `{{{name}}}` in `chat_id`; expected `{{user}}` or `{{n}}`"
+            ),
+        ));
+    }
+    if !template::placeholders(t).any(|p| p == "n") {
+        return Err(at.at(
+            raw,
+            "`chat_id` in [protocol] needs an `{n}` placeholder (the user's n-th chat): every \
+             chat needs an id of its own, since acks and events are matched by it"
+                .into(),
+        ));
+    }
+    let probe = Protocol {
+        chat_id: t.clone(),
+        ..Protocol::default()
+    };
+    let mut seen: IndexMap<String, (&str, usize)> = IndexMap::new();
+    for user in users {
+        for n in 1..=user.sends.len() {
+            let id = probe.chat_id(&user.id, n);
+            if let Some((first, m)) = seen.insert(id.clone(), (&user.id, n)) {
+                return Err(at.at(
+                    raw,
+                    format!(
+                        "`chat_id` gives two chats the same id {id:?} (user {first:?}'s chat {m} \
+                         and user {:?}'s chat {n}); acks and events could not tell them apart, \
+                         so put `{{user}}` and `{{n}}` apart, e.g. \"{{user}}-{{n}}\"",
+                        user.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(t.clone())
+}
+
+/// `user_query`: a bare parameter name (the user id is its value, as always), or `name=value`
+/// pairs joined by `&` whose values are templates of `{user}` and `{token}` (servers that take
+/// a token in the query string, as browsers' WebSocket clients must). Names are literal.
+fn query(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, ScenarioError> {
+    let q = raw.get_ref();
+    if !q.contains('=') {
+        if let Some(p) = template::placeholders(q).find(|p| template::PLACEHOLDERS.contains(p)) {
+            return Err(at.at(
+                raw,
+                format!(
+                    "`user_query` without `=` is a parameter name, whose value is the user id; \
+                     to send `{{{p}}}` write `name={{{p}}}`, e.g. \"access_token={{token}}\""
+                ),
+            ));
+        }
+        return Ok(q.clone());
+    }
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(at.at(
+                raw,
+                format!(
+                    "`user_query` pair {pair:?} has no `=`; write `name=value` pairs joined by `&`"
+                ),
+            ));
+        };
+        if name.is_empty() || name.contains(['{', '}']) {
+            return Err(at.at(
+                raw,
+                format!("`user_query` pair {pair:?} needs a literal parameter name before its `=`"),
+            ));
+        }
+        if let Some(p) = template::unknown(value, &template::PLACEHOLDERS) {
+            return Err(at.at(
+                raw,
+                format!("unknown placeholder `{{{p}}}` in `user_query`; expected `{{user}}` or `{{token}}`"),
+            ));
+        }
+    }
+    Ok(q.clone())
 }
 
 fn server(at: &Locator<'_>, raw: &RawServer) -> Result<ServerConfig, ScenarioError> {
@@ -987,6 +1124,47 @@ mod tests {
     }
 
     #[test]
+    fn wire_format_keys_set_chat_ids_run_ids_per_kind_user_fields_and_query_credentials() {
+        let scenario = parse(&[
+            HEAD,
+            "[protocol]",
+            "user_query = \"uid={user}&access_token={token}\"",
+            "chat_id = \"{user}-{n}\"",
+            "run_from_ack = \"data.runId\"",
+            "user_field = \"user\"",
+            "ack_user_field = \"data.user\"",
+            "push_user_field = \"to\"",
+            "[[user]]",
+            "id = \"a b\"",
+        ])
+        .expect("valid scenario");
+        let p = scenario.protocol;
+        assert_eq!(p.chat_id("a b", 3), "a b-3");
+        assert_eq!(p.run_from_ack.as_deref(), Some("data.runId"));
+        assert_eq!(
+            (
+                p.ack_user_field(),
+                p.event_user_field(),
+                p.push_user_field()
+            ),
+            ("data.user", "user", "to"),
+            "a kind without a field of its own falls back to `user_field`"
+        );
+        assert!(p.uses_token(), "a token in the query needs a token");
+        assert_eq!(
+            p.query_pairs("a b", Some("t0k")),
+            [
+                ("uid".to_string(), "a b".to_string()),
+                ("access_token".to_string(), "t0k".to_string())
+            ]
+        );
+        let d = crate::scenario::Protocol::default();
+        assert_eq!(d.chat_id("u", 2), "u/m2", "today's ids stay the default");
+        assert_eq!(d.query_pairs("u", None), [("token".into(), "u".into())]);
+        assert!(!d.uses_token());
+    }
+
+    #[test]
     fn the_default_chat_template_is_racegates_own_chat_frame() {
         let scenario = parse(&[HEAD, "[[user]]", "id = \"a\""]).expect("valid scenario");
         assert_eq!(scenario.protocol, crate::scenario::Protocol::default());
@@ -1234,6 +1412,53 @@ mod tests {
     #[case::an_unknown_placeholder_is_rejected_at_its_value(
         &[HEAD, "[protocol]", "chat = '{\"id\":\"{id}\",\"t\":\"{body}\"}'", "[[user]]", "id = \"a\""],
         3, 8, "unknown placeholder `{body}`"
+    )]
+    #[case::a_chat_id_without_n_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "chat_id = \"{user}\"", "[[user]]", "id = \"a\""], 3, 11,
+        "`chat_id` in [protocol] needs an `{n}` placeholder"
+    )]
+    #[case::an_unknown_placeholder_in_a_chat_id_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "chat_id = \"{user}-{seq}-{n}\"", "[[user]]", "id = \"a\""], 3, 11,
+        "unknown placeholder `{seq}` in `chat_id`; expected `{user}` or `{n}`"
+    )]
+    #[case::a_chat_id_that_gives_two_users_chats_one_id_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "chat_id = \"m{n}\"", "[[user]]", "id = \"a\"",
+          "send = [{ at_ms = 0, text = \"x\" }]", "[[user]]", "id = \"b\"",
+          "send = [{ at_ms = 0, text = \"y\" }]"], 3, 11,
+        "`chat_id` gives two chats the same id \"m1\" (user \"a\"'s chat 1 and user \"b\"'s chat 1)"
+    )]
+    #[case::a_chat_id_whose_ids_run_into_each_other_is_rejected(
+        &[HEAD, "[protocol]", "chat_id = \"{user}{n}\"", "[[user]]", "id = \"u1\"",
+          "send = [{ at_ms = 0, text = \"x\" }, { at_ms = 1, text = \"x\" }, { at_ms = 2, text = \"x\" },",
+          "  { at_ms = 3, text = \"x\" }, { at_ms = 4, text = \"x\" }, { at_ms = 5, text = \"x\" },",
+          "  { at_ms = 6, text = \"x\" }, { at_ms = 7, text = \"x\" }, { at_ms = 8, text = \"x\" },",
+          "  { at_ms = 9, text = \"x\" }, { at_ms = 10, text = \"x\" }]",
+          "[[user]]", "id = \"u11\"", "send = [{ at_ms = 0, text = \"y\" }]"], 3, 11,
+        "the same id \"u111\" (user \"u1\"'s chat 11 and user \"u11\"'s chat 1)"
+    )]
+    #[case::an_empty_run_from_ack_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "run_from_ack = \"\"", "[[user]]", "id = \"a\""], 3, 16,
+        "`run_from_ack` in [protocol] must not be empty"
+    )]
+    #[case::an_empty_per_kind_user_field_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "push_user_field = \" \"", "[[user]]", "id = \"a\""], 3, 19,
+        "`push_user_field` in [protocol] must not be empty; leave it out to use `user_field`"
+    )]
+    #[case::a_bare_query_name_that_is_a_placeholder_asks_for_a_name(
+        &[HEAD, "[protocol]", "user_query = \"{token}\"", "[[user]]", "id = \"a\""], 3, 14,
+        "to send `{token}` write `name={token}`"
+    )]
+    #[case::an_unknown_placeholder_in_a_query_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_query = \"t={secret}\"", "[[user]]", "id = \"a\""], 3, 14,
+        "unknown placeholder `{secret}` in `user_query`; expected `{user}` or `{token}`"
+    )]
+    #[case::a_query_pair_without_a_name_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_query = \"={token}\"", "[[user]]", "id = \"a\""], 3, 14,
+        "needs a literal parameter name"
+    )]
+    #[case::a_query_pair_without_an_equals_sign_is_rejected_at_its_value(
+        &[HEAD, "[protocol]", "user_query = \"uid={user}&debug\"", "[[user]]", "id = \"a\""], 3, 14,
+        "pair \"debug\" has no `=`"
     )]
     #[case::a_close_code_out_of_range_is_rejected_at_its_value(
         &[HEAD, "[protocol]", "close_codes = [1000, 99]", "[[user]]", "id = \"a\""], 3, 22,

@@ -42,26 +42,31 @@ pub fn uses_token(template: &str) -> bool {
 /// `template` with `{user}` and `{token}` replaced (verbatim: the caller checks the result fits
 /// where it goes). `{token}` without a token is left as written; callers resolve tokens first.
 pub fn fill(template: &str, user: &str, token: Option<&str>) -> String {
-    let mut out = String::with_capacity(template.len() + user.len() + 32);
+    match token {
+        Some(token) => fill_with(template, &[("user", user), ("token", token)]),
+        None => fill_with(template, &[("user", user)]),
+    }
+}
+
+/// `template` with each `{name}` of `values` replaced verbatim, in one pass: a value that
+/// itself reads like a placeholder (a user id `a{n}`) is never filled again.
+pub fn fill_with(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let value = if after.starts_with("{user}") {
-            Some(("{user}", user))
-        } else if after.starts_with("{token}") {
-            token.map(|t| ("{token}", t))
-        } else {
-            None
-        };
+        let after = &rest[start + 1..];
+        let value = values
+            .iter()
+            .find(|(name, _)| after.starts_with(name) && after[name.len()..].starts_with('}'));
         match value {
-            Some((placeholder, v)) => {
+            Some((name, v)) => {
                 out.push_str(v);
-                rest = &after[placeholder.len()..];
+                rest = &after[name.len() + 1..];
             }
             None => {
                 out.push('{');
-                rest = &after[1..];
+                rest = after;
             }
         }
     }
@@ -109,6 +114,11 @@ mod tests {
         );
         assert_eq!(fill("{token}", "u", None), "{token}");
         assert!(uses_token("session={token}") && !uses_token("{user}"));
+        assert_eq!(
+            fill_with("{user}-{n}", &[("user", "a{n}"), ("n", "7")]),
+            "a{n}-7",
+            "a filled value is never filled again"
+        );
     }
 
     #[test]

@@ -115,6 +115,10 @@ fn write_protocol(out: &mut String, p: &Protocol) {
         ("subprotocol", &p.subprotocol),
         ("cookie", &p.cookie),
         ("token_env", &p.token_env),
+        ("run_from_ack", &p.run_from_ack),
+        ("ack_user_field", &p.ack_user_field),
+        ("event_user_field", &p.event_user_field),
+        ("push_user_field", &p.push_user_field),
     ] {
         if let Some(v) = value {
             let _ = writeln!(out, "{key} = {}", quote(v));
@@ -122,6 +126,7 @@ fn write_protocol(out: &mut String, p: &Protocol) {
     }
     for (key, value) in [
         ("chat", &p.chat),
+        ("chat_id", &p.chat_id),
         ("type_field", &p.type_field),
         ("ack_type", &p.ack_type),
         ("push_type", &p.push_type),
@@ -204,6 +209,11 @@ mod tests {
             r#"{"op":"chat","ref":"{id}","body":"{text}","from":"{user}"}"#.into();
         scenario.protocol.events = vec!["begin".into(), "end".into()];
         scenario.protocol.close_codes = vec![1000, 4000];
+        scenario.protocol.chat_id = "{user}-{n}".into();
+        scenario.protocol.run_from_ack = Some("data.runId".into());
+        scenario.protocol.ack_user_field = Some("data.user".into());
+        scenario.protocol.event_user_field = Some("owner".into());
+        scenario.protocol.push_user_field = Some("to".into());
         let text = to_toml(&scenario, "");
         assert!(text.contains("\n[protocol]\n"), "{text}");
         assert_eq!(parse(&text, Path::new("p.toml")).unwrap(), scenario);
@@ -219,6 +229,7 @@ mod tests {
         scenario.protocol.subprotocol = Some("chat.v1, {token}".into());
         scenario.protocol.cookie = Some("session={token}; who={user}".into());
         scenario.protocol.token_env = Some("RACEGATE_TOKEN_{user}".into());
+        scenario.protocol.user_query = Some("uid={user}&access_token={token}".into());
         let text = to_toml(&scenario, "");
         assert!(text.contains("user_value = \"Bearer {token}\"\n"), "{text}");
         assert_eq!(parse(&text, Path::new("c.toml")).unwrap(), scenario);
