@@ -786,6 +786,7 @@ fn infer(
         expect_invariants: IndexMap::new(),
         settle_ms,
         protocol: Default::default(),
+        production: vec![],
     };
 
     // A client's own close is its `close_ms`, unless it is the replay's end-of-run close: with

@@ -55,5 +55,5 @@ pub mod transport;
 pub use checker::{Indeterminate, Judgement};
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
-pub use runner::{RunOutcome, replay};
-pub use scenario::{InvariantMatch, Scenario, ScenarioError, Verdict};
+pub use runner::{ProductionCheck, RunOutcome, replay};
+pub use scenario::{InvariantMatch, Scenario, ScenarioError, Symptom, Verdict};
