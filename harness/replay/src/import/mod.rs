@@ -23,7 +23,12 @@
 //! and counted; other entries are ignored.
 
 mod infer;
+mod mapped;
+mod mapping;
 mod own;
+
+pub use mapped::Log;
+pub use mapping::{Mapping, MappingError};
 
 use crate::endpoint::EndpointKind;
 use crate::scenario::Scenario;
@@ -60,6 +65,11 @@ pub struct Imported {
     pub run: String,
     /// Settings that came from no event and no `run_start` line: defaults.
     pub defaulted: Vec<&'static str>,
+    /// With a mapping: what the reading found and decided, one sentence a line, for standard
+    /// error and the file's header (empty for racegate's own logs, whose notes the CLI writes).
+    pub notes: Vec<String>,
+    /// With a mapping: every assumption the inference made, for the file's header.
+    pub assumptions: Vec<String>,
 }
 
 /// Why a log gave no scenario.
@@ -98,6 +108,81 @@ pub enum ImportError {
         what: String,
         /// Its value.
         ms: u64,
+    },
+    /// No line of the logs matched any rule of the mapping.
+    #[error(
+        "no rule of {mapping} matched any of the {lines} lines read from {logs}: compare a \
+         rule's pattern with a line of the log (a pattern matches anywhere in the line's text \
+         unless anchored with ^)"
+    )]
+    NoRuleMatched {
+        /// The mapping file.
+        mapping: String,
+        /// The logs read.
+        logs: String,
+        /// Lines read.
+        lines: usize,
+    },
+    /// Rules matched lines, but no line gave a connection's lifecycle event.
+    #[error(
+        "{matched} of the {lines} lines read from {logs} matched a rule of {mapping}, but none \
+         is a lifecycle event of a user ({unattributed} named no user): a scenario needs at \
+         least one `connect`, `accepted`, ... or `chat` line with its user"
+    )]
+    NoEvents {
+        /// The mapping file.
+        mapping: String,
+        /// The logs read.
+        logs: String,
+        /// Lines read.
+        lines: usize,
+        /// Lines a rule matched.
+        matched: usize,
+        /// Matched lines without a user.
+        unattributed: usize,
+    },
+    /// A line a rule matched has no time the mapping can read.
+    #[error("{log}:{line}: {rule} matched this line, but {why}:\n    {text}")]
+    LineTime {
+        /// The log.
+        log: String,
+        /// 1-based line.
+        line: usize,
+        /// The rule, as `rule 3 (accepted)`.
+        rule: String,
+        /// What is wrong with its time.
+        why: String,
+        /// The line, as shown.
+        text: String,
+    },
+    /// A Cloud Logging export that is not JSON.
+    #[error("{log}:{line}:{column}: not a JSON array of Cloud Logging entries: {message}")]
+    NotJson {
+        /// The log.
+        log: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// serde_json's words.
+        message: String,
+    },
+    /// A `server_closed` rule read a close code that is not one.
+    #[error(
+        "{log}:{line}: {rule} read the close code {value:?}, which is not a number from 1000 \
+         to 4999:\n    {text}"
+    )]
+    BadCode {
+        /// The log.
+        log: String,
+        /// 1-based line.
+        line: usize,
+        /// The rule.
+        rule: String,
+        /// What it read.
+        value: String,
+        /// The line, as shown.
+        text: String,
     },
 }
 /// Reads `text` (one log entry per line, racegate's own vocabulary) into a scenario.
@@ -164,6 +249,65 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, ImportError> {
         runs: available,
         run: key.describe(),
         defaulted: inferred.defaulted,
+        notes: Vec::new(),
+        assumptions: Vec::new(),
+    })
+}
+
+/// Reads an application's `logs` through `mapping` into a scenario whose `[[production]]`
+/// symptoms are its expectation: `unfixed` fails with exactly them, `state-machine` passes.
+pub fn import_mapped(
+    logs: &[Log<'_>],
+    mapping: &Mapping,
+    options: &Options,
+) -> Result<Imported, ImportError> {
+    let reading = mapped::read(logs, mapping)?;
+    let names: Vec<&str> = logs.iter().map(|l| l.name).collect();
+    let names = names.join(", ");
+    let map_name = mapping.file.display().to_string();
+    if reading.matched == 0 {
+        return Err(ImportError::NoRuleMatched {
+            mapping: map_name,
+            logs: names,
+            lines: reading.lines,
+        });
+    }
+    if reading.run.events.is_empty() {
+        return Err(ImportError::NoEvents {
+            mapping: map_name,
+            logs: names,
+            lines: reading.lines,
+            matched: reading.matched,
+            unattributed: reading.unattributed,
+        });
+    }
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| options.fallback_name.clone());
+    let description = format!("imported from {names} with {map_name}");
+    let inferred = infer::infer(&reading.run, name, description)?;
+    let mut scenario = inferred.scenario;
+    infer::expect_production(&mut scenario);
+    let (notes, assumptions) = mapped::describe(
+        &reading,
+        mapping,
+        &names,
+        &scenario,
+        &inferred.defaulted,
+        inferred.orphaned,
+    );
+    Ok(Imported {
+        lines: reading.lines,
+        events: reading.run.events.len(),
+        malformed: reading.not_entries,
+        first_malformed: reading.first_not_entry.as_ref().map(|(_, l)| *l),
+        runs: Vec::new(),
+        run: scenario.description.clone().unwrap_or_default(),
+        defaulted: inferred.defaulted,
+        notes,
+        assumptions,
+        scenario,
     })
 }
 

@@ -156,15 +156,7 @@ struct Locator<'a> {
 impl Locator<'_> {
     /// 1-based line and column (in characters) of a byte offset.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        line_col(self.text, offset)
     }
 
     /// An error at the start of `span`, or at line 1 column 1 without one.
@@ -184,40 +176,60 @@ impl Locator<'_> {
 
     /// A syntax, type, unknown-key or missing-key error found by `toml`/serde, in file terms.
     fn toml_error(&self, e: &toml::de::Error) -> ScenarioError {
-        let span = e.span();
-        // Syntax errors put their "expected ..." on a second line; keep the message one line.
-        let message = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let message = if let Some(rest) = message.strip_prefix("missing field ") {
-            format!("missing required key {rest}")
-        } else if let Some(rest) = message.strip_prefix("unknown field ") {
-            format!("unknown key {rest}")
-        } else if message.starts_with("invalid type: map, expected a sequence")
-            && let Some(header) = span
-                .as_ref()
-                .and_then(|s| self.single_table_header(s.start))
-        {
-            format!("[{header}] must be an array of tables: write [[{header}]], once per entry")
-        } else {
-            message
-        };
+        let (span, message) = toml_message(self.text, e);
         self.invalid(span, message)
     }
+}
 
-    /// `user` when the text at `offset` is a `[user]` header (not `[[user]]`).
-    fn single_table_header(&self, offset: usize) -> Option<&str> {
-        let rest = self.text.get(offset..)?.strip_prefix('[')?;
-        if rest.starts_with('[') {
-            return None;
-        }
-        let name = rest[..rest.find(']')?].trim();
-        (!name.is_empty()).then_some(name)
+/// 1-based line and column (in characters) of a byte offset into `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
     }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Where in `text` a `toml`/serde error is, and its message in one line, in the words racegate's
+/// TOML files use ("missing required key", "unknown key", "write [[user]]").
+pub(crate) fn toml_message(text: &str, e: &toml::de::Error) -> (Option<Range<usize>>, String) {
+    let span = e.span();
+    // Syntax errors put their "expected ..." on a second line; keep the message one line.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = if let Some(rest) = message.strip_prefix("missing field ") {
+        format!("missing required key {rest}")
+    } else if let Some(rest) = message.strip_prefix("unknown field ") {
+        format!("unknown key {rest}")
+    } else if message.starts_with("invalid type: map, expected a sequence")
+        && let Some(header) = span
+            .as_ref()
+            .and_then(|s| single_table_header(text, s.start))
+    {
+        format!("[{header}] must be an array of tables: write [[{header}]], once per entry")
+    } else {
+        message
+    };
+    (span, message)
+}
+
+/// `user` when the text at `offset` is a `[user]` header (not `[[user]]`).
+fn single_table_header(text: &str, offset: usize) -> Option<&str> {
+    let rest = text.get(offset..)?.strip_prefix('[')?;
+    if rest.starts_with('[') {
+        return None;
+    }
+    let name = rest[..rest.find(']')?].trim();
+    (!name.is_empty()).then_some(name)
 }
 
 fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioError> {
