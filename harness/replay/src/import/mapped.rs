@@ -60,6 +60,9 @@ pub(super) struct Reading {
 struct Raw {
     conn: usize,
     ts: i64,
+    /// Where it was written, for lines of the same millisecond: (log, line in writing order,
+    /// rule).
+    order: (usize, usize, usize),
     what: What,
 }
 
@@ -79,9 +82,21 @@ pub(super) fn read(logs: &[Log<'_>], mapping: &Mapping) -> Result<Reading, Impor
         reading: Reading::default(),
         conns: IndexMap::new(),
         raws: Vec::new(),
+        log_index: 0,
     };
-    for log in logs {
-        r.log(log)?;
+    for (index, log) in logs.iter().enumerate() {
+        let first = r.raws.len();
+        r.log(index, log)?;
+        // Exports list the newest entry first: such a log was written bottom up, and lines of
+        // one millisecond were written in the reverse of their order in it.
+        let this = &mut r.raws[first..];
+        if let (Some(a), Some(b)) = (this.first(), this.last())
+            && a.ts > b.ts
+        {
+            for raw in this {
+                raw.order.1 = usize::MAX - raw.order.1;
+            }
+        }
     }
     Ok(r.finish())
 }
@@ -92,6 +107,8 @@ struct Reader<'m> {
     /// Connection key → the first user id a line gave it.
     conns: IndexMap<String, Option<String>>,
     raws: Vec<Raw>,
+    /// The log being read.
+    log_index: usize,
 }
 
 /// A Cloud Logging entry, as much of it as import reads; unknown fields are ignored.
@@ -145,7 +162,8 @@ fn shown(text: &str) -> String {
 }
 
 impl Reader<'_> {
-    fn log(&mut self, log: &Log<'_>) -> Result<(), ImportError> {
+    fn log(&mut self, index: usize, log: &Log<'_>) -> Result<(), ImportError> {
+        self.log_index = index;
         let first = log.text.trim_start().as_bytes().first().copied();
         let json = match self.mapping.format {
             Format::Text => false,
@@ -166,7 +184,11 @@ impl Reader<'_> {
                     log: log.name.to_string(),
                     line: e.line(),
                     column: e.column(),
-                    message: e.to_string(),
+                    // The position is in the message too; it is said once, up front.
+                    message: e
+                        .to_string()
+                        .trim_end_matches(&format!(" at line {} column {}", e.line(), e.column()))
+                        .to_string(),
                 })?;
             let base = log.text.as_ptr() as usize;
             for raw in entries {
@@ -283,7 +305,7 @@ impl Reader<'_> {
                 }
             };
             let at = self.time(log, number, text, rule, entry_time, &mut ts)?;
-            self.add(conn, user, at, what);
+            self.add(conn, user, at, (self.log_index, number, index), what);
         }
         Ok(())
     }
@@ -322,7 +344,14 @@ impl Reader<'_> {
         Ok(t)
     }
 
-    fn add(&mut self, conn: String, user: Option<String>, ts: i64, what: What) {
+    fn add(
+        &mut self,
+        conn: String,
+        user: Option<String>,
+        ts: i64,
+        order: (usize, usize, usize),
+        what: What,
+    ) {
         let entry = self.conns.entry(conn);
         let index = entry.index();
         let first = entry.or_insert(None);
@@ -332,6 +361,7 @@ impl Reader<'_> {
         self.raws.push(Raw {
             conn: index,
             ts,
+            order,
             what,
         });
     }
@@ -356,9 +386,9 @@ impl Reader<'_> {
             taken.insert(id.clone(), ());
             ids.push(id);
         }
-        // Time order (ties in log order), so the first of two lines about one chat is kept and
-        // unnamed chats are numbered as they happened.
-        self.raws.sort_by_key(|r| r.ts);
+        // Time order (ties in the order they were written), so the first of two lines about one
+        // chat is kept and unnamed chats are numbered as they happened.
+        self.raws.sort_by_key(|r| (r.ts, r.order));
         let mut seen: IndexMap<(usize, bool, String), ()> = IndexMap::new();
         let mut counts: IndexMap<(usize, bool), usize> = IndexMap::new();
         for raw in self.raws {

@@ -521,4 +521,143 @@ mod tests {
             "{err}"
         );
     }
+
+    // --- Through a mapping ---------------------------------------------------------------
+
+    fn mapping(text: &str) -> Mapping {
+        Mapping::parse(text, std::path::Path::new("map.toml")).unwrap()
+    }
+
+    fn mapped(map: &str, log: &str) -> Result<Imported, ImportError> {
+        import_mapped(
+            &[Log {
+                name: "app.log",
+                text: log,
+            }],
+            &mapping(map),
+            &options(),
+        )
+    }
+
+    const TEXT: &str =
+        "[line]\ntimestamp = '^(?P<ts>\\S+ \\S+) '\ntime_format = \"%Y-%m-%d %H:%M:%S,%3f\"\n";
+
+    #[test]
+    fn json_lines_give_users_and_codes_from_payload_fields() {
+        let map = "[line]\nformat = \"json\"\n\
+            [[rule]]\npattern = '^accepted'\nevent = \"accepted\"\nuser = \"jsonPayload.ctx.user\"\n\
+            [[rule]]\npattern = '^closing'\nevent = \"server_closed\"\nuser = \"jsonPayload.ctx.user\"\n\
+            code = \"jsonPayload.code\"\n";
+        let log = [
+            r#"{"timestamp":"2025-03-01T10:00:00.500123Z","jsonPayload":{"message":"closing","code":1008.0,"ctx":{"user":"u"}}}"#,
+            r#"not an entry"#,
+            r#"{"timestamp":"2025-03-01T10:00:00.100Z","jsonPayload":{"message":"accepted","ctx":{"user":"u"}}}"#,
+            r#"{"timestamp":"2025-03-01T10:00:00.200Z","jsonPayload":{"message":"accepted","ctx":{}}}"#,
+        ]
+        .join("\n");
+        let got = mapped(map, &log).unwrap();
+        let u = &got.scenario.users[0];
+        assert_eq!(u.id, "u");
+        assert_eq!(u.fail_at, Some(Phase::Auth), "1008 after accepted");
+        assert_eq!(got.scenario.server.auth_ms, 400);
+        assert_eq!((got.malformed, got.first_malformed), (1, Some(2)));
+        assert!(
+            got.notes
+                .iter()
+                .any(|n| n.contains("Skipped 1 matched lines whose rule found no user")),
+            "{:?}",
+            got.notes
+        );
+    }
+
+    #[test]
+    fn a_failed_line_names_the_phase_and_gives_its_duration() {
+        let map = format!(
+            "{TEXT}[[rule]]\npattern = 'accepted (?P<user>\\S+)'\nevent = \"accepted\"\n\
+             [[rule]]\npattern = 'authenticated (?P<user>\\S+)'\nevent = \"authenticated\"\n\
+             [[rule]]\npattern = 'no supervisor for (?P<user>\\S+)'\nevent = \"failed\"\nphase = \"services\"\n"
+        );
+        let log = "2025-01-01 00:00:00,000 accepted a\n\
+                   2025-01-01 00:00:00,100 authenticated a\n\
+                   2025-01-01 00:00:00,350 no supervisor for a\n";
+        let s = mapped(&map, log).unwrap().scenario;
+        assert_eq!(s.users[0].fail_at, Some(Phase::Services));
+        assert_eq!((s.server.auth_ms, s.server.services_ms), (100, 250));
+    }
+
+    #[test]
+    fn connections_of_one_user_are_told_apart_by_conn_and_chats_without_ids_are_numbered() {
+        let map = format!(
+            "{TEXT}[[rule]]\npattern = 'open (?P<conn>c\\d) for (?P<user>\\S+)'\nevent = \"accepted\"\n\
+             [[rule]]\npattern = 'chat on (?P<conn>c\\d)'\nevent = \"chat\"\n"
+        );
+        let log = "2025-01-01 00:00:00,000 open c1 for ann\n\
+                   2025-01-01 00:00:00,010 chat on c1\n\
+                   2025-01-01 00:00:00,020 chat on c1\n\
+                   2025-01-01 00:00:01,000 open c2 for ann\n\
+                   2025-01-01 00:00:01,005 chat on c2\n";
+        let got = mapped(&map, log).unwrap();
+        let ids: Vec<&str> = got.scenario.users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["ann", "ann#2"]);
+        let texts: Vec<&str> = got.scenario.users[0]
+            .sends
+            .iter()
+            .map(|t| t.text.as_str())
+            .collect();
+        assert_eq!(texts, ["chat 1", "chat 2"]);
+        assert_eq!(got.scenario.users[1].sends[0].at_ms, 5);
+        assert!(
+            got.assumptions.iter().any(|a| a.contains("(1 renamed)")),
+            "{:?}",
+            got.assumptions
+        );
+    }
+
+    #[test]
+    fn a_time_of_day_without_a_date_is_enough() {
+        let map = "[line]\ntimestamp = '^(?P<ts>\\S+)'\ntime_format = \"%H:%M:%S%.3f\"\n\
+            [[rule]]\npattern = 'up (?P<user>\\S+)'\nevent = \"connect\"\n";
+        let s = mapped(map, "10:00:00.250 up a\n10:00:01.000 up b\n")
+            .unwrap()
+            .scenario;
+        assert_eq!(s.users[1].connect_ms, 750);
+    }
+
+    #[test]
+    fn symptoms_become_the_expectation_once_per_invariant_and_user() {
+        let map = format!(
+            "{TEXT}[[rule]]\npattern = 'accepted (?P<user>\\S+)'\nevent = \"accepted\"\n\
+             [[rule]]\npattern = 'not connected: (?P<user>\\S+)'\nevent = \"symptom\"\ninvariant = \"accept-first\"\n\
+             [[rule]]\npattern = 'ghost (?P<user>\\S+)'\nevent = \"symptom\"\ninvariant = \"stuck\"\n"
+        );
+        let log = "2025-01-01 00:00:00,050 not connected: a\n\
+                   2025-01-01 00:00:00,000 not connected: a\n\
+                   2025-01-01 00:00:00,060 accepted a\n\
+                   2025-01-01 00:00:00,070 ghost nobody\n";
+        let got = mapped(&map, log).unwrap();
+        let s = &got.scenario;
+        assert_eq!(
+            s.production,
+            [crate::scenario::Symptom {
+                invariant: crate::Invariant::AcceptFirst,
+                user: "a".into(),
+                at_ms: 0
+            }]
+        );
+        assert_eq!(
+            s.expect.get(&EndpointKind::Unfixed),
+            Some(&crate::Verdict::Fail)
+        );
+        assert_eq!(
+            s.expect.get(&EndpointKind::StateMachine),
+            Some(&crate::Verdict::Pass)
+        );
+        assert!(
+            got.notes.iter().any(
+                |n| n.contains("Skipped 1 symptom lines of connections with no lifecycle line")
+            ),
+            "{:?}",
+            got.notes
+        );
+    }
 }
