@@ -124,7 +124,10 @@ fn import_mapped(args: &ImportArgs, map: &Path) -> anyhow::Result<Outcome> {
         } else {
             std::fs::read(log).with_context(|| format!("reading {shown}"))?
         };
-        texts.push((shown, String::from_utf8_lossy(&bytes).into_owned()));
+        // Valid UTF-8 (the usual case) is taken as it is, without a copy.
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        texts.push((shown, text));
     }
     let logs: Vec<Log<'_>> = texts
         .iter()

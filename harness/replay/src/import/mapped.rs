@@ -590,7 +590,7 @@ pub(super) fn describe(
         && let (Some(re), Some((format, _))) = (&m.timestamp, &m.time_format)
     {
         time.push(format!(
-            "a text line's time is the group `ts` of {:?} read with {format:?}, in UTC unless \
+            "a text line's time is the group `ts` of `{}` read with {format:?}, in UTC unless \
              the format has an offset",
             re.as_str()
         ));

@@ -1,9 +1,13 @@
-//! Scenarios from logs: JSON log lines in Google Cloud Logging's export shape, back into the
-//! users, connect times, phase durations and message times of a [`Scenario`].
+//! Scenarios from logs: racegate's own JSON log lines, or an application's logs read through a
+//! mapping, back into the users, connect times, phase durations and message times of a
+//! [`Scenario`].
 //!
 //! A race is first noticed in staging logs; retyping its timings into a scenario file loses
-//! them. [`import`] reads the lifecycle events the lines carry (the vocabulary `racegate
-//! --log-format json` writes, which is also the text `--trace` prints) and infers the rest:
+//! them. [`import`] reads the lifecycle events racegate's own lines carry (the vocabulary
+//! `racegate --log-format json` writes, which is also the text `--trace` prints);
+//! [`import_mapped`] reads an application's text lines or Cloud Logging export through a
+//! [`Mapping`] that says which lines are which event and which are production symptoms. Both
+//! infer the rest the same way:
 //!
 //! - a user per connection, connecting when its first `client_connect` (or `state connecting`)
 //!   was logged;
@@ -14,13 +18,20 @@
 //! - chats at their `client_send` time after the client's `client_open`, chats that never left at
 //!   their `client_unsent` or `rejected` time, pushes at their `push_issued` time after connect,
 //!   and a client's own `client_close` as its `close_ms`;
-//! - the agent events' spacing as `event_gap_ms`.
+//! - the agent events' spacing as `event_gap_ms`;
+//! - through a mapping, the first sighting of each production symptom per user as a
+//!   `[[production]]` entry, which becomes the expectation: `unfixed` fails with exactly those
+//!   invariants, `state-machine` passes.
 //!
 //! What no lifecycle event shows (heartbeat interval, queue limits, settle time, a phase nobody
 //! completed) comes from racegate's `run_start` line when the log has one, else the defaults.
 //! A log holding several runs (each labelled with its scenario and endpoint) yields one of them.
 //! Lines that are not JSON objects, or lifecycle events without a user or a time, are skipped
 //! and counted; other entries are ignored.
+//!
+//! Modules: `own` (racegate's lines), [`mapping`](Mapping) (the mapping file), `mapped` (logs
+//! through a mapping), `infer` (events to a scenario, one function per inference, each naming
+//! its assumption).
 
 mod infer;
 mod mapped;
