@@ -68,6 +68,11 @@ fn symptoms_the_replay_reproduces_match_and_say_when() {
     );
     assert!(table.contains(&format!("    {}\n", lines[0])), "{table}");
     assert!(table.contains("gate passes"), "{table}");
+    let html = report::html(std::slice::from_ref(&o));
+    assert!(
+        html.contains("<li>✓ production: accept-first for 101463487227881885914 at 1 ms"),
+        "the HTML report lists the symptoms too"
+    );
 }
 
 #[test]
