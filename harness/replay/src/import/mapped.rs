@@ -368,27 +368,41 @@ impl Reader<'_> {
 
     /// Final user ids, chats and pushes deduplicated by id and numbered where they had none.
     fn finish(mut self) -> Reading {
-        // A user id appears once in a scenario: a second connection of the same user becomes
-        // `id#2`.
-        let mut taken: IndexMap<String, ()> = IndexMap::new();
-        let mut ids: Vec<String> = Vec::with_capacity(self.conns.len());
-        for (conn, user) in &self.conns {
+        // Time order (ties in the order they were written), so the first of two lines about one
+        // chat is kept and unnamed chats are numbered as they happened.
+        self.raws.sort_by_key(|r| (r.ts, r.order));
+        // A user id appears once in a scenario: of two connections of one user, the later one
+        // becomes `id#2`, in time order whichever order the log lists them in. Connections
+        // with lifecycle lines come first: one with symptoms only never becomes a user.
+        let mut order: Vec<usize> = Vec::with_capacity(self.conns.len());
+        let mut placed = vec![false; self.conns.len()];
+        for symptoms in [false, true] {
+            for raw in &self.raws {
+                if matches!(raw.what, What::Symptom(_)) == symptoms && !placed[raw.conn] {
+                    placed[raw.conn] = true;
+                    order.push(raw.conn);
+                }
+            }
+        }
+        let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut ids: Vec<String> = vec![String::new(); self.conns.len()];
+        for index in order {
+            let Some((conn, user)) = self.conns.get_index(index) else {
+                continue;
+            };
             let base = user.clone().unwrap_or_else(|| conn.clone());
             let mut id = base.clone();
             let mut n = 1;
-            while taken.contains_key(&id) {
+            while taken.contains(&id) {
                 n += 1;
                 id = format!("{base}#{n}");
             }
             if n > 1 {
                 self.reading.renamed += 1;
             }
-            taken.insert(id.clone(), ());
-            ids.push(id);
+            taken.insert(id.clone());
+            ids[index] = id;
         }
-        // Time order (ties in the order they were written), so the first of two lines about one
-        // chat is kept and unnamed chats are numbered as they happened.
-        self.raws.sort_by_key(|r| (r.ts, r.order));
         let mut seen: IndexMap<(usize, bool, String), ()> = IndexMap::new();
         let mut counts: IndexMap<(usize, bool), usize> = IndexMap::new();
         for raw in self.raws {

@@ -625,6 +625,40 @@ mod tests {
     }
 
     #[test]
+    fn a_newest_first_log_gives_the_same_users_and_chats_as_the_oldest_first_one() {
+        let map = format!(
+            "{TEXT}[[rule]]\npattern = 'open (?P<conn>c\\d) for (?P<user>\\S+)'\nevent = \"accepted\"\n\
+             [[rule]]\npattern = 'chat (?P<id>\\S+) on (?P<conn>c\\d)'\nevent = \"chat\"\n\
+             [[rule]]\npattern = 'lost on (?P<conn>c\\d)'\nevent = \"symptom\"\ninvariant = \"message-lost\"\n"
+        );
+        let lines = [
+            "2025-01-01 00:00:00,000 open c1 for ann",
+            "2025-01-01 00:00:00,010 chat x on c1",
+            "2025-01-01 00:00:00,010 chat y on c1",
+            "2025-01-01 00:00:00,010 lost on c1",
+            "2025-01-01 00:00:01,000 open c2 for ann",
+            "2025-01-01 00:00:01,005 chat z on c2",
+        ];
+        let oldest_first = mapped(&map, &lines.join("\n")).unwrap().scenario;
+        let newest_first: Vec<&str> = lines.iter().rev().copied().collect();
+        let newest_first = mapped(&map, &newest_first.join("\n")).unwrap().scenario;
+        assert_eq!(newest_first, oldest_first);
+        let ids: Vec<&str> = oldest_first.users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["ann", "ann#2"], "the earlier connection keeps the id");
+        let texts: Vec<&str> = oldest_first.users[0]
+            .sends
+            .iter()
+            .map(|t| t.text.as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            ["x", "y"],
+            "same-millisecond lines in the order they were written"
+        );
+        assert_eq!(oldest_first.production[0].user, "ann");
+    }
+
+    #[test]
     fn a_time_of_day_without_a_date_is_enough() {
         let map = "[line]\ntimestamp = '^(?P<ts>\\S+)'\ntime_format = \"%H:%M:%S%.3f\"\n\
             [[rule]]\npattern = 'up (?P<user>\\S+)'\nevent = \"connect\"\n";
