@@ -1,50 +1,72 @@
-//! `racegate import`: JSON log lines (Cloud Logging export shape) into a scenario file.
+//! `racegate import`: racegate's own JSON log lines (Cloud Logging export shape), or with
+//! `--map` an application's logs (text lines or a Cloud Logging export), into a scenario file.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
 use racegate_replay::EndpointKind;
-use racegate_replay::import::{self, Options};
+use racegate_replay::import::{self, Log, Mapping, Options};
 use racegate_replay::scenario;
 
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
 pub(crate) struct ImportArgs {
-    /// A file of JSON log lines, one entry per line (`-` reads standard input).
-    logfile: PathBuf,
+    /// Log files (`-` reads standard input). Without --map: one file of racegate's own JSON log
+    /// lines. With --map: the application's logs, text lines or Cloud Logging exports (a JSON
+    /// array or one entry per line), read in order as one log.
+    #[arg(value_name = "LOG", required = true)]
+    logs: Vec<PathBuf>,
+    /// A mapping file (TOML) saying which of the application's log lines are which lifecycle
+    /// event, and which are production symptoms (docs/import.md).
+    #[arg(long, value_name = "MAP.toml")]
+    map: Option<PathBuf>,
     /// Write the scenario here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
     /// With several runs in the log, import the first one of this scenario.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "map")]
     scenario: Option<String>,
     /// With several runs in the log, import the first one against this endpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "map")]
     endpoint: Option<EndpointKind>,
-    /// The scenario's name (default: the run's scenario label, else the log file's name).
+    /// The scenario's name (default: the run's scenario label, else the (first) log file's name).
     #[arg(long)]
     name: Option<String>,
 }
 
+/// The name a scenario takes from its log file: the file's stem, or `imported` for stdin.
+fn fallback_name(log: &Path) -> String {
+    log.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| s != "-")
+        .unwrap_or_else(|| "imported".to_string())
+}
+
 pub(crate) fn import(args: ImportArgs) -> anyhow::Result<Outcome> {
-    let shown = args.logfile.display().to_string();
+    if let Some(map) = &args.map {
+        return import_mapped(&args, map);
+    }
+    let [logfile] = args.logs.as_slice() else {
+        anyhow::bail!(
+            "racegate's own log is one file, and {} were given: pass one, or read an \
+             application's logs with --map MAP.toml",
+            args.logs.len()
+        );
+    };
+    let shown = logfile.display().to_string();
     let text = if shown == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
-        std::fs::read_to_string(&args.logfile).with_context(|| format!("reading {shown}"))?
+        std::fs::read_to_string(logfile).with_context(|| format!("reading {shown}"))?
     };
-    let fallback_name = args
-        .logfile
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| s != "-")
-        .unwrap_or_else(|| "imported".to_string());
+    let fallback_name = fallback_name(logfile);
     let options = Options {
-        scenario: args.scenario,
+        scenario: args.scenario.clone(),
         endpoint: args.endpoint,
-        name: args.name,
+        name: args.name.clone(),
         fallback_name,
     };
     let imported = import::import(&text, &options).with_context(|| format!("importing {shown}"))?;
@@ -82,6 +104,51 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<Outcome> {
     emit(
         args.out.as_ref(),
         &scenario::to_toml(&imported.scenario, &notes.join("\n")),
+    )?;
+    Ok(Outcome::Pass)
+}
+
+/// `import --map`: the application's logs through the mapping. A log is read as bytes and
+/// decoded leniently: a stray invalid byte in a production log is no reason to refuse it.
+fn import_mapped(args: &ImportArgs, map: &Path) -> anyhow::Result<Outcome> {
+    let mapping = Mapping::load(map)?;
+    let mut texts = Vec::with_capacity(args.logs.len());
+    for log in &args.logs {
+        let shown = log.display().to_string();
+        let bytes = if shown == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading standard input")?;
+            bytes
+        } else {
+            std::fs::read(log).with_context(|| format!("reading {shown}"))?
+        };
+        // Valid UTF-8 (the usual case) is taken as it is, without a copy.
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        texts.push((shown, text));
+    }
+    let logs: Vec<Log<'_>> = texts
+        .iter()
+        .map(|(name, text)| Log { name, text })
+        .collect();
+    let options = Options {
+        name: args.name.clone(),
+        fallback_name: fallback_name(&args.logs[0]),
+        ..Options::default()
+    };
+    let imported = import::import_mapped(&logs, &mapping, &options)?;
+    for note in &imported.notes {
+        eprintln!("racegate import: {note}");
+    }
+    let mut header = imported.notes.clone();
+    header.push(String::new());
+    header.push("Assumptions (edit the scenario where one does not hold):".to_string());
+    header.extend(imported.assumptions.iter().map(|a| format!("- {a}")));
+    emit(
+        args.out.as_ref(),
+        &scenario::to_toml(&imported.scenario, &header.join("\n")),
     )?;
     Ok(Outcome::Pass)
 }

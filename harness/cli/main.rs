@@ -40,7 +40,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Many users against one endpoint on loopback, with a plain echo server as the baseline.
     Load(load::LoadArgs),
-    /// Turn JSON log lines (Cloud Logging export shape) into a scenario file.
+    /// Turn logs into a scenario file: racegate's own JSON lines, or with --map your app's
+    /// (text lines or a Cloud Logging export).
     Import(import::ImportArgs),
     /// Replay scenarios' clients against a live WebSocket server; check what a client sees.
     Probe(probe::ProbeArgs),

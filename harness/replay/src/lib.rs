@@ -34,7 +34,8 @@
 //! [`oracle`] (a trace's history through the checker, plus the server-side invariants),
 //! [`schedule`] (when clients close, for every driver), [`runner`] (virtual-time replay), [`report`] (table, JSON, JUnit, the HTML report with a
 //! timeline per run, Mermaid), [`explore`] (proptest searches timings for violations and shrinks
-//! each to a scenario file), and [`import`] (staging-style JSON logs back into a scenario).
+//! each to a scenario file), and [`import`] (racegate's own JSON logs, or an application's logs
+//! through a mapping, back into a scenario).
 
 pub mod backend;
 pub mod checker;
@@ -57,5 +58,5 @@ pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
 /// The lifecycle states a trace records (`EventKind::State`), from the loom-checked core.
 pub use racegate_core::ConnectionState;
-pub use runner::{RunOutcome, replay};
-pub use scenario::{InvariantMatch, Scenario, ScenarioError, Verdict};
+pub use runner::{ProductionCheck, RunOutcome, replay};
+pub use scenario::{InvariantMatch, Scenario, ScenarioError, Symptom, Verdict};

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::checker::Indeterminate;
 use crate::endpoint::EndpointKind;
 use crate::oracle::Violation;
-use crate::runner::RunOutcome;
+use crate::runner::{ProductionCheck, RunOutcome};
 use crate::scenario::{InvariantMatch, Verdict};
 use crate::trace::TraceEvent;
 
@@ -154,6 +154,19 @@ pub fn table(outcomes: &[RunOutcome], with_trace: bool) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    let held: Vec<&RunOutcome> = outcomes
+        .iter()
+        .filter(|o| !o.production.is_empty())
+        .collect();
+    if !held.is_empty() {
+        out.push_str("\nproduction symptoms, replayed:\n");
+        for o in held {
+            let _ = writeln!(out, "  {} [{}]:", o.scenario, o.endpoint);
+            for check in &o.production {
+                let _ = writeln!(out, "    {check}");
+            }
+        }
+    }
     let mismatched: Vec<&RunOutcome> = outcomes
         .iter()
         .filter(|o| !o.matches_expectation())
@@ -233,6 +246,10 @@ struct JsonResult<'a> {
     elapsed_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace: Option<&'a [TraceEvent]>,
+    /// The scenario's `[[production]]` symptoms and whether this run reproduced each (the
+    /// production endpoint's run only).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    production: &'a [ProductionCheck],
 }
 
 /// The JSON document: `{"scenarios":[{"name","file","results":[…]}],"summary":{…}}`.
@@ -258,6 +275,7 @@ pub fn json(outcomes: &[RunOutcome], with_trace: bool) -> String {
                         clock: if o.real_time { "real" } else { "virtual" },
                         elapsed_ms: o.real_time.then_some(o.simulated_ms),
                         trace: with_trace.then_some(o.trace.as_slice()),
+                        production: &o.production,
                     })
                     .collect(),
             })
@@ -298,8 +316,9 @@ pub fn junit(outcomes: &[RunOutcome]) -> Result<String, quick_junit::SerializeEr
             };
             let mut case = TestCase::new(format!("{name} [{}]", o.endpoint), status);
             case.set_classname(o.file.display().to_string());
-            if !o.violations.is_empty() || !o.indeterminate.is_empty() {
-                let mut detail: Vec<String> = o.violations.iter().map(|v| v.to_string()).collect();
+            if !o.violations.is_empty() || !o.indeterminate.is_empty() || !o.production.is_empty() {
+                let mut detail: Vec<String> = o.production.iter().map(|c| c.to_string()).collect();
+                detail.extend(o.violations.iter().map(|v| v.to_string()));
                 detail.extend(o.indeterminate.iter().map(|i| {
                     format!(
                         "indeterminate user={} {} at {} ms: {}",

@@ -18,8 +18,8 @@ use tokio::time::{Instant, sleep_until};
 use crate::backend::Backend;
 use crate::checker::{Indeterminate, Judgement};
 use crate::endpoint::EndpointKind;
-use crate::oracle::{self, Violation};
-use crate::scenario::{InvariantMatch, Scenario, User, Verdict};
+use crate::oracle::{self, Invariant, Violation};
+use crate::scenario::{InvariantMatch, PRODUCTION, Scenario, Symptom, User, Verdict};
 use crate::schedule::{self, Pushes};
 use crate::trace::{AgentEvent, EventKind, Frame, Recorder, TraceEvent};
 use crate::transport::fake::{self, ClientEvent, ClientSendError, FakeClient};
@@ -51,6 +51,102 @@ pub struct RunOutcome {
     pub simulated_ms: u64,
     /// True when the run went over real sockets on a real clock (`run --transport ws`).
     pub real_time: bool,
+    /// For the endpoint that models production ([`PRODUCTION`]), each `[[production]]` symptom
+    /// of the scenario and whether this run reproduced it; empty for the other endpoints.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub production: Vec<ProductionCheck>,
+}
+
+/// A production symptom held against the replay: reproduced when the replay violated the same
+/// invariant for the same user (at any time: the replay's clock is a model of production's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProductionCheck {
+    /// What production showed.
+    #[serde(flatten)]
+    pub symptom: Symptom,
+    /// True when the replay violated the same invariant for the same user.
+    pub reproduced: bool,
+    /// When the replay first did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_at_ms: Option<u64>,
+    /// Not reproduced: what the replay found for that user instead, the first of each invariant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instead: Vec<Seen>,
+}
+
+/// An invariant a replay violated, and when it first did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    /// The invariant.
+    pub invariant: Invariant,
+    /// Its first time, in virtual milliseconds.
+    pub at_ms: u64,
+}
+
+impl ProductionCheck {
+    /// Holds `symptom` against a run's violations.
+    pub fn new(symptom: &Symptom, violations: &[Violation]) -> ProductionCheck {
+        let mine = violations.iter().filter(|v| v.user == symptom.user);
+        let replay_at_ms = mine
+            .clone()
+            .filter(|v| v.invariant == symptom.invariant)
+            .map(|v| v.at_ms)
+            .min();
+        let mut instead: Vec<Seen> = Vec::new();
+        if replay_at_ms.is_none() {
+            for v in mine {
+                match instead.iter_mut().find(|s| s.invariant == v.invariant) {
+                    Some(s) => s.at_ms = s.at_ms.min(v.at_ms),
+                    None => instead.push(Seen {
+                        invariant: v.invariant,
+                        at_ms: v.at_ms,
+                    }),
+                }
+            }
+            instead.sort_by_key(|s| (s.at_ms, s.invariant));
+        }
+        ProductionCheck {
+            symptom: symptom.clone(),
+            reproduced: replay_at_ms.is_some(),
+            replay_at_ms,
+            instead,
+        }
+    }
+
+    /// What the replay did, after `replay: `: the reproduced invariant and its time, or that it
+    /// was not reproduced and what the replay found for the user instead.
+    pub fn replay(&self) -> String {
+        match self.replay_at_ms {
+            Some(at) => format!("{} at {at} ms", self.symptom.invariant),
+            None if self.instead.is_empty() => {
+                format!("not reproduced: no violation for {}", self.symptom.user)
+            }
+            None => {
+                let found: Vec<String> = self
+                    .instead
+                    .iter()
+                    .map(|s| format!("{} at {} ms", s.invariant, s.at_ms))
+                    .collect();
+                format!(
+                    "not reproduced: for {} it found {}",
+                    self.symptom.user,
+                    found.join(", ")
+                )
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ProductionCheck {
+    /// `production: accept-first for u at 120 ms — replay: accept-first at 120 ms`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "production: {} — replay: {}",
+            self.symptom,
+            self.replay()
+        )
+    }
 }
 
 impl RunOutcome {
@@ -61,13 +157,35 @@ impl RunOutcome {
         self.mismatch().is_none()
     }
 
-    /// True when `[expect]` gates this run.
+    /// True when `[expect]` gates this run, or production symptoms are held against it.
     pub fn gated(&self) -> bool {
-        self.expected.is_some()
+        self.expected.is_some() || !self.production.is_empty()
     }
 
-    /// How the run differs from `[expect]`, in words; `None` when it does not (or is ungated).
+    /// How the run differs from `[expect]` and from what production showed, in words; `None`
+    /// when it does not (or is ungated).
     pub fn mismatch(&self) -> Option<String> {
+        let missed: Vec<String> = self
+            .production
+            .iter()
+            .filter(|c| !c.reproduced)
+            .map(|c| format!("{} ({})", c.symptom, c.replay()))
+            .collect();
+        let production = (!missed.is_empty()).then(|| {
+            format!(
+                "production symptom{} not reproduced: {}",
+                if missed.len() == 1 { "" } else { "s" },
+                missed.join("; ")
+            )
+        });
+        match (self.expectation_mismatch(), production) {
+            (Some(e), Some(p)) => Some(format!("{e}; {p}")),
+            (e, p) => e.or(p),
+        }
+    }
+
+    /// How the run differs from `[expect]` alone.
+    fn expectation_mismatch(&self) -> Option<String> {
         let expected = self.expected?;
         let got: Vec<&str> = {
             let mut names: Vec<&str> = self.violations.iter().map(|v| v.invariant.name()).collect();
@@ -144,6 +262,15 @@ pub fn judge(
     } else {
         Verdict::Fail
     };
+    let production = if endpoint == PRODUCTION {
+        scenario
+            .production
+            .iter()
+            .map(|s| ProductionCheck::new(s, &violations))
+            .collect()
+    } else {
+        Vec::new()
+    };
     RunOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
@@ -156,6 +283,7 @@ pub fn judge(
         trace,
         simulated_ms,
         real_time: false,
+        production,
     }
 }
 

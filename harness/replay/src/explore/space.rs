@@ -132,6 +132,7 @@ pub fn scenarios(users: UserRange) -> BoxedStrategy<Scenario> {
             expect_invariants: IndexMap::new(),
             settle_ms,
             protocol: Default::default(),
+            production: vec![],
         })
         .boxed()
 }

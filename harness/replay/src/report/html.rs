@@ -221,6 +221,19 @@ fn run_section(out: &mut String, si: usize, o: &RunOutcome) {
         o.verdict,
         o.simulated_ms
     );
+    if !o.production.is_empty() {
+        // What production showed, each held against this replay.
+        out.push_str("<ul class=\"production\">\n");
+        for check in &o.production {
+            let _ = writeln!(
+                out,
+                "<li>{} {}</li>",
+                if check.reproduced { "✓" } else { "✗" },
+                text(&check.to_string())
+            );
+        }
+        out.push_str("</ul>\n");
+    }
     let title = format!("{} [{}]: {}", o.scenario, o.endpoint, o.verdict);
     timeline_svg(out, &title, &o.trace, &o.violations);
     // The first few violations are listed; a long tail folds away.

@@ -21,6 +21,9 @@ use crate::oracle::Invariant;
 pub use crate::setup::{Phase, ServerConfig};
 pub use write::to_toml;
 
+// The mapping file of `import --map` reports its errors as scenario files do.
+pub(crate) use raw::{line_col, toml_message};
+
 /// One validated scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -44,6 +47,34 @@ pub struct Scenario {
     pub settle_ms: u64,
     /// How `racegate probe` talks to a live server (`[protocol]`); the replay ignores it.
     pub protocol: Protocol,
+    /// What production showed (`[[production]]`, written by `racegate import --map`): each
+    /// symptom must be reproduced by the replay of [`PRODUCTION`], or the run is a mismatch.
+    pub production: Vec<Symptom>,
+}
+
+/// The endpoint that models the production server, against which `[[production]]` symptoms are
+/// checked: the seed's backend is what `unfixed` reproduces.
+pub const PRODUCTION: EndpointKind = EndpointKind::Unfixed;
+
+/// One `[[production]]`: an invariant a production log showed broken, for whom and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Symptom {
+    /// The invariant the log's error line stands for.
+    pub invariant: Invariant,
+    /// The user whose connection showed it: one of the scenario's `[[user]]` ids.
+    pub user: String,
+    /// When it was first logged, in milliseconds on the scenario's clock.
+    pub at_ms: u64,
+}
+
+impl fmt::Display for Symptom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} for {} at {} ms",
+            self.invariant, self.user, self.at_ms
+        )
+    }
 }
 
 /// The `[protocol]` table: how a live server under `racegate probe` speaks, so one scenario file

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::{
-    InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Timed, User, Verdict,
-    template,
+    InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Symptom, Timed, User,
+    Verdict, template,
 };
 use crate::endpoint_kind::EndpointKind;
 use crate::oracle::Invariant;
@@ -33,6 +33,19 @@ struct RawScenario {
     user: Option<Spanned<Vec<RawUser>>>,
     expect: Option<RawExpect>,
     protocol: Option<RawProtocol>,
+    production: Option<Vec<RawProduction>>,
+}
+
+/// One `[[production]]`: a symptom a production log showed.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[production]] table with `invariant`, `user` and `at_ms`"
+)]
+struct RawProduction {
+    invariant: Spanned<String>,
+    user: Spanned<String>,
+    at_ms: Spanned<Value>,
 }
 
 /// `[protocol]`: how `racegate probe` speaks to a live server. Every key is optional.
@@ -148,15 +161,7 @@ struct Locator<'a> {
 impl Locator<'_> {
     /// 1-based line and column (in characters) of a byte offset.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        (line, column)
+        line_col(self.text, offset)
     }
 
     /// An error at the start of `span`, or at line 1 column 1 without one.
@@ -176,40 +181,60 @@ impl Locator<'_> {
 
     /// A syntax, type, unknown-key or missing-key error found by `toml`/serde, in file terms.
     fn toml_error(&self, e: &toml::de::Error) -> ScenarioError {
-        let span = e.span();
-        // Syntax errors put their "expected ..." on a second line; keep the message one line.
-        let message = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let message = if let Some(rest) = message.strip_prefix("missing field ") {
-            format!("missing required key {rest}")
-        } else if let Some(rest) = message.strip_prefix("unknown field ") {
-            format!("unknown key {rest}")
-        } else if message.starts_with("invalid type: map, expected a sequence")
-            && let Some(header) = span
-                .as_ref()
-                .and_then(|s| self.single_table_header(s.start))
-        {
-            format!("[{header}] must be an array of tables: write [[{header}]], once per entry")
-        } else {
-            message
-        };
+        let (span, message) = toml_message(self.text, e);
         self.invalid(span, message)
     }
+}
 
-    /// `user` when the text at `offset` is a `[user]` header (not `[[user]]`).
-    fn single_table_header(&self, offset: usize) -> Option<&str> {
-        let rest = self.text.get(offset..)?.strip_prefix('[')?;
-        if rest.starts_with('[') {
-            return None;
-        }
-        let name = rest[..rest.find(']')?].trim();
-        (!name.is_empty()).then_some(name)
+/// 1-based line and column (in characters) of a byte offset into `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
     }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Where in `text` a `toml`/serde error is, and its message in one line, in the words racegate's
+/// TOML files use ("missing required key", "unknown key", "write [[user]]").
+pub(crate) fn toml_message(text: &str, e: &toml::de::Error) -> (Option<Range<usize>>, String) {
+    let span = e.span();
+    // Syntax errors put their "expected ..." on a second line; keep the message one line.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = if let Some(rest) = message.strip_prefix("missing field ") {
+        format!("missing required key {rest}")
+    } else if let Some(rest) = message.strip_prefix("unknown field ") {
+        format!("unknown key {rest}")
+    } else if message.starts_with("invalid type: map, expected a sequence")
+        && let Some(header) = span
+            .as_ref()
+            .and_then(|s| single_table_header(text, s.start))
+    {
+        format!("[{header}] must be an array of tables: write [[{header}]], once per entry")
+    } else {
+        message
+    };
+    (span, message)
+}
+
+/// `user` when the text at `offset` is a `[user]` header (not `[[user]]`).
+fn single_table_header(text: &str, offset: usize) -> Option<&str> {
+    let rest = text.get(offset..)?.strip_prefix('[')?;
+    if rest.starts_with('[') {
+        return None;
+    }
+    let name = rest[..rest.find(']')?].trim();
+    (!name.is_empty()).then_some(name)
 }
 
 fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioError> {
@@ -235,6 +260,7 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         Some(p) => protocol(at, p, &users)?,
         None => Protocol::default(),
     };
+    let production = production(at, raw.production.as_deref().unwrap_or_default(), &users)?;
     Ok(Scenario {
         name: name.clone(),
         description: raw.description,
@@ -245,7 +271,53 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         expect_invariants,
         settle_ms,
         protocol,
+        production,
     })
+}
+
+/// `[[production]]`: each symptom names a known invariant and one of the file's users, once.
+fn production(
+    at: &Locator<'_>,
+    raw: &[RawProduction],
+    users: &[User],
+) -> Result<Vec<Symptom>, ScenarioError> {
+    // (invariant, user) → byte offset of its first entry, for the duplicate's message.
+    let mut seen: IndexMap<(Invariant, &str), usize> = IndexMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for p in raw {
+        let invariant = p
+            .invariant
+            .get_ref()
+            .parse::<Invariant>()
+            .map_err(|e| at.at(&p.invariant, format!("[[production]] {e}")))?;
+        let user = p.user.get_ref();
+        if !users.iter().any(|u| &u.id == user) {
+            return Err(at.at(
+                &p.user,
+                format!(
+                    "[[production]] names user `{user}`, which no [[user]] has; a symptom belongs \
+                     to one of the scenario's users"
+                ),
+            ));
+        }
+        if let Some(&first) = seen.get(&(invariant, user.as_str())) {
+            let first_line = at.line_col(first).0;
+            return Err(at.at(
+                &p.invariant,
+                format!(
+                    "`{invariant}` for user `{user}` is already listed by the [[production]] on \
+                     line {first_line}; list each symptom once, at its first time"
+                ),
+            ));
+        }
+        seen.insert((invariant, user), p.invariant.span().start);
+        out.push(Symptom {
+            invariant,
+            user: user.clone(),
+            at_ms: millis(at, "at_ms", &p.at_ms)?,
+        });
+    }
+    Ok(out)
 }
 
 fn protocol(
@@ -1052,6 +1124,7 @@ mod tests {
             expect_invariants: IndexMap::new(),
             settle_ms: 250,
             protocol: Default::default(),
+            production: vec![],
         };
         assert_eq!(scenario, expected);
         // File order, not `EndpointKind` order.
@@ -1228,6 +1301,31 @@ mod tests {
         assert_eq!(
             back.expect_invariants, scenario.expect_invariants,
             "{written}"
+        );
+    }
+
+    #[test]
+    fn production_symptoms_are_read_in_file_order() {
+        let scenario = parse(&[
+            HEAD,
+            "[[user]]",
+            "id = \"a\"",
+            "[[user]]",
+            "id = \"b\"",
+            "[[production]]",
+            "invariant = \"message-lost\"",
+            "user = \"b\"",
+            "at_ms = 100",
+            "[[production]]",
+            "invariant = \"accept-first\"",
+            "user = \"a\"",
+            "at_ms = 0",
+        ])
+        .expect("valid scenario");
+        let got: Vec<String> = scenario.production.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            got,
+            ["message-lost for b at 100 ms", "accept-first for a at 0 ms"]
         );
     }
 
@@ -1560,6 +1658,40 @@ mod tests {
         &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
           "partial = { verdict = \"fail\", invariants = [\"leak\", \"leak\"] }"],
         5, 11, "names `leak` twice"
+    )]
+    // [[production]].
+    #[case::an_unknown_production_invariant_lists_the_invariants(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[production]]", "invariant = \"lost\"",
+          "user = \"a\"", "at_ms = 3"], 5, 13,
+        "[[production]] unknown invariant `lost`; expected one of accept-first"
+    )]
+    #[case::a_production_symptom_of_an_unknown_user_is_rejected_at_the_user(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[production]]", "invariant = \"stuck\"",
+          "user = \"b\"", "at_ms = 3"], 6, 8, "names user `b`, which no [[user]] has"
+    )]
+    #[case::a_production_symptom_listed_twice_names_the_first_line(
+        &[HEAD, "[[user]]", "id = \"a\"",
+          "[[production]]", "invariant = \"stuck\"", "user = \"a\"", "at_ms = 3",
+          "[[production]]", "invariant = \"stuck\"", "user = \"a\"", "at_ms = 9"], 9, 13,
+        "`stuck` for user `a` is already listed by the [[production]] on line 5"
+    )]
+    #[case::an_unknown_production_key_lists_the_keys(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[production]]", "invariant = \"stuck\"",
+          "user = \"a\"", "at = 3"], 7, 1,
+        "unknown key `at`, expected one of `invariant`, `user`, `at_ms`"
+    )]
+    #[case::a_production_symptom_without_a_time_points_at_its_header(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[production]]", "invariant = \"stuck\"",
+          "user = \"a\""], 4, 1, "missing required key `at_ms`"
+    )]
+    #[case::a_negative_production_time_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[production]]", "invariant = \"stuck\"",
+          "user = \"a\"", "at_ms = -1"], 7, 9,
+        "`at_ms` must be a non-negative integer number of milliseconds, got -1"
+    )]
+    #[case::a_single_production_table_asks_for_an_array_of_tables(
+        &[HEAD, "[[user]]", "id = \"a\"", "[production]", "invariant = \"stuck\""], 4, 1,
+        "write [[production]]"
     )]
     fn an_invalid_scenario_is_reported_at_the_offending_place(
         #[case] text: &[&str],

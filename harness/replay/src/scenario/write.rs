@@ -68,6 +68,15 @@ pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
     if scenario.protocol != Protocol::default() {
         write_protocol(&mut out, &scenario.protocol);
     }
+    for p in &scenario.production {
+        let _ = write!(
+            out,
+            "\n[[production]]\ninvariant = {}\nuser = {}\nat_ms = {}\n",
+            quote(p.invariant.name()),
+            quote(&p.user),
+            p.at_ms
+        );
+    }
     if !scenario.expect.is_empty() {
         out.push_str("\n[expect]\n");
         for (endpoint, verdict) in &scenario.expect {
@@ -150,7 +159,7 @@ mod tests {
 
     use super::*;
     use crate::endpoint_kind::EndpointKind;
-    use crate::scenario::{Phase, ServerConfig, Timed, User, Verdict, parse};
+    use crate::scenario::{Phase, ServerConfig, Symptom, Timed, User, Verdict, parse};
 
     #[test]
     fn written_scenarios_parse_back_to_the_same_scenario() {
@@ -185,6 +194,7 @@ mod tests {
             expect_invariants: indexmap::IndexMap::new(),
             settle_ms: 250,
             protocol: Default::default(),
+            production: vec![],
         };
         let text = to_toml(&original, "found by a test\n\nsecond line");
         assert!(
@@ -197,6 +207,38 @@ mod tests {
             !text.contains("[protocol]"),
             "the default protocol is not written"
         );
+    }
+
+    #[test]
+    fn production_symptoms_are_written_and_parse_back() {
+        let mut scenario = parse(
+            "name = \"p\"\n[[user]]\nid = \"a\"\n[[user]]\nid = \"b\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        scenario.production = vec![
+            Symptom {
+                invariant: crate::Invariant::AcceptFirst,
+                user: "a".into(),
+                at_ms: 0,
+            },
+            Symptom {
+                invariant: crate::Invariant::CrossUser,
+                user: "b".into(),
+                at_ms: 2700,
+            },
+        ];
+        scenario
+            .expect
+            .insert(EndpointKind::StateMachine, Verdict::Pass);
+        let text = to_toml(&scenario, "");
+        assert!(
+            text.contains(
+                "\n[[production]]\ninvariant = \"cross-user\"\nuser = \"b\"\nat_ms = 2700\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(parse(&text, Path::new("p.toml")).unwrap(), scenario);
     }
 
     #[test]
