@@ -13,7 +13,7 @@ use racegate_probe::{Record, Seen, check};
 use racegate_replay::runner::{self, chat_id};
 use racegate_replay::scenario::{self, Scenario};
 use racegate_replay::trace::{AgentEvent, EventKind, Frame, TraceEvent};
-use racegate_replay::{EndpointKind, Invariant, Verdict};
+use racegate_replay::{ConnectionState, EndpointKind, Invariant, Verdict};
 use serde_json::json;
 
 /// One step of a client's history, in no driver's format.
@@ -579,10 +579,12 @@ fn the_replays_server_trace_decides_what_the_client_alone_cannot() {
     never_read.insert(
         1,
         server(EventKind::State {
-            state: "authenticating",
+            state: ConnectionState::Accepted,
         }),
     );
-    never_read.push(server(EventKind::Terminal { state: "failed" }));
+    never_read.push(server(EventKind::Terminal {
+        state: ConnectionState::Failed,
+    }));
     let run = runner::judge(&s, EndpointKind::StateMachine, never_read.clone(), 0);
     assert!(run.indeterminate.is_empty(), "{:?}", run.indeterminate);
     assert_eq!(run.verdict, Verdict::Pass, "{:#?}", run.violations);

@@ -249,7 +249,7 @@ impl<'a> History<'a> {
                 },
                 EventKind::State { state } => {
                     server(ops);
-                    if matches!(*state, "closed" | "failed") {
+                    if state.is_terminal() {
                         Act::ServerEnded
                     } else {
                         continue;
@@ -407,6 +407,7 @@ pub fn field(frame: &Value, path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use racegate_core::ConnectionState;
 
     fn owned(s: &str) -> Cow<'static, str> {
         Cow::Owned(s.to_string())
@@ -530,12 +531,18 @@ mod tests {
                 1,
                 "a",
                 EventKind::State {
-                    state: "connecting",
+                    state: ConnectionState::Connecting,
                 },
             ),
             ev(2, "b", EventKind::ClientClosed { code: 1006 }),
             ev(3, "a", EventKind::ClientClosed { code: 1011 }),
-            ev(4, "a", EventKind::State { state: "failed" }),
+            ev(
+                4,
+                "a",
+                EventKind::State {
+                    state: ConnectionState::Failed,
+                },
+            ),
             ev(5, "a", EventKind::ClientClose),
         ];
         let h = History::from_trace(&trace, &|u| u == "a");

@@ -55,5 +55,7 @@ pub mod transport;
 pub use checker::{Indeterminate, Judgement};
 pub use endpoint::EndpointKind;
 pub use oracle::{Invariant, Violation};
+/// The lifecycle states a trace records (`EventKind::State`), from the loom-checked core.
+pub use racegate_core::ConnectionState;
 pub use runner::{RunOutcome, replay};
 pub use scenario::{InvariantMatch, Scenario, ScenarioError, Verdict};

@@ -10,6 +10,7 @@
 use std::fmt;
 
 use indexmap::IndexMap;
+use racegate_core::ConnectionState;
 use serde::Serialize;
 
 use crate::checker::{self, Judgement};
@@ -126,9 +127,10 @@ impl fmt::Display for Violation {
 #[derive(Default)]
 struct ServerConn {
     server_seen: bool,
-    state: &'static str,
+    /// The last state the server recorded (`None`: none yet).
+    state: Option<ConnectionState>,
     ready_reached: bool,
-    terminal: Option<&'static str>,
+    terminal: Option<ConnectionState>,
     registered: bool,
     cleanups: IndexMap<&'static str, (u64, usize)>,
 }
@@ -185,17 +187,13 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
         match &ev.kind {
             EventKind::State { state } => {
                 c.server_seen = true;
-                c.state = state;
-                if *state == "processing_ready" {
+                c.state = Some(*state);
+                if state.is_ready() {
                     c.ready_reached = true;
                 }
             }
-            EventKind::Handled { id, .. } if c.state != "processing_ready" => {
-                let state = if c.state.is_empty() {
-                    "unknown"
-                } else {
-                    c.state
-                };
+            EventKind::Handled { id, .. } if !c.state.is_some_and(ConnectionState::is_ready) => {
+                let state = c.state.map_or("unknown", ConnectionState::name);
                 out.push(Violation {
                     invariant: Invariant::BeforeReady,
                     user: user.to_string(),
@@ -211,7 +209,7 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
             EventKind::CleanupRan { name } => {
                 c.cleanups.entry(name).or_insert((at, 0)).1 += 1;
             }
-            EventKind::Terminal { state } if c.terminal.is_none() => c.terminal = Some(state),
+            EventKind::Terminal { state } if c.terminal.is_none() => c.terminal = Some(*state),
             _ => {}
         }
     }
@@ -234,11 +232,7 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
                 end_ms,
                 format!(
                     "connection still {} when the run ended",
-                    if c.state.is_empty() {
-                        "unknown"
-                    } else {
-                        c.state
-                    }
+                    c.state.map_or("unknown", ConnectionState::name)
                 ),
             ),
             Some(_) if !c.ready_reached => {

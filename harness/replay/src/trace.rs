@@ -7,7 +7,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use racegate_core::ConnectionState;
+use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 /// A frame the server sends to a client.
@@ -163,8 +164,9 @@ pub enum EventKind {
     },
     /// The connection entered a lifecycle state (as the endpoint understands it).
     State {
-        /// The state's name.
-        state: &'static str,
+        /// The state, written by its name (`processing_ready`).
+        #[serde(serialize_with = "state_name")]
+        state: ConnectionState,
     },
     /// A handler processed a chat from this connection.
     Handled {
@@ -215,8 +217,9 @@ pub enum EventKind {
     },
     /// The server finished with the connection.
     Terminal {
-        /// `closed` or `failed`.
-        state: &'static str,
+        /// `Closed` or `Failed`, written by its name.
+        #[serde(serialize_with = "state_name")]
+        state: ConnectionState,
     },
 }
 
@@ -372,10 +375,15 @@ fn event_name(kind: &EventKind) -> &'static str {
     }
 }
 
+/// A state as the JSON trace has always written it: its stable name, not a variant tag.
+fn state_name<S: Serializer>(state: &ConnectionState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.name())
+}
+
 /// The lifecycle state an event names, if any.
 fn event_state(kind: &EventKind) -> Option<&'static str> {
     match kind {
-        EventKind::State { state } | EventKind::Terminal { state } => Some(state),
+        EventKind::State { state } | EventKind::Terminal { state } => Some(state.name()),
         _ => None,
     }
 }

@@ -113,7 +113,7 @@ fn the_fixed_endpoint_pings_every_heartbeat_once_ready_and_stops_when_the_client
     assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.violations);
     let ready = at(
         &o.trace,
-        |k| matches!(k, EventKind::State { state } if *state == "processing_ready"),
+        |k| matches!(k, EventKind::State { state } if state.is_ready()),
     );
     assert_eq!(ready, [200]);
     // The first beat a heartbeat after ready, then one every 50 ms until the client left.
@@ -307,9 +307,10 @@ fn a_receive_that_finds_the_client_gone_ends_the_connection_quietly() {
         o.violations
     );
     assert!(
-        o.trace
-            .iter()
-            .any(|e| e.kind == EventKind::Terminal { state: "closed" }),
+        o.trace.iter().any(|e| e.kind
+            == EventKind::Terminal {
+                state: racegate_replay::ConnectionState::Closed
+            }),
         "{:#?}",
         o.trace
     );

@@ -1,5 +1,6 @@
 //! The oracle on hand-built traces: each invariant is caught by itself, and a clean run is clean.
 
+use racegate_replay::ConnectionState::{self, *};
 use racegate_replay::oracle::{Invariant, check};
 use racegate_replay::trace::{AgentEvent, EventKind, Frame, TraceEvent};
 use rstest::rstest;
@@ -12,7 +13,7 @@ fn ev(at_ms: u64, user: &str, kind: EventKind) -> TraceEvent {
     }
 }
 
-fn state(at: u64, user: &str, state: &'static str) -> TraceEvent {
+fn state(at: u64, user: &str, state: ConnectionState) -> TraceEvent {
     ev(at, user, EventKind::State { state })
 }
 
@@ -41,16 +42,16 @@ fn clean(user: &str) -> Vec<TraceEvent> {
     let p1 = format!("{user}/p1");
     let mut t = vec![
         ev(0, user, EventKind::ClientConnect),
-        state(0, user, "connecting"),
+        state(0, user, Connecting),
         ev(0, user, EventKind::Registered),
         ev(0, user, EventKind::CleanupRegistered { name: "unregister" }),
-        state(0, user, "accepted"),
+        state(0, user, Accepted),
         ev(0, user, EventKind::ClientOpen),
         ev(5, user, EventKind::ClientSend { id: m1.clone() }),
         ev(20, user, EventKind::PushIssued { id: p1.clone() }),
-        state(100, user, "authenticated"),
-        state(200, user, "services_ready"),
-        state(300, user, "processing_ready"),
+        state(100, user, Authenticated),
+        state(200, user, ServicesReady),
+        state(300, user, ProcessingReady),
         ev(
             300,
             user,
@@ -75,9 +76,9 @@ fn clean(user: &str) -> Vec<TraceEvent> {
     }
     t.extend([
         ev(1000, user, EventKind::ClientClose),
-        state(1000, user, "closed"),
+        state(1000, user, Closed),
         ev(1000, user, EventKind::Unregistered),
-        ev(1000, user, EventKind::Terminal { state: "closed" }),
+        ev(1000, user, EventKind::Terminal { state: Closed }),
     ]);
     t
 }
@@ -187,10 +188,7 @@ fn an_unread_chat_in_flight_at_an_error_close_is_refused_but_a_dropped_one_is_lo
     let mut t = clean("a");
     t.retain(|e| !is_ack(e) && !is_event(e) && !matches!(e.kind, EventKind::Terminal { .. }));
     insert(&mut t, ev(301, "a", EventKind::ClientClosed { code: 1013 }));
-    insert(
-        &mut t,
-        ev(301, "a", EventKind::Terminal { state: "failed" }),
-    );
+    insert(&mut t, ev(301, "a", EventKind::Terminal { state: Failed }));
     assert_eq!(
         check(&t),
         vec![],
@@ -361,9 +359,9 @@ fn a_run_cut_short_by_a_close_is_fine_when_the_rest_was_rejected() {
 fn failed_in_setup(user: &str) -> Vec<TraceEvent> {
     vec![
         ev(0, user, EventKind::ClientConnect),
-        state(0, user, "connecting"),
+        state(0, user, Connecting),
         ev(0, user, EventKind::Registered),
-        state(0, user, "accepted"),
+        state(0, user, Accepted),
         ev(
             100,
             user,
@@ -371,10 +369,10 @@ fn failed_in_setup(user: &str) -> Vec<TraceEvent> {
                 name: "auth_session",
             },
         ),
-        state(100, user, "authenticated"),
+        state(100, user, Authenticated),
         ev(200, user, EventKind::ServerClose { code: 1011 }),
-        state(200, user, "failed"),
-        ev(200, user, EventKind::Terminal { state: "failed" }),
+        state(200, user, Failed),
+        ev(200, user, EventKind::Terminal { state: Failed }),
     ]
 }
 

@@ -57,7 +57,7 @@ pub(super) trait Lifecycle: Send + Sync + Sized + 'static {
 
 /// Serves one connection from upgrade to end.
 pub(super) async fn serve<C: Lifecycle>(conn: Arc<C>) {
-    state(conn.backend(), conn.user(), "connecting");
+    state(conn.backend(), conn.user(), ConnectionState::Connecting);
     conn.on_upgrade();
     conn.before_accept();
 

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 // A leaf of its own: scenario files name endpoints without depending on how they serve.
 pub use crate::endpoint_kind::{EndpointKind, UnknownEndpoint};
 
+use racegate_core::ConnectionState;
+
 use crate::backend::{Backend, pause};
 use crate::trace::{EventKind, Frame};
 use crate::transport::{ServerSocket, TransportError};
@@ -60,7 +62,7 @@ fn transport_error(backend: &Backend, user: &str, op: &'static str, err: &Transp
 }
 
 /// Records that the endpoint considers the connection to be in `state`.
-fn state(backend: &Backend, user: &str, state: &'static str) {
+fn state(backend: &Backend, user: &str, state: ConnectionState) {
     backend.record(user, EventKind::State { state });
 }
 
@@ -201,8 +203,13 @@ async fn legacy_fail<S: ServerSocket>(
         Ok(()) => b.record(user, EventKind::ServerClose { code }),
         Err(e) => transport_error(b, user, "close", &e),
     }
-    state(b, user, "failed");
-    b.record(user, EventKind::Terminal { state: "failed" });
+    state(b, user, ConnectionState::Failed);
+    b.record(
+        user,
+        EventKind::Terminal {
+            state: ConnectionState::Failed,
+        },
+    );
 }
 
 /// Sends `frame` straight onto the socket; a failure is logged and the frame dropped.

@@ -132,7 +132,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     fn advance(&self, to: ConnectionState) -> bool {
         match self.machine.advance(to) {
             Ok(_) => {
-                state(&self.backend, &self.user, to.name());
+                state(&self.backend, &self.user, to);
                 true
             }
             Err(_) => false,
@@ -220,7 +220,7 @@ impl<S: ServerSocket> Conn<S> {
             }
             return;
         };
-        state(&self.backend, &self.user, "failed");
+        state(&self.backend, &self.user, ConnectionState::Failed);
         lock(&self.chats).take();
         self.reject_all(ended.undelivered, reason).await;
         if let Some(item) = newest {
@@ -241,8 +241,12 @@ impl<S: ServerSocket> Conn<S> {
                 Err(e) => transport_error(&self.backend, &self.user, "close", &e),
             }
         }
-        self.backend
-            .record(&self.user, EventKind::Terminal { state: "failed" });
+        self.backend.record(
+            &self.user,
+            EventKind::Terminal {
+                state: ConnectionState::Failed,
+            },
+        );
     }
 
     /// The client went away: end in `Closed`; rollback if it never became ready.
@@ -250,15 +254,19 @@ impl<S: ServerSocket> Conn<S> {
         let Ok(ended) = self.machine.close() else {
             return;
         };
-        state(&self.backend, &self.user, "closed");
+        state(&self.backend, &self.user, ConnectionState::Closed);
         lock(&self.chats).take();
         if ended.from.is_ready() {
             self.backend.unregister(&self.user);
         }
         self.reject_all(ended.undelivered, "client closed during setup")
             .await;
-        self.backend
-            .record(&self.user, EventKind::Terminal { state: "closed" });
+        self.backend.record(
+            &self.user,
+            EventKind::Terminal {
+                state: ConnectionState::Closed,
+            },
+        );
     }
 
     async fn reject_all(&self, items: Vec<Item>, reason: &str) {

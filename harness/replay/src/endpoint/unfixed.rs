@@ -103,7 +103,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
 
     /// There is no machine: the state is a log line, and setup goes on whatever happened.
     fn advance(&self, to: ConnectionState) -> bool {
-        state(&self.backend, &self.user, to.name());
+        state(&self.backend, &self.user, to);
         true
     }
 
@@ -142,9 +142,13 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
         self.live.store(false, Ordering::Release);
         match end {
             ReaderEnd::Disconnected => {
-                state(&self.backend, &self.user, "closed");
-                self.backend
-                    .record(&self.user, EventKind::Terminal { state: "closed" });
+                state(&self.backend, &self.user, ConnectionState::Closed);
+                self.backend.record(
+                    &self.user,
+                    EventKind::Terminal {
+                        state: ConnectionState::Closed,
+                    },
+                );
             }
             // Nobody reads this socket any more; the connection is neither open nor ended.
             ReaderEnd::GaveUp => {}

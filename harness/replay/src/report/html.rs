@@ -452,10 +452,10 @@ fn lanes(trace: &[TraceEvent]) -> IndexMap<&str, Lane> {
                 PUSH,
                 Some(short_id(id).to_string()),
             ),
-            EventKind::State { state } => lane.states.push((e.at_ms, state)),
+            EventKind::State { state } => lane.states.push((e.at_ms, state.name())),
             EventKind::Terminal { state } => {
                 if lane.terminal.is_none() {
-                    lane.terminal = Some((e.at_ms, state));
+                    lane.terminal = Some((e.at_ms, state.name()));
                 }
             }
             EventKind::Handled { .. } => mark(Row::Band, Glyph::Dot, "#1b1f24", None),
