@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 
 use html_escape::encode_text as text;
 use indexmap::{IndexMap, IndexSet};
+use racegate_core::ConnectionState;
 
 use super::{SHOWN, timeline_svg, violation_item};
 use crate::oracle::{Invariant, Violation};
@@ -92,7 +93,7 @@ pub(super) fn folded_run(out: &mut String, o: &RunOutcome) {
         match e.kind {
             EventKind::ClientConnect if facts.connect.is_none() => facts.connect = Some(e.at_ms),
             EventKind::State {
-                state: "processing_ready",
+                state: ConnectionState::ProcessingReady,
             } if facts.ready.is_none() => facts.ready = Some(e.at_ms),
             _ => {}
         }
