@@ -32,7 +32,9 @@ pub(crate) struct RunArgs {
     /// `fake`: in memory, virtual time. `ws`: real WebSockets on loopback, real time.
     #[arg(long, value_enum, default_value_t = Transport::Fake)]
     transport: Transport,
-    /// With `--transport ws`, how many runs go at once (each on its own thread and port).
+    /// With `--transport ws`, how many runs go at once (each on its own thread and port) among
+    /// those whose outcome a timing nudge of 5 to 20 ms changes. Runs no ±20 ms nudge changes,
+    /// and runs on a timing tie, all go at once first (up to 64).
     #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     jobs: usize,
 }
@@ -96,7 +98,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .flat_map(|s| args.endpoint.kinds().into_iter().map(move |k| (s, k)))
                 .collect();
-            for outcome in racegate_net::replay_ws_all(&runs, args.jobs, Default::default()) {
+            for outcome in racegate_net::replay_ws_suite(&runs, args.jobs, Default::default()) {
                 let outcome = outcome?;
                 if outcome.expected.is_none() && gated_by_file(&scenarios, &outcome) {
                     eprintln!(

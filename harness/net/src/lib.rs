@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 
 pub use client::{WsClient, WsConnector};
 pub use load::{LoadOptions, LoadReport};
-pub use replay::{replay_ws, replay_ws_all};
+pub use replay::{replay_ws, replay_ws_all, replay_ws_suite};
 pub use server::{ServeOptions, Server, ShutdownReport, serve_with};
 pub use socket::{Counters, Limits, WsSocket};
 

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use racegate_net::replay::{TIE_MS, on_timing_tie};
-use racegate_net::{Limits, replay_ws_all};
+use racegate_net::{Limits, replay_ws_suite};
 use racegate_replay::{EndpointKind, replay, report, scenario};
 
 fn scenarios_dir() -> PathBuf {
@@ -20,12 +20,18 @@ fn every_bundled_scenario_gets_the_same_verdict_over_real_sockets() {
         .iter()
         .flat_map(|s| EndpointKind::ALL.into_iter().map(move |k| (s, k)))
         .collect();
-    // Each run sleeps through its scenario's real timings; six at a time keeps this near 20 s.
-    let outcomes = replay_ws_all(&runs, 6, Limits::default());
+    // Each run sleeps through its scenario's real timings; as `run --transport ws` schedules
+    // them (most at once, the timing-sensitive four at a time), this takes about 10 s.
+    let outcomes = replay_ws_suite(&runs, 4, Limits::default());
     let mut mismatches = Vec::new();
     let mut ties = Vec::new();
     for ((s, endpoint), ws) in runs.iter().zip(outcomes) {
         let ws = ws.unwrap();
+        assert_eq!(
+            (ws.scenario.as_str(), ws.endpoint),
+            (s.name.as_str(), *endpoint),
+            "results come back in input order"
+        );
         if on_timing_tie(s, *endpoint, TIE_MS) {
             // Two equal chains of sleeps race; a real clock's jitter picks the winner.
             assert_eq!(

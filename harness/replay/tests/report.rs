@@ -330,3 +330,92 @@ text = "hi"
         assert!(!stripped.contains(';') && !stripped.contains('#'), "{line}");
     }
 }
+
+/// A scenario of `users` users connecting over a second, two chats each, setup as in
+/// `five-users-within-100ms`: the shape docs/report.md generates for its 5,000-user figure.
+fn crowd(users: usize) -> scenario::Scenario {
+    let mut text = format!(
+        "name = \"users-{users}\"\n[server]\nauth_ms = 50\nservices_ms = 120\nregister_ms = 30\n"
+    );
+    for i in 1..=users {
+        text.push_str(&format!(
+            "[[user]]\nid = \"user-{i}\"\nconnect_ms = {}\n[[user.send]]\nat_ms = 100\n\
+             text = \"first\"\n[[user.send]]\nat_ms = 400\ntext = \"second\"\n",
+            i % 1000
+        ));
+    }
+    scenario::parse(&text, Path::new("crowd.toml")).unwrap()
+}
+
+#[test]
+fn a_large_runs_report_is_a_summary_and_a_few_lanes_with_the_rest_folded_into_a_count() {
+    // Drawn whole, these two runs were about 22 MB of HTML (a lane is about 10 KB).
+    let s = crowd(1000);
+    let outcomes: Vec<RunOutcome> = [EndpointKind::Unfixed, EndpointKind::StateMachine]
+        .into_iter()
+        .map(|k| replay(&s, k).unwrap())
+        .collect();
+    assert!(
+        outcomes[0].violations.len() > 1000,
+        "unfixed must fail here"
+    );
+    assert!(outcomes[1].violations.is_empty(), "state-machine must pass");
+    let started = Instant::now();
+    let html = report::html(&outcomes);
+    let took = started.elapsed();
+    eprintln!(
+        "report: 2 runs of 1,000 users, {} bytes, {took:?}",
+        html.len()
+    );
+    assert!(
+        html.len() < 600 * 1024,
+        "{} bytes: folding is off?",
+        html.len()
+    );
+    assert_eq!(html, report::html(&outcomes), "same outcomes, same bytes");
+
+    let doc = Html::parse_document(&html);
+    assert!(doc.errors.is_empty(), "HTML parse errors: {:?}", doc.errors);
+    let runs = select(&doc, "div.run");
+    assert_eq!(runs.len(), 2);
+    let folded: Vec<String> = select(&doc, "div.run p.folded")
+        .iter()
+        .map(text_of)
+        .collect();
+    let all = folded.join("\n");
+    // Every user without a violation but the sample is folded, and says so in numbers.
+    assert!(
+        all.contains("994 users without violations not drawn"),
+        "{all}"
+    );
+    assert!(all.contains("976 users with violations not drawn"), "{all}");
+    // The summary names each violated invariant with the users it hit.
+    let summary = text_of(&select(&doc, "div.run table.fold")[0]);
+    for v in &outcomes[0].violations {
+        assert!(summary.contains(v.invariant.name()), "{summary}");
+    }
+    assert!(summary.contains("user-1000, "), "{summary}");
+    // The time-to-ready histogram, and one lane per drawn user.
+    assert_eq!(select(&doc, "div.run div.hist svg").len(), 2);
+    for (div, drawn) in runs.iter().zip([24, 6]) {
+        let lanes = div
+            .descendants()
+            .filter_map(scraper::ElementRef::wrap)
+            .filter(|e| {
+                // A lane's user label: bold, at the left edge.
+                let a = |k| e.value().attr(k);
+                e.value().name() == "text"
+                    && a("font-weight") == Some("bold")
+                    && a("x") == Some("8")
+            })
+            .count();
+        assert_eq!(lanes, drawn);
+    }
+    // The drawn users' trace is one click away.
+    let traces: Vec<String> = select(&doc, "div.run details pre")
+        .iter()
+        .map(text_of)
+        .collect();
+    assert_eq!(traces.len(), 2);
+    assert!(traces[1].contains("state processing_ready"));
+}

@@ -7,6 +7,9 @@
 //! CSS and SVG, no script, no fetch), so it opens from a CI artifact anywhere, and the same
 //! outcomes give the same bytes.
 //!
+//! A run with more users than a page can hold ([`fold`]) leads with a summary and draws only some
+//! of its lanes, folding the rest into a count.
+//!
 //! The time axis is virtual milliseconds, piecewise linear: distinct instants are kept a few
 //! pixels apart, and idle stretches longer than [`LINEAR_MS`] are compressed (marked `≈` on the
 //! axis), so a 5 ms gap during setup stays visible next to a second of settle time. Tick labels
@@ -14,6 +17,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+
+mod fold;
 
 use html_escape::encode_text as text;
 use indexmap::IndexMap;
@@ -111,6 +116,11 @@ pub fn html(outcomes: &[RunOutcome]) -> String {
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     out.push_str("<title>racegate report</title>\n<style>");
     out.push_str(CSS);
+    // Only a report with a folded run carries its styles, so a small report's bytes are as they
+    // were before folding existed.
+    if outcomes.iter().any(fold::is_large) {
+        out.push_str(fold::CSS);
+    }
     out.push_str("</style>\n</head>\n<body>\n<h1>racegate report</h1>\n");
     // The same words as the table's summary line; only the verdict at its end is coloured.
     let line = s.line();
@@ -184,7 +194,7 @@ pub fn html(outcomes: &[RunOutcome]) -> String {
             text(&runs[0].file.display().to_string())
         );
         for o in runs {
-            run_section(&mut out, si, o);
+            run_section(&mut out, si, o, fold::is_large(o));
         }
         out.push_str("</section>\n");
     }
@@ -196,7 +206,23 @@ fn run_anchor(scenario: usize, endpoint: EndpointKind) -> String {
     format!("run-{scenario}-{endpoint}")
 }
 
-fn run_section(out: &mut String, si: usize, o: &RunOutcome) {
+/// How many violations a run lists before the rest fold away.
+const SHOWN: usize = 8;
+
+fn violation_item(out: &mut String, v: &Violation) {
+    let _ = writeln!(
+        out,
+        "<li><span class=\"inv\">{}</span> user <code>{}</code> at {} ms: {}</li>",
+        v.invariant,
+        text(&v.user),
+        v.at_ms,
+        text(&v.detail)
+    );
+}
+
+/// One run: its heading, then its timeline, violations and trace; a `large` run
+/// ([`fold::is_large`]) is summarised and drawn in part.
+fn run_section(out: &mut String, si: usize, o: &RunOutcome, large: bool) {
     let expected = match o.expected {
         None => "not gated".to_string(),
         Some(e) if e == o.verdict => format!("expected {e} ✓"),
@@ -234,24 +260,18 @@ fn run_section(out: &mut String, si: usize, o: &RunOutcome) {
         }
         out.push_str("</ul>\n");
     }
+    if large {
+        fold::folded_run(out, o);
+        out.push_str("</div>\n");
+        return;
+    }
     let title = format!("{} [{}]: {}", o.scenario, o.endpoint, o.verdict);
     timeline_svg(out, &title, &o.trace, &o.violations);
     // The first few violations are listed; a long tail folds away.
-    const SHOWN: usize = 8;
-    let item = |out: &mut String, v: &Violation| {
-        let _ = writeln!(
-            out,
-            "<li><span class=\"inv\">{}</span> user <code>{}</code> at {} ms: {}</li>",
-            v.invariant,
-            text(&v.user),
-            v.at_ms,
-            text(&v.detail)
-        );
-    };
     if !o.violations.is_empty() {
         out.push_str("<ol class=\"violations\">\n");
         for v in o.violations.iter().take(SHOWN) {
-            item(out, v);
+            violation_item(out, v);
         }
         out.push_str("</ol>\n");
     }
@@ -263,7 +283,7 @@ fn run_section(out: &mut String, si: usize, o: &RunOutcome) {
             SHOWN + 1
         );
         for v in &o.violations[SHOWN..] {
-            item(out, v);
+            violation_item(out, v);
         }
         out.push_str("</ol></details>\n");
     }
