@@ -44,16 +44,46 @@ fn serve(endpoint: &str, scenario: &str) -> Serve {
 }
 
 #[rstest]
-#[case::unfixed_loses_the_first_chat_of_the_staging_user("unfixed", STAGING_USER, 1)]
-#[case::unfixed_loses_the_staging_pipelines_burst("unfixed", STAGING_E2E, 1)]
-#[case::partial_loses_the_first_chat_of_the_staging_user("partial", STAGING_USER, 1)]
-#[case::partial_loses_the_staging_pipelines_burst("partial", STAGING_E2E, 1)]
-#[case::state_machine_answers_the_staging_user("state-machine", STAGING_USER, 0)]
-#[case::state_machine_answers_the_staging_pipeline("state-machine", STAGING_E2E, 0)]
+// unfixed's reader gives up before accept and its endpoint function returns once set up: the
+// server drops the connection (no close frame) with every chat unanswered, as uvicorn does. From
+// outside, that proves nothing about the chats (indeterminate) and answers none: inconclusive,
+// which fails the gate, with the abnormal close named.
+#[case::unfixed_drops_the_staging_user(
+    "unfixed",
+    STAGING_USER,
+    1,
+    "inconclusive",
+    "abnormal-close"
+)]
+#[case::unfixed_drops_the_staging_pipeline(
+    "unfixed",
+    STAGING_E2E,
+    1,
+    "inconclusive",
+    "abnormal-close"
+)]
+#[case::partial_loses_the_first_chat_of_the_staging_user(
+    "partial",
+    STAGING_USER,
+    1,
+    "fail",
+    "message-lost"
+)]
+#[case::partial_loses_the_staging_pipelines_burst(
+    "partial",
+    STAGING_E2E,
+    1,
+    "fail",
+    "message-lost"
+)]
+#[case::state_machine_answers_the_staging_user("state-machine", STAGING_USER, 0, "pass", "")]
+#[case::state_machine_answers_the_staging_pipeline("state-machine", STAGING_E2E, 0, "pass", "")]
 fn probe_against_serve_gets_the_endpoints_verdict(
     #[case] endpoint: &str,
     #[case] scenario: &str,
     #[case] exit: i32,
+    #[case] verdict: &str,
+    #[case] invariant: &str,
 ) {
     let server = serve(endpoint, scenario);
     let url = format!("{}/ws", server.url);
@@ -76,12 +106,9 @@ fn probe_against_serve_gets_the_endpoints_verdict(
         .iter()
         .map(|v| v["invariant"].as_str().unwrap())
         .collect();
+    assert_eq!(s["verdict"], verdict, "{}", context(&args, &out));
     if exit == 1 {
-        assert!(
-            violated.contains(&"message-lost"),
-            "{}",
-            context(&args, &out)
-        );
+        assert!(violated.contains(&invariant), "{}", context(&args, &out));
     } else {
         assert!(violated.is_empty(), "{}", context(&args, &out));
     }
@@ -146,7 +173,7 @@ fn two_hundred_users_in_one_scenario_hold_against_state_machine() {
 
 #[test]
 fn junit_output_names_the_violated_invariants_per_scenario() {
-    let server = serve("unfixed", STAGING_E2E);
+    let server = serve("partial", STAGING_E2E);
     let args = [
         "probe",
         "--url",
@@ -527,11 +554,11 @@ fn write_ca(dir: &tempfile::TempDir, ca: &tls::Ca) -> String {
 }
 
 #[test]
-fn wss_with_a_private_ca_flags_unfixed_and_passes_state_machine() {
+fn wss_with_a_private_ca_flags_partial_and_passes_state_machine() {
     let ca = tls::Ca::new("racegate test CA");
     let dir = tempfile::tempdir().unwrap();
     let ca_file = write_ca(&dir, &ca);
-    for (endpoint, exit) in [("unfixed", 1), ("state-machine", 0)] {
+    for (endpoint, exit) in [("partial", 1), ("state-machine", 0)] {
         let (_server, url) = serve_tls(endpoint, &ca, &["localhost", "127.0.0.1"]);
         let args = [
             "probe",

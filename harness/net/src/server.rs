@@ -344,7 +344,9 @@ pub(crate) async fn serve_stream<L: BackendLease>(
     let session = SessionGuard::new(ctx.counters.clone());
     let lease = lease();
     let socket = Arc::new(WsSocket::new(stream, upgrade, accept_delay, ctx, guard));
-    endpoint.serve(lease.backend(), socket, user).await;
+    endpoint.serve(lease.backend(), socket.clone(), user).await;
+    // The endpoint function returned: uvicorn ends the connection, whoever still holds it.
+    socket.app_finished();
     drop(lease);
     drop(session);
 }

@@ -265,6 +265,9 @@ impl Shared {
 enum Out {
     Msg(Message),
     Close(u16),
+    /// The application returned without closing: drop the TCP connection once what it sent
+    /// before is written (uvicorn's ASGI sends were awaited, so they are on the wire).
+    Drop,
 }
 
 /// The TCP connection before `accept()`.
@@ -451,6 +454,34 @@ impl Drop for WsSocket {
 /// close code goes nowhere (docs/conformance.md).
 async fn refuse_pending(mut pending: Pending, status: u16, reason: &str) {
     handshake::write_refusal(&mut pending.stream, status, reason, "").await;
+}
+
+impl WsSocket {
+    /// The application (the ASGI callable) has returned or raised, as
+    /// [`FakeSocket::app_finished`](racegate_replay::transport::fake::FakeSocket::app_finished):
+    /// before accept the client gets HTTP 500; after accept, without a close, the TCP
+    /// connection drops once what was sent is written (no close frame), and later sends from
+    /// tasks the application left behind raise `WebSocketDisconnect(1006)`. Needed beyond
+    /// `Drop`: an endpoint that registered the socket with its connection manager keeps a
+    /// handle after it returns, and uvicorn does not wait for that.
+    pub fn app_finished(&self) {
+        if let Some(mut pending) = self.take_pending() {
+            self.shared.lock().application = WsState::Disconnected;
+            tokio::spawn(async move { refuse_500(&mut pending.stream).await });
+            return;
+        }
+        let mut state = self.shared.lock();
+        if state.peer_closed || state.application != WsState::Connected {
+            return;
+        }
+        state.peer_closed = true;
+        state.inbound.push_back(Inbound::Disconnect(1006));
+        drop(state);
+        self.shared.inbound_ready.notify_one();
+        if let Some(tx) = self.out.get() {
+            let _ = tx.send(Out::Drop);
+        }
+    }
 }
 
 impl ServerSocket for WsSocket {
@@ -706,7 +737,7 @@ impl Actor {
                 () = self.shared.kill.notified() => return End::Gone,
                 cmd = self.out.recv() => match cmd {
                     // The endpoint is done with the socket without closing it: drop the TCP.
-                    None => return End::Gone,
+                    None | Some(Out::Drop) => return End::Gone,
                     Some(Out::Close(code)) => return End::Close(code, ""),
                     Some(Out::Msg(msg)) => {
                         if let Some(end) = self.write_batch(msg).await {
@@ -733,6 +764,7 @@ impl Actor {
         let mut next = Some(first);
         let mut written = 0;
         let mut close = None;
+        let mut dropped = false;
         let mut yielded = false;
         while let Some(msg) = next.take() {
             written += 1;
@@ -751,6 +783,7 @@ impl Actor {
             match more {
                 Ok(Out::Msg(msg)) => next = Some(msg),
                 Ok(Out::Close(code)) => close = Some(code),
+                Ok(Out::Drop) => dropped = true,
                 Err(_) => {}
             }
         }
@@ -760,6 +793,7 @@ impl Actor {
             state.queued_out = state.queued_out.saturating_sub(written);
         }
         match flushed {
+            Ok(Ok(())) if dropped => Some(End::Gone),
             Ok(Ok(())) => close.map(|code| End::Close(code, "")),
             Ok(Err(_)) | Err(_) => {
                 self.shared.peer_gone(1006);
@@ -874,7 +908,8 @@ impl Actor {
                         code = app_code;
                         break;
                     }
-                    Err(_) => break,
+                    // The shutdown's close frame is already due; the app's end adds nothing.
+                    Ok(Out::Drop) | Err(_) => break,
                 }
             }
             let frame = CloseFrame {

@@ -1,5 +1,5 @@
-//! Every bundled scenario, replayed over loopback WebSockets in real time, gets the verdict it
-//! gets in virtual time (and its `[expect]`), for every endpoint; except a run on a timing tie,
+//! Every bundled scenario, replayed over loopback WebSockets in real time, gets the verdict and
+//! the invariants it gets in virtual time (and its `[expect]`), for every endpoint; except a run on a timing tie,
 //! which must be reported ungated, and which must be the one known tie.
 
 use std::path::PathBuf;
@@ -44,12 +44,26 @@ fn every_bundled_scenario_gets_the_same_verdict_over_real_sockets() {
         }
         let fake = replay(s, *endpoint).unwrap();
         let expected = s.expect.get(endpoint).copied();
-        if ws.verdict != fake.verdict || expected.is_some_and(|e| e != ws.verdict) {
+        // The gate's own rule, invariants and all: a run that fails for another reason over
+        // real sockets than in virtual time is a disagreement between the two transports.
+        let invariants = |o: &racegate_replay::RunOutcome| {
+            let mut names: Vec<_> = o.violations.iter().map(|v| v.invariant).collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        if ws.verdict != fake.verdict
+            || invariants(&ws) != invariants(&fake)
+            || expected.is_some_and(|e| e != ws.verdict)
+            || !ws.matches_expectation()
+        {
             mismatches.push(format!(
-                "{} [{endpoint}]: ws {} vs virtual {} (expected {expected:?})\n{}{}",
+                "{} [{endpoint}]: ws {} {:?} vs virtual {} {:?} (expected {expected:?})\n{}{}",
                 s.name,
                 ws.verdict,
+                invariants(&ws),
                 fake.verdict,
+                invariants(&fake),
                 report::timeline(&ws.trace),
                 ws.violations
                     .iter()
