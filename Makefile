@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom mutants mutants-diff lint bench ci conformance wheel
+.PHONY: run test py loom mutants mutants-diff mutants-diff-touches lint bench ci conformance wheel
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -134,6 +134,11 @@ mutants-diff:
 			outs="$$outs $(MUTANTS_OUT)-diff/$(g)/mutants.out"; \
 		else echo "racegate: $(g): no mutants in the change"; fi;)) \
 	if [ -n "$$outs" ]; then $(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml $$outs; fi
+
+## Prints `yes` when the last commit changes a file in MUTANTS_FILES, else `no`: CI installs
+## cargo-mutants and runs mutants-diff only then (.ci/run).
+mutants-diff-touches:
+	@git diff --quiet $(MUTANTS_DIFF_BASE) HEAD -- $(MUTANTS_FILES) && echo no || echo yes
 
 ## The Python wheel (maturin, `bindings = "bin"`) into target/wheels, then installed into a fresh
 ## virtual environment where its racegate serves and probes (tests/wheel.sh).
