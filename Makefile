@@ -77,20 +77,24 @@ MUTANTS_FILES := \
 MUTANTS_GROUPS := core replay probe
 # The core: its own tests (cargo-mutants' default), lost wake-ups and all (mutants.toml's floor).
 MUTANTS_JUDGES_core :=
-# The replay crate: its own tests; the root package's scenario, CLI and explore tests, which run
-# the bundled scenarios through the endpoints, the oracle and the exit codes; and the probe's
-# one_judge.rs, the same histories through every driver's path to the checker. Not the root's
+# The replay crate: its own tests (with production.rs, the [[production]] symptoms, and
+# trace_pins.rs, whose pinned traces any changed byte of a replay fails); the root package's
+# scenario, CLI and explore tests, which run the bundled scenarios through the endpoints, the
+# oracle and the exit codes; and the probe's one_judge.rs, the same histories through every
+# driver's path to the checker. Not the root's
 # tests/probe.rs: 35 s of real sockets a mutant (about 100 minutes over this group on 2 jobs),
 # judging through the same checker that one_judge.rs and the replay tests already judge; nor
 # logs.rs, net_cli.rs (log format and real-socket plumbing, no verdict). cargo-mutants 27.1 runs
 # its baseline with the mutated package's tests only (not --test-package), so the test selection
 # below fails it: the baseline is skipped (`make test` is the unmutated run) and the timeout set
-# here. A hung mutant is stopped after 60 s: these tests take about 10 s unloaded, and none waits
-# on a real clock for longer than 5 s.
+# here. A hung mutant is stopped after 300 s: these tests take about 2 minutes unloaded in this
+# profile (the two explore.rs files 40 s and 62 s of it), cargo stops at the first failing test
+# binary, so a survivor runs them all; none waits on a real clock for longer than 5 s.
 MUTANTS_JUDGES_replay := --test-package racegate-replay,racegate,racegate-probe \
-	--baseline skip --timeout 60 \
+	--baseline skip --timeout 300 \
 	$(foreach a,--lib --test=explore --test=liveness --test=oracle --test=prop_state_machine \
-		--test=report --test=fixed_endpoint --test=scenarios --test=cli --test=one_judge,\
+		--test=report --test=fixed_endpoint --test=scenarios --test=cli --test=one_judge \
+		--test=production --test=trace_pins,\
 		--cargo-test-arg=$(a))
 # The probe's checks: the probe crate's tests (lib, one_judge.rs, live.rs against a live server).
 MUTANTS_JUDGES_probe := --test-package racegate-probe --minimum-test-timeout 30
