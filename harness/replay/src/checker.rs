@@ -1106,6 +1106,23 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_about_an_id_the_connection_itself_sent_is_its_own_whoever_else_sent_it() {
+        // Ids numbered per connection (`m1` on each): the ack each client gets for its own `m1`
+        // is its own frame, not one produced for whichever user sent `m1` last.
+        let p = Protocol::default();
+        let mut u = vec![Act::Open, send("m1"), ack("m1", None)];
+        u.extend(run_of("m1"));
+        let mut v = vec![Act::Open, send("m1"), ack("m1", None)];
+        v.extend(run_of("m1"));
+        let j = check(&conns(&p, vec![("u", u), ("v", v)]));
+        assert!(
+            !names(&j).iter().any(|(i, _)| *i == Invariant::CrossUser),
+            "{:?}",
+            names(&j)
+        );
+    }
+
+    #[test]
     fn an_event_of_a_run_nobody_started_is_event_order_and_listed_as_unmatched() {
         // racegate's own protocol: the run id is the chat id, and `zz/m9` was never sent.
         let p = Protocol::default();
