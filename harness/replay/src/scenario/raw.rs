@@ -1196,6 +1196,26 @@ mod tests {
         );
     }
 
+    #[rstest]
+    #[case::a_header("user_header = \"Authorization\"")]
+    #[case::a_cookie("cookie = \"session={token}\"")]
+    #[case::a_subprotocol("subprotocol = \"bearer.{token}\"")]
+    fn any_other_credential_alone_turns_the_query_parameter_off(#[case] key: &str) {
+        let scenario = parse(&[HEAD, "[protocol]", key, "[[user]]", "id = \"u\""]);
+        let p = scenario.expect("valid scenario").protocol;
+        assert_eq!(p.user_query, None, "{key}");
+        assert_eq!(p.query_pairs("u", Some("t")), []);
+    }
+
+    #[test]
+    fn a_byte_offset_inside_a_character_is_placed_at_that_character() {
+        // Spans can land inside a multi-byte character (an error inside `é`): the column is the
+        // character's own, counted in characters.
+        assert_eq!(super::line_col("a\nxé = 1", 4), (2, 2));
+        assert_eq!(super::line_col("a\nxé = 1", 5), (2, 3));
+        assert_eq!(super::line_col("é", 99), (1, 2), "past the end: the end");
+    }
+
     #[test]
     fn wire_format_keys_set_chat_ids_run_ids_per_kind_user_fields_and_query_credentials() {
         let scenario = parse(&[
