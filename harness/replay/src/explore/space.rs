@@ -113,10 +113,14 @@ impl FromStr for UserRange {
 /// `user-1`, `user-2`, …. The scenario is named `explore`; the finder renames what it keeps.
 pub fn scenarios(users: UserRange) -> BoxedStrategy<Scenario> {
     (
-        vec(user(), users.min..=users.max),
-        connect_spread(),
-        server(),
-        settle(),
+        // Boxed parts: proptest moves value trees by value as it builds a tuple, and the
+        // server's eight unions make a tree of kilobytes. A box moves a pointer instead; it
+        // draws the same numbers and shrinks the same way (profiled: a quarter of a case's
+        // instructions were these copies).
+        vec(user().boxed(), users.min..=users.max),
+        connect_spread().boxed(),
+        server().boxed(),
+        settle().boxed(),
     )
         .prop_map(|(drafts, spread, server, settle_ms)| Scenario {
             name: "explore".into(),
@@ -163,11 +167,11 @@ impl Draft {
 fn user() -> impl Strategy<Value = Draft> {
     (
         // Messages first: shrinking deletes them before it touches anything else.
-        vec(timed(), 0..=3),
-        vec(timed(), 0..=2),
+        vec(timed().boxed(), 0..=3),
+        vec(timed().boxed(), 0..=2),
         0..=100u64,
-        option::weighted(0.15, phase()),
-        option::weighted(0.15, prop_oneof![0..=500u64, 0..=LONG_MS]),
+        option::weighted(0.15, phase()).boxed(),
+        option::weighted(0.15, prop_oneof![0..=500u64, 0..=LONG_MS]).boxed(),
     )
         .prop_map(
             |(sends, pushes, connect_percent, fail_at, close_ms)| Draft {
@@ -213,15 +217,15 @@ fn phase_ms() -> impl Strategy<Value = u64> {
 fn server() -> impl Strategy<Value = ServerConfig> {
     let d = ServerConfig::default();
     (
-        phase_ms(),
-        phase_ms(),
-        phase_ms(),
-        phase_ms(),
+        phase_ms().boxed(),
+        phase_ms().boxed(),
+        phase_ms().boxed(),
+        phase_ms().boxed(),
         // Off, or a beat short enough to land inside a setup (not so short it dominates a run).
-        prop_oneof![3 => Just(0u64), 1 => 50..=1_000u64],
-        prop_oneof![Just(d.event_gap_ms), 0..=50u64],
-        prop_oneof![2 => Just(d.queue_capacity), 1 => 1..=8usize],
-        prop_oneof![3 => Just(d.queue_bytes), 1 => 1..=256usize],
+        prop_oneof![3 => Just(0u64), 1 => 50..=1_000u64].boxed(),
+        prop_oneof![Just(d.event_gap_ms), 0..=50u64].boxed(),
+        prop_oneof![2 => Just(d.queue_capacity), 1 => 1..=8usize].boxed(),
+        prop_oneof![3 => Just(d.queue_bytes), 1 => 1..=256usize].boxed(),
     )
         .prop_map(
             |(
