@@ -547,4 +547,71 @@ mod tests {
             ]
         );
     }
+
+    /// Two served users with one chat each.
+    fn two_chats() -> Scenario {
+        scenario(
+            r#"
+            name = "two chats"
+            [[user]]
+            id = "u"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            [[user]]
+            id = "v"
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            "#,
+        )
+    }
+
+    #[test]
+    fn pushes_counts_the_push_frames_and_nothing_else() {
+        let s = one_chat();
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"push","id":"p1"}"#),
+            recv(6.5, "u", r#"{"type":"ack","id":"u/m1"}"#),
+            recv(7.0, "u", r#"{"type":"push","id":"p2"}"#),
+            recv(8.0, "u", r#"{"type":"error","message":"busy"}"#),
+            recv(9.0, "u", r#"{"type":"push","id":"p3"}"#),
+        ];
+        assert_eq!(pushes(&s, &records), 3);
+        assert_eq!(pushes(&s, &records[..2]), 0);
+    }
+
+    #[test]
+    fn an_unmatched_frame_marks_exactly_its_own_record_whatever_the_other_users_did() {
+        let s = two_chats();
+        // v's stray ack is v's fourth step and u's stray ack u's fifth: the marks must count
+        // each user's steps on their own, interleaved as they are here.
+        let records = [
+            rec(0.0, "u", Seen::Open),
+            rec(0.5, "v", Seen::Open),
+            send(5.0, "u"),
+            send(5.0, "v"),
+            recv(6.0, "u", r#"{"type":"ack","id":"u/m1"}"#),
+            recv(6.0, "v", r#"{"type":"ack","id":"v/m1"}"#),
+            recv(7.0, "v", r#"{"type":"ack","id":"nobody/m9"}"#),
+            recv(8.0, "u", r#"{"type":"ack","id":"u/m1"}"#),
+            recv(9.0, "u", r#"{"type":"ack","id":"ghost/m2"}"#),
+        ];
+        let unmatched = judge(&s, &records).unmatched;
+        let stray: Vec<(&str, Option<&str>)> = unmatched
+            .iter()
+            .map(|u| (u.user.as_str(), u.id.as_deref()))
+            .collect();
+        assert_eq!(stray, [("u", Some("ghost/m2")), ("v", Some("nobody/m9"))]);
+        let marks: Vec<Option<&str>> = unmatched_marks(&records, &unmatched)
+            .into_iter()
+            .map(|m| m.and_then(|u| u.id.as_deref()))
+            .collect();
+        let mut want = vec![None; records.len()];
+        want[6] = Some("nobody/m9");
+        want[8] = Some("ghost/m2");
+        assert_eq!(marks, want);
+    }
 }
