@@ -1365,4 +1365,70 @@ mod tests {
             [(10, "still waiting for the handshake".to_string())]
         );
     }
+
+    #[test]
+    fn every_chat_received_after_a_later_sent_one_is_out_of_order_not_only_the_first() {
+        // Sent m1, m2, m3; acknowledged m3, m1, m2: m1 and m2 each come after m3, which was
+        // sent after both. Both are reported, against the latest-sent chat seen so far.
+        let h = one(vec![
+            Act::Open,
+            send("u/m1"),
+            send("u/m2"),
+            send("u/m3"),
+            ack("u/m3", None),
+            ack("u/m1", None),
+            ack("u/m2", None),
+        ]);
+        let got: Vec<String> = details(&h, Invariant::OutOfOrder)
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "ack u/m1 received after u/m3, but was sent before it",
+                "ack u/m2 received after u/m3, but was sent before it",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answered_chat_counts_as_answered_only_once_its_run_is_complete() {
+        let mut acts = vec![Act::Open, send("u/m1"), ack("u/m1", None)];
+        acts.extend((0..3).map(|i| event(i, Some("u/m1"), None)));
+        let cut_short = one(acts.clone());
+        assert_eq!(tally(&cut_short).answered, 0);
+        acts.extend((3..5).map(|i| event(i, Some("u/m1"), None)));
+        assert_eq!(tally(&one(acts)).answered, 1);
+    }
+
+    #[test]
+    fn a_refusal_excuses_a_run_cut_short_but_not_one_whose_events_came_out_of_order() {
+        let refusal = || {
+            Act::Recv(Got::Error {
+                message: b("chat u/m1 refused"),
+                about: Some(b("u/m1")),
+            })
+        };
+        // The first two events, in order, then the refusal: excused.
+        let cut = one(vec![
+            Act::Open,
+            send("u/m1"),
+            ack("u/m1", None),
+            event(0, Some("u/m1"), None),
+            event(1, Some("u/m1"), None),
+            refusal(),
+        ]);
+        assert_eq!(details(&cut, Invariant::EventOrder), []);
+        // The same two events the other way round: a refusal does not make that order right.
+        let swapped = one(vec![
+            Act::Open,
+            send("u/m1"),
+            ack("u/m1", None),
+            event(1, Some("u/m1"), None),
+            event(0, Some("u/m1"), None),
+            refusal(),
+        ]);
+        assert_eq!(details(&swapped, Invariant::EventOrder).len(), 1);
+    }
 }
