@@ -1437,6 +1437,10 @@ mod tests {
     #[case::a_single_user_table_asks_for_an_array_of_tables(
         &[HEAD, "[user]", "id = \"a\""], 2, 1, "write [[user]]"
     )]
+    #[case::an_expect_that_is_not_a_table_says_what_it_should_be(
+        &[HEAD, "expect = \"pass\"", "[[user]]", "id = \"a\""], 2, 10,
+        "expected a table of endpoint names to \"pass\" or \"fail\""
+    )]
     // Times.
     #[case::a_time_past_one_day_is_rejected_at_its_value(
         &[HEAD, "[[user]]", "id = \"a\"", "connect_ms = 9223372036854775807"], 4, 14,
