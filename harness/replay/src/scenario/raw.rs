@@ -1673,6 +1673,11 @@ mod tests {
           "partial = { verdict = \"pass\", at_least = [\"leak\"] }"],
         5, 11, "name invariants only with verdict = \"fail\""
     )]
+    #[case::a_fail_that_names_no_invariant_asks_for_one(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
+          "unfixed = { verdict = \"fail\", invariants = [] }"],
+        5, 11, "a \"fail\" violates at least one invariant; name it, or leave the list out"
+    )]
     #[case::an_unknown_key_in_an_expectation_table_lists_the_keys(
         &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
           "partial = { verdict = \"fail\", invariant = [\"leak\"] }"],
