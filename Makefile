@@ -55,8 +55,10 @@ loom:
 	RUSTFLAGS="$(LOOM_FLAGS) --cfg racegate_loom_broken" $(CARGO) test -p racegate-core --release \
 		--target-dir target/loom-broken --test loom_machine -- --nocapture broken_
 
-## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about two hours
-## on 2 loaded cores, an estimate: 139 of the replay's 390 mutants took 35 minutes). Settings and
+## Mutation testing of the files that decide verdicts (cargo-mutants, outside CI: about three
+## hours on 2 cores, from the parts measured on 2026-11-30: the core 4 minutes, the probe 5, the
+## replay's four smaller files 46, and a fifth of checker.rs and raw.rs 28, so 140 for all of
+## them; docs/loom.md has the tables). Settings and
 ## every excluded mutant, with its reason, are in .cargo/mutants.toml; the per-file table of all
 ## groups and the gate (>= 95 % of viable mutants killed) come last. One group per owning crate,
 ## run one after the other, each judged by its own tests (MUTANTS_JUDGES_<crate>).
