@@ -1431,4 +1431,54 @@ mod tests {
         ]);
         assert_eq!(details(&swapped, Invariant::EventOrder).len(), 1);
     }
+
+    #[test]
+    fn a_chat_refused_by_an_error_frame_is_counted_as_refused() {
+        let h = one(vec![
+            Act::Open,
+            send("u/m1"),
+            send("u/m2"),
+            Act::Recv(Got::Error {
+                message: b("chat u/m1 refused"),
+                about: Some(b("u/m1")),
+            }),
+            Act::Recv(Got::Error {
+                message: b("chat u/m2 refused"),
+                about: Some(b("u/m2")),
+            }),
+        ]);
+        assert_eq!(tally(&h).refused, 2);
+    }
+
+    #[test]
+    fn a_chat_the_connection_meant_to_send_does_not_make_another_users_ack_its_own() {
+        // u never got to send u/m1; the ack it receives is for v's chat: cross-user, however
+        // many chats of its own u left unsent.
+        let protocol = Protocol::default();
+        let h = conns(
+            &protocol,
+            vec![
+                ("v", vec![Act::Open, send("v/m1")]),
+                (
+                    "u",
+                    vec![
+                        Act::Open,
+                        Act::Unsent {
+                            id: b("u/m1"),
+                            reason: b("the run ended before it was due"),
+                        },
+                        ack("v/m1", None),
+                    ],
+                ),
+            ],
+        );
+        let got = details(&h, Invariant::CrossUser);
+        assert_eq!(
+            got,
+            [(
+                20,
+                "client received ack v/m1, produced for user v".to_string()
+            )]
+        );
+    }
 }
