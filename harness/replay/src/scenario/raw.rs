@@ -1673,6 +1673,10 @@ mod tests {
           "partial = { verdict = \"pass\", at_least = [\"leak\"] }"],
         5, 11, "name invariants only with verdict = \"fail\""
     )]
+    #[case::a_verdict_other_than_pass_or_fail_is_refused(
+        &[HEAD, "[[user]]", "id = \"a\"", "[expect]", "unfixed = { verdict = \"maybe\" }"],
+        5, 11, "`verdict` must be \"pass\" or \"fail\", got \"maybe\""
+    )]
     #[case::a_fail_that_names_no_invariant_asks_for_one(
         &[HEAD, "[[user]]", "id = \"a\"", "[expect]",
           "unfixed = { verdict = \"fail\", invariants = [] }"],
