@@ -1026,6 +1026,25 @@ mod tests {
     const HEAD: &str = "name = \"s\"";
 
     #[test]
+    fn the_edges_of_what_a_file_may_say_are_accepted() {
+        // A time of exactly one day, and a pass that names its (empty) list of invariants.
+        let scenario = parse(&[
+            HEAD,
+            "[[user]]",
+            "id = \"a\"",
+            "connect_ms = 86400000",
+            "[expect]",
+            "partial = { verdict = \"pass\", invariants = [] }",
+        ])
+        .expect("valid scenario");
+        assert_eq!(scenario.users[0].connect_ms, super::MAX_MS);
+        assert_eq!(
+            scenario.expect.get(&EndpointKind::Partial),
+            Some(&Verdict::Pass)
+        );
+    }
+
+    #[test]
     fn a_full_file_round_trips_into_the_expected_scenario() {
         let scenario = parse(&[
             "name = \"staging-user-101463487227881885914\"",
