@@ -1236,6 +1236,16 @@ mod tests {
     }
 
     #[test]
+    fn braces_around_nothing_in_a_chat_template_are_literal_text() {
+        // An empty JSON object in the chat frame is not a placeholder.
+        let chat = r#"{"id":"{id}","meta":{}}"#;
+        let line = format!("chat = '{chat}'");
+        let scenario =
+            parse(&[HEAD, "[protocol]", &line, "[[user]]", "id = \"a\""]).expect("valid scenario");
+        assert_eq!(scenario.protocol.chat, chat);
+    }
+
+    #[test]
     fn wire_format_keys_set_chat_ids_run_ids_per_kind_user_fields_and_query_credentials() {
         let scenario = parse(&[
             HEAD,
