@@ -13,6 +13,7 @@ mod state_machine;
 mod unfixed;
 
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -75,18 +76,18 @@ fn tracked_id(frame: &Frame) -> Option<&str> {
     }
 }
 
-/// The heartbeat both legacy endpoints run: a ping every `heartbeat_ms` while `live`. `guarded`
+/// The heartbeat both legacy endpoints run: a ping every `every` ms while `live`. `guarded`
 /// is the partial fix's `is_connected_and_ready()` check before each ping.
 async fn legacy_heartbeat<S: ServerSocket>(
     backend: Arc<Backend>,
     socket: Arc<S>,
     user: String,
     live: Arc<AtomicBool>,
+    every: NonZeroU64,
     guarded: bool,
 ) {
-    let every = backend.config.heartbeat_ms;
     while live.load(Ordering::Acquire) {
-        pause(every).await;
+        pause(every.get()).await;
         if !live.load(Ordering::Acquire) {
             return;
         }

@@ -8,6 +8,7 @@
 //! a skipped send is still a lost message, the shared user context still crosses users, and a
 //! failed setup still runs no rollback.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -82,12 +83,13 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     }
 
     fn before_accept(self: &Arc<Self>) {
-        if self.backend.config.heartbeat_ms > 0 {
+        if let Some(every) = NonZeroU64::new(self.backend.config.heartbeat_ms) {
             tokio::spawn(legacy_heartbeat(
                 self.backend.clone(),
                 self.socket.clone(),
                 self.user.clone(),
                 self.live.clone(),
+                every,
                 true,
             ));
         }

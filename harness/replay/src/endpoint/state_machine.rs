@@ -8,6 +8,7 @@
 //! each, newest first), rejects what was held, visibly, and closes with the phase's code (1008
 //! auth, 1011 services or registration); an overflowing queue closes with 1013.
 
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use racegate_core::{ConnectionState, ConnectionStateMachine, EnqueueError, Payload, QueueLimits};
@@ -173,8 +174,10 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     }
 
     async fn process(self: &Arc<Self>) {
-        if self.backend.config.heartbeat_ms > 0 {
-            tokio::spawn(heartbeat(self.clone()));
+        // 0 ms is no heartbeat. The period is a NonZeroU64 because a zero-period loop has nothing
+        // to wait on: it would never yield, and the virtual clock would never move again.
+        if let Some(every) = NonZeroU64::new(self.backend.config.heartbeat_ms) {
+            tokio::spawn(heartbeat(self.clone(), every));
         }
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
@@ -393,9 +396,9 @@ async fn handle_loop<S: ServerSocket>(
     }
 }
 
-async fn heartbeat<S: ServerSocket>(conn: Arc<Conn<S>>) {
+async fn heartbeat<S: ServerSocket>(conn: Arc<Conn<S>>, every: NonZeroU64) {
     loop {
-        pause(conn.backend.config.heartbeat_ms).await;
+        pause(every.get()).await;
         if conn.machine.state().is_terminal() {
             return;
         }

@@ -7,6 +7,7 @@
 //! so two users whose setups interleave can be crossed. A failed setup closes the socket but
 //! runs none of its rollback. There is no fix here: this is the baseline the gate must fail.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -83,12 +84,13 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     }
 
     fn before_accept(self: &Arc<Self>) {
-        if self.backend.config.heartbeat_ms > 0 {
+        if let Some(every) = NonZeroU64::new(self.backend.config.heartbeat_ms) {
             tokio::spawn(legacy_heartbeat(
                 self.backend.clone(),
                 self.socket.clone(),
                 self.user.clone(),
                 self.live.clone(),
+                every,
                 false,
             ));
         }
