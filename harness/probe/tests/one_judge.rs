@@ -291,7 +291,7 @@ fn trace_of(c: &Case) -> Option<Vec<TraceEvent>> {
         let mut push = |kind| {
             trace.push(TraceEvent {
                 at_ms: trace.len() as u64,
-                user: user.to_string(),
+                user: (*user).into(),
                 kind,
             })
         };

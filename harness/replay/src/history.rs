@@ -202,7 +202,7 @@ impl<'a> History<'a> {
         // Which connections the server has recorded something about (by index in `conns`).
         let mut served: Vec<bool> = Vec::new();
         for ev in trace {
-            let user = ev.user.as_str();
+            let user = &*ev.user;
             let index = user_index(&mut h.conns, user, trace.len());
             if served.len() <= index {
                 served.resize(index + 1, false);
@@ -666,7 +666,7 @@ mod tests {
             for u in &users {
                 trace.push(TraceEvent {
                     at_ms: round,
-                    user: u.clone(),
+                    user: u.as_str().into(),
                     kind: EventKind::ClientConnect,
                 });
             }

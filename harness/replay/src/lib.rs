@@ -42,6 +42,7 @@ pub mod checker;
 pub mod endpoint;
 pub mod endpoint_kind;
 pub mod explore;
+mod fnv;
 pub mod history;
 pub mod import;
 pub mod oracle;

@@ -171,7 +171,7 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
         ) {
             continue;
         }
-        let user = ev.user.as_str();
+        let user = &*ev.user;
         let at = ev.at_ms;
         // A handful of users: comparing names beats hashing every event's.
         let found = if conns.len() <= 8 {
@@ -241,7 +241,7 @@ fn server_side(trace: &[TraceEvent], out: &mut Vec<Violation>) {
                     let last_ms = trace
                         .iter()
                         .rev()
-                        .find(|e| e.user == *user)
+                        .find(|e| &*e.user == *user)
                         .map_or(0, |e| e.at_ms);
                     violate(
                         Invariant::Leak,

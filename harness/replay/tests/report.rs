@@ -73,7 +73,7 @@ fn the_html_report_parses_with_one_svg_timeline_per_run() {
                 v.invariant
             );
         }
-        let users: BTreeSet<&str> = o.trace.iter().map(|e| e.user.as_str()).collect();
+        let users: BTreeSet<&str> = o.trace.iter().map(|e| &*e.user).collect();
         for user in users {
             let shown: String = user.chars().take(23).collect();
             assert!(
@@ -291,7 +291,7 @@ fn the_mermaid_diagram_has_a_header_participants_and_one_arrow_per_event() {
                 .filter_map(|l| l.trim().strip_prefix("participant "))
                 .map(|l| l.split(' ').next().unwrap_or_default())
                 .collect();
-            let users: BTreeSet<&str> = o.trace.iter().map(|e| e.user.as_str()).collect();
+            let users: BTreeSet<&str> = o.trace.iter().map(|e| &*e.user).collect();
             assert_eq!(participants.len(), 2 * users.len() + 1, "{diagram}");
             assert!(participants.contains("N"));
             let arrows = arrows(&diagram);

@@ -52,6 +52,7 @@ use proptest::test_runner::{
 };
 
 use crate::endpoint::EndpointKind;
+use crate::fnv::Fnv1a;
 use crate::oracle::{Invariant, Violation};
 use crate::runner::{RunError, replay};
 use crate::scenario::{self, Scenario, Verdict};
@@ -650,7 +651,7 @@ pub fn signature(trace: &[TraceEvent]) -> u64 {
     let mut users: Vec<&str> = Vec::new();
     let mut h = Fnv1a::default();
     for e in trace {
-        let user = match users.iter().position(|u| *u == e.user) {
+        let user = match users.iter().position(|u| *u == &*e.user) {
             Some(i) => i,
             None => {
                 users.push(&e.user);
@@ -666,26 +667,4 @@ pub fn signature(trace: &[TraceEvent]) -> u64 {
         }
     }
     h.finish()
-}
-
-/// FNV-1a, 64 bits: a signature only counts distinct interleavings, so it needs no defence
-/// against chosen inputs, and SipHash was a tenth of an explored case's judging time.
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }

@@ -411,7 +411,7 @@ fn short_id(id: &str) -> &str {
 fn lanes(trace: &[TraceEvent]) -> IndexMap<&str, Lane> {
     let mut lanes: IndexMap<&str, Lane> = IndexMap::new();
     for e in trace {
-        let lane = lanes.entry(e.user.as_str()).or_default();
+        let lane = lanes.entry(&*e.user).or_default();
         let title = format!("{} ms · {}", e.at_ms, e.kind);
         let mut mark = |row, glyph, colour, label: Option<String>| {
             lane.marks.push(Mark {

@@ -36,7 +36,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
     let mut users: IndexMap<&str, usize> = IndexMap::new();
     for e in &outcome.trace {
         let n = users.len();
-        users.entry(e.user.as_str()).or_insert(n + 1);
+        users.entry(&*e.user).or_insert(n + 1);
     }
     for v in &outcome.violations {
         let n = users.len();
@@ -59,7 +59,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
     let notifier_id = "N".to_string();
     let mut pending = outcome.violations.iter().peekable();
     for (i, e) in outcome.trace.iter().enumerate() {
-        let n = users.get(e.user.as_str()).copied().unwrap_or(0);
+        let n = users.get(&*e.user).copied().unwrap_or(0);
         let (c, s) = (format!("C{n}"), format!("S{n}"));
         let (from, arrow, to, what) = match &e.kind {
             EventKind::ClientConnect => (&c, "->>", &s, "upgrade".to_string()),

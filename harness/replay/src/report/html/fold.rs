@@ -45,7 +45,7 @@ table.fold details{margin:0}table.fold details code{white-space:normal;word-brea
 pub(super) fn is_large(o: &RunOutcome) -> bool {
     let mut users: HashSet<&str> = HashSet::new();
     for e in &o.trace {
-        if users.insert(e.user.as_str()) && users.len() > FOLD_ABOVE {
+        if users.insert(&*e.user) && users.len() > FOLD_ABOVE {
             return true;
         }
     }
@@ -89,7 +89,7 @@ struct ByInvariant<'a> {
 pub(super) fn folded_run(out: &mut String, o: &RunOutcome) {
     let mut users: IndexMap<&str, UserFacts> = IndexMap::new();
     for e in &o.trace {
-        let facts = users.entry(e.user.as_str()).or_default();
+        let facts = users.entry(&*e.user).or_default();
         match e.kind {
             EventKind::ClientConnect if facts.connect.is_none() => facts.connect = Some(e.at_ms),
             EventKind::State {
@@ -146,7 +146,7 @@ pub(super) fn folded_run(out: &mut String, o: &RunOutcome) {
     let trace: Vec<TraceEvent> = o
         .trace
         .iter()
-        .filter(|e| chosen.contains(e.user.as_str()))
+        .filter(|e| chosen.contains(&*e.user))
         .cloned()
         .collect();
     let violations: Vec<Violation> = o
