@@ -335,11 +335,11 @@ impl<'h> Facts<'h> {
         f
     }
 
-    /// True when this connection invoked `id` (sent it, meant to, or was issued it).
+    /// True when this connection invoked `id`: sent it, or was issued it. Not a chat it only
+    /// meant to send: one never sent produced no frame, so a frame about it belongs to whoever
+    /// did send that id.
     fn invoked(&self, id: &str) -> bool {
-        self.sends.iter().any(|(s, _, _)| *s == id)
-            || self.pushes.iter().any(|(p, _)| *p == id)
-            || self.unsent.iter().any(|(u, _, _)| *u == id)
+        self.sends.iter().any(|(s, _, _)| *s == id) || self.pushes.iter().any(|(p, _)| *p == id)
     }
 
     /// How the connection ended first after position `pos`, if it did.
@@ -754,7 +754,7 @@ impl<'h> Context<'h> {
     }
 }
 
-/// Which user invoked each chat or push id (sent it, meant to, or was issued it), sorted by id.
+/// Which user sent or was issued each chat or push id (a chat never sent owns none), by id.
 struct Owners<'h>(Vec<(&'h str, &'h str)>);
 
 impl<'h> Owners<'h> {
@@ -770,7 +770,7 @@ fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
     let mut owner = Vec::new();
     for (user, ops) in &history.conns {
         for op in ops {
-            if let Act::Send { id } | Act::Unsent { id, .. } | Act::PushIssued { id } = &op.act {
+            if let Act::Send { id } | Act::PushIssued { id } = &op.act {
                 owner.push((id.as_ref(), user.as_ref()));
             }
         }
@@ -1393,6 +1393,28 @@ mod tests {
     }
 
     #[test]
+    fn a_chat_received_after_a_later_sent_one_is_out_of_order_after_an_in_order_start() {
+        // Sent m1, m2, m3; acknowledged m1, m3, m2: the start is in order, then m2 comes after
+        // m3, which was sent after it.
+        let h = one(vec![
+            Act::Open,
+            send("u/m1"),
+            send("u/m2"),
+            send("u/m3"),
+            ack("u/m1", None),
+            ack("u/m3", None),
+            ack("u/m2", None),
+        ]);
+        assert_eq!(
+            details(&h, Invariant::OutOfOrder),
+            [(
+                60,
+                "ack u/m2 received after u/m3, but was sent before it".to_string()
+            )]
+        );
+    }
+
+    #[test]
     fn an_answered_chat_counts_as_answered_only_once_its_run_is_complete() {
         let mut acts = vec![Act::Open, send("u/m1"), ack("u/m1", None)];
         acts.extend((0..3).map(|i| event(i, Some("u/m1"), None)));
@@ -1448,6 +1470,37 @@ mod tests {
             }),
         ]);
         assert_eq!(tally(&h).refused, 2);
+    }
+
+    #[test]
+    fn a_frame_about_a_chat_the_connection_never_sent_is_not_its_own() {
+        // Ids numbered per connection (`m1` on each): v sent m1; u's m1 was never sent, its run
+        // ended first. The ack for m1 that reached u before that can only be v's.
+        let protocol = Protocol::default();
+        let h = conns(
+            &protocol,
+            vec![
+                ("v", vec![Act::Open, send("m1")]),
+                (
+                    "u",
+                    vec![
+                        Act::Open,
+                        ack("m1", None),
+                        Act::Unsent {
+                            id: b("m1"),
+                            reason: b("the run ended before it was due"),
+                        },
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(
+            details(&h, Invariant::CrossUser),
+            [(
+                10,
+                "client received ack m1, produced for user v".to_string()
+            )]
+        );
     }
 
     #[test]
