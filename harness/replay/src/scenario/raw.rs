@@ -188,10 +188,13 @@ impl Locator<'_> {
 
 /// 1-based line and column (in characters) of a byte offset into `text`.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
+    // Back to the start of the character `offset` falls in. A bounded search, not a loop
+    // stepping down: bad input must never hang the parser, whatever the arithmetic.
+    let offset = offset.min(text.len());
+    let offset = (0..=offset)
+        .rev()
+        .find(|&o| text.is_char_boundary(o))
+        .unwrap_or(0);
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -585,9 +588,9 @@ fn credential(
 fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, ScenarioError> {
     let t = raw.get_ref();
     let mut has_id = false;
-    let mut rest = t.as_str();
-    while let Some(start) = rest.find('{') {
-        let after = &rest[start + 1..];
+    // What follows each `{`, up to the next one (a name never contains one). Split, not
+    // scanned by hand: bad input must never hang the parser.
+    for after in t.split('{').skip(1) {
         let len = after
             .bytes()
             .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
@@ -605,7 +608,6 @@ fn chat_template(at: &Locator<'_>, raw: &Spanned<String>) -> Result<String, Scen
             }
             has_id |= name == "id";
         }
-        rest = after;
     }
     if !has_id {
         return Err(at.at(
