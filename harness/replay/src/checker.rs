@@ -1038,6 +1038,27 @@ mod tests {
     }
 
     #[test]
+    fn each_chat_gets_the_events_of_the_run_its_ack_announced_among_several() {
+        // Two chats, two announced runs: the events of either run find their chat, whichever
+        // run id sorts first.
+        let p = run_from_ack();
+        for (first, second) in [("r-1", "r-2"), ("r-2", "r-1")] {
+            let mut acts = vec![
+                Act::Open,
+                send("u-1"),
+                send("u-2"),
+                ack("u-1", Some(first)),
+                ack("u-2", Some(second)),
+            ];
+            acts.extend(run_of(first));
+            acts.extend(run_of(second));
+            let j = check(&conns(&p, vec![("u", acts)]));
+            assert_eq!(names(&j), [], "runs {first} then {second}");
+            assert_eq!(j.unmatched, [], "runs {first} then {second}");
+        }
+    }
+
+    #[test]
     fn an_event_before_the_ack_that_announces_its_run_still_counts_for_that_chat() {
         let p = run_from_ack();
         let mut acts = vec![Act::Open, send("u-1")];
