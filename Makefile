@@ -65,6 +65,12 @@ loom:
 ## Install with `cargo install --locked cargo-mutants`.
 MUTANTS_JOBS ?= 2
 MUTANTS_MIN ?= 95
+# Extra cargo-mutants arguments for every group. `MUTANTS_ARGS=--iterate` resumes a run that was
+# stopped: each group skips the mutants its last run caught or found unviable and tests the rest
+# (missed, timed out, never reached); cargo-mutants moves the last run to mutants.out.old, and
+# the table reads both, the newer outcome winning. One resume deep: a second --iterate moves the
+# first resume there instead.
+MUTANTS_ARGS ?=
 # One file (or glob) a line; each is mutated and judged by the tests of the crate that owns it.
 MUTANTS_FILES := \
 	harness/core/src/*.rs \
@@ -110,10 +116,13 @@ mutants:
 	@set -e; $(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),\
 		echo "racegate: mutants of $(g)"; \
 		$(CARGO) mutants --workspace -j $(MUTANTS_JOBS) --profile mutants --output $(MUTANTS_OUT)/$(g) \
-			$(MUTANTS_JUDGES_$(g)) $(foreach f,$(filter harness/$(g)/%,$(MUTANTS_FILES)),-f '$(f)') \
+			$(MUTANTS_JUDGES_$(g)) $(MUTANTS_ARGS) \
+			$(foreach f,$(filter harness/$(g)/%,$(MUTANTS_FILES)),-f '$(f)') \
 			|| { rc=$$?; [ $$rc -eq 2 ] || [ $$rc -eq 3 ]; };))
 	$(PYTHON3) .ci/mutants_table.py --min $(MUTANTS_MIN) --config .cargo/mutants.toml \
-		$(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),$(MUTANTS_OUT)/$(g)/mutants.out))
+		$(foreach g,$(MUTANTS_GROUPS),$(if $(filter harness/$(g)/%,$(MUTANTS_FILES)),\
+			$(if $(findstring --iterate,$(MUTANTS_ARGS)),$$(ls -d $(MUTANTS_OUT)/$(g)/mutants.out.old 2>/dev/null)) \
+			$(MUTANTS_OUT)/$(g)/mutants.out))
 
 ## The mutants of the last commit's change in MUTANTS_FILES (cargo-mutants --in-diff), judged as
 ## in `make mutants`, for CI: capped at MUTANTS_DIFF_MAX mutants a crate so that it stays within
