@@ -6,25 +6,61 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use racegate_probe::app::{AppTarget, Hooks, Load, driver};
 use racegate_probe::{
-    ExtraHeader, Options, ProbeVerdict, Target, Tls, TlsOptions, Tokens, probe_all, report,
+    ExtraHeader, Options, ProbeVerdict, Target, Tls, TlsOptions, Tokens, probe_all, probe_app,
+    report,
 };
 
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
+#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "app"])))]
 pub(crate) struct ProbeArgs {
-    /// The server: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH. Each user's id is added as
-    /// `?token=<id>` unless the scenario's `[protocol]` says otherwise.
+    /// A live server: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH, on a real clock. Each user's
+    /// id is added as `?token=<id>` unless the scenario's `[protocol]` says otherwise.
     #[arg(long)]
-    url: String,
+    url: Option<String>,
+    /// An ASGI app, run in-process on a virtual clock with uvicorn's own WebSocket code:
+    /// MODULE:ATTR, as uvicorn takes it (docs/app.md).
+    #[arg(long, value_name = "MODULE:ATTR")]
+    app: Option<String>,
+    /// With --app: ATTR is a callable that returns the app (uvicorn's --factory).
+    #[arg(long, requires = "app")]
+    factory: bool,
+    /// With --app: put DIR first on the module search path (uvicorn's --app-dir).
+    #[arg(long, value_name = "DIR", default_value = ".", requires = "app")]
+    app_dir: PathBuf,
+    /// With --app: the WebSocket route the clients connect to, optionally with a query.
+    #[arg(long, value_name = "PATH", default_value = "/ws", requires = "app")]
+    path: String,
+    /// With --app: the Python that can import the app. Default: RACEGATE_PYTHON, else the
+    /// active virtual environment's, else python3.
+    #[arg(long, value_name = "PATH", requires = "app")]
+    python: Option<PathBuf>,
+    /// With --app: uvicorn's WebSocket implementation (its --ws); auto picks the one uvicorn
+    /// would.
+    #[arg(long, value_enum, default_value_t = Ws::Auto, requires = "app")]
+    ws: Ws,
+    /// With --app: run the app's lifespan (startup, shutdown) as uvicorn's --lifespan does.
+    #[arg(long, value_enum, default_value_t = Lifespan::Auto, requires = "app")]
+    lifespan: Lifespan,
+    /// With --app: a TOML file naming the app's awaitable for each setup phase (auth, services,
+    /// register), which then takes the scenario's `[server]` time and fails where `fail_at`
+    /// says.
+    #[arg(long, value_name = "FILE", requires = "app")]
+    hooks: Option<PathBuf>,
+    /// With --app: write what the app prints and logs here (by default it is discarded, but
+    /// for the last lines, which explain a failure).
+    #[arg(long, value_name = "FILE", requires = "app")]
+    app_log: Option<PathBuf>,
     /// For wss://: also trust the CA certificates in this PEM file (a private CA), on top of the
     /// public and system roots.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "app")]
     ca_cert: Option<PathBuf>,
     /// For wss://: accept any certificate, unverified (self-signed staging only; a warning is
     /// printed on every run).
-    #[arg(long, conflicts_with = "ca_cert")]
+    #[arg(long, conflicts_with_all = ["ca_cert", "app"])]
     insecure: bool,
     /// Users' tokens for `{token}` in `[protocol]` and --header values: a TOML or JSON object
     /// of user id -> token. Users not in it are looked up in the variable the scenario's
@@ -63,6 +99,48 @@ pub(crate) struct ProbeArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Ws {
+    Auto,
+    Websockets,
+    WebsocketsSansio,
+    Wsproto,
+}
+
+impl Ws {
+    fn name(self) -> &'static str {
+        match self {
+            Ws::Auto => "auto",
+            Ws::Websockets => "websockets",
+            Ws::WebsocketsSansio => "websockets-sansio",
+            Ws::Wsproto => "wsproto",
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Lifespan {
+    Auto,
+    On,
+    Off,
+}
+
+impl Lifespan {
+    fn name(self) -> &'static str {
+        match self {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        }
+    }
+}
+
+/// Where the scenarios' clients go.
+enum Server {
+    Url(Target),
+    App(AppTarget),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Table,
     Json,
@@ -70,19 +148,26 @@ enum Format {
 }
 
 pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
-    let target = Target::parse(&args.url)?;
+    let server = match (&args.url, &args.app) {
+        (Some(url), _) => Server::Url(Target::parse(url)?),
+        (None, Some(app)) => Server::App(app_target(&args, app)?),
+        // clap's group requires one of them.
+        (None, None) => anyhow::bail!("give --url or --app"),
+    };
     let scenarios = crate::scenarios::resolve(&args.scenarios)?;
     if args.timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
-    if args.insecure {
+    if let (true, Server::Url(target)) = (args.insecure, &server) {
         eprintln!(
             "warning: --insecure: TLS certificates are NOT verified; anyone between here and {} \
              can read and change this probe's traffic, credentials included",
             target.url()
         );
     }
-    let tls = if target.is_tls() {
+    let tls = if let Server::Url(target) = &server
+        && target.is_tls()
+    {
         let tls_options = TlsOptions {
             ca_cert: args.ca_cert.clone(),
             insecure: args.insecure,
@@ -133,6 +218,7 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         }
     }
     if args.timeout_ms.is_none()
+        && matches!(server, Server::Url(_))
         && let Some(longest) = scenarios.iter().map(|s| options.timeout_for(s)).max()
     {
         eprintln!(
@@ -141,14 +227,26 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
             racegate_probe::probe::DEFAULT_GRACE_MS
         );
     }
-    let outcomes = probe_all(&target, &scenarios, &options)?;
+    let started = std::time::Instant::now();
+    let (name, outcomes) = match &server {
+        Server::Url(target) => (
+            target.url().to_string(),
+            probe_all(target, &scenarios, &options)?,
+        ),
+        Server::App(app) => (app.describe(), probe_app(app, &scenarios, &options)?),
+    };
+    if let Server::App(_) = server {
+        eprintln!(
+            "note: {} scenario(s) against the app in {:.2} s of real time (virtual clock)",
+            outcomes.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
     let allow = args.allow_inconclusive;
     let text = match args.format {
-        Format::Table => report::table(target.url(), &outcomes, args.trace, allow),
-        Format::Json => report::json(target.url(), &outcomes, args.trace)?,
-        Format::Junit => {
-            report::junit(target.url(), &outcomes, allow).context("writing JUnit XML")?
-        }
+        Format::Table => report::table(&name, &outcomes, args.trace, allow),
+        Format::Json => report::json(&name, &outcomes, args.trace)?,
+        Format::Junit => report::junit(&name, &outcomes, allow).context("writing JUnit XML")?,
     };
     emit(args.out.as_ref(), &text)?;
     let summary = report::Summary::of(&outcomes);
@@ -173,5 +271,31 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         Outcome::Pass
     } else {
         Outcome::Fail
+    })
+}
+
+/// The app and how to run it, from the flags; the hooks file is read and checked here.
+fn app_target(args: &ProbeArgs, app: &str) -> anyhow::Result<AppTarget> {
+    if !app.contains(':') || app.starts_with(':') || app.ends_with(':') {
+        anyhow::bail!(
+            "--app {app}: expected MODULE:ATTR, as uvicorn takes it (e.g. myapp.main:app)"
+        );
+    }
+    let hooks = match &args.hooks {
+        Some(path) => Some(Hooks::load(path)?),
+        None => None,
+    };
+    Ok(AppTarget {
+        load: Load {
+            app: app.to_string(),
+            factory: args.factory,
+            app_dir: args.app_dir.clone(),
+            ws: args.ws.name().to_string(),
+            lifespan: args.lifespan.name().to_string(),
+            path: args.path.clone(),
+            hooks,
+        },
+        python: driver::python(args.python.as_deref()),
+        log: args.app_log.clone(),
     })
 }

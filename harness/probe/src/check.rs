@@ -79,6 +79,13 @@ pub fn history<'a>(scenario: &'a Scenario, records: &'a [Record]) -> History<'a>
                     "still waiting for {waiting_for} when the timeout ended the probe"
                 )),
             },
+            Seen::AppMisuse { op, error } => Act::Raised {
+                op: op.as_str(),
+                error: b(error),
+            },
+            Seen::AppRaised { error } => Act::AppRaised { error: b(error) },
+            Seen::AppHandlerPending { name } => Act::HandlerPending { name: b(name) },
+            Seen::AppTaskPending { name } => Act::TaskPending { name: b(name) },
         };
         h.push(user, millis(r.at_ms), act);
     }

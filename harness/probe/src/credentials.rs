@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use racegate_replay::scenario::{Protocol, template};
 
-use crate::probe::ProbeOutcome;
-use crate::{ProbeError, Seen};
+use crate::ProbeError;
 
 /// What a token is shown as.
 pub const MASK: &str = "***";
@@ -311,45 +310,6 @@ impl Secrets {
             *text = masked;
         }
     }
-
-    /// Masks every text a probe's outcome reports: what clients saw (a server may echo a
-    /// credential in a frame or a close reason), the violations and the inconclusive reason.
-    pub fn mask_outcome(&self, outcome: &mut ProbeOutcome) {
-        if self.is_empty() {
-            return;
-        }
-        for r in &mut outcome.records {
-            match &mut r.seen {
-                Seen::Send { id } => self.mask_in(id),
-                Seen::Unsent { id, reason } => {
-                    self.mask_in(id);
-                    self.mask_in(reason);
-                }
-                Seen::Recv { text } => self.mask_in(text),
-                Seen::ServerClose { reason, .. } => self.mask_in(reason),
-                Seen::Dropped { error } => self.mask_in(error),
-                Seen::Timeout { waiting_for } => self.mask_in(waiting_for),
-                Seen::Connect
-                | Seen::Open
-                | Seen::Refused { .. }
-                | Seen::RecvBinary { .. }
-                | Seen::ClientClose
-                | Seen::CloseAnswered { .. } => {}
-            }
-        }
-        for v in &mut outcome.violations {
-            self.mask_in(&mut v.detail);
-        }
-        for u in &mut outcome.unmatched {
-            self.mask_in(&mut u.reason);
-            if let Some(id) = &mut u.id {
-                self.mask_in(id);
-            }
-        }
-        if let Some(why) = &mut outcome.inconclusive {
-            self.mask_in(why);
-        }
-    }
 }
 
 /// `text` with each start of `form` that is cut short masked; `None` when there is none.
@@ -412,51 +372,6 @@ mod tests {
             "GET /ws?access_token=*** HTTP/1.1",
             "as a query string carries it"
         );
-    }
-
-    #[test]
-    fn an_outcome_is_masked_in_its_frames_violations_and_unmatched_frames() {
-        use racegate_replay::{Invariant, Unmatched, Violation};
-
-        use crate::ProbeVerdict;
-        use crate::session::Record;
-        let s = Secrets::new(&Tokens::from_pairs([("u", "tok-Zx81-secret")]), []);
-        let leak = "run tok-Zx81-secret";
-        let mut o = ProbeOutcome {
-            scenario: "s".into(),
-            file: "s.toml".into(),
-            verdict: ProbeVerdict::Fail,
-            inconclusive: None,
-            violations: vec![Violation {
-                invariant: Invariant::EventOrder,
-                user: "u".into(),
-                at_ms: 1,
-                detail: leak.into(),
-            }],
-            indeterminate: vec![],
-            unmatched: vec![Unmatched {
-                user: "u".into(),
-                at_ms: 1,
-                op: 0,
-                frame: "run.step".into(),
-                id: Some("tok-Zx81-secret".into()),
-                reason: leak.into(),
-            }],
-            pushes: 0,
-            records: vec![Record {
-                at_ms: 1.0,
-                user: "u".into(),
-                seen: Seen::Recv { text: leak.into() },
-            }],
-            own_ms: 1,
-            elapsed_ms: 1.0,
-            timeout_ms: 1,
-        };
-        s.mask_outcome(&mut o);
-        let text = format!("{o:?}");
-        assert!(!text.contains("Zx81"), "{text}");
-        assert_eq!(o.unmatched[0].id.as_deref(), Some(MASK));
-        assert_eq!(o.unmatched[0].reason, "run ***");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! `load`), [`probe`]
 //! (a scenario's users on schedule, the timeout) and [`report`] (table, JSON, JUnit).
 
+pub mod app;
 pub mod check;
 pub mod credentials;
 pub mod probe;
@@ -30,8 +31,9 @@ pub mod session;
 pub mod target;
 pub mod tls;
 
+pub use app::{AppError, AppTarget, probe_app};
 pub use credentials::{ExtraHeader, Secrets, Tokens};
-pub use probe::{Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
+pub use probe::{Clock, Options, ProbeOutcome, ProbeVerdict, probe_all, probe_scenario};
 pub use session::{Record, Seen};
 pub use target::Target;
 pub use tls::{Tls, TlsOptions};
@@ -89,4 +91,7 @@ pub enum ProbeError {
     /// The async runtime could not be built.
     #[error("could not start the probe runtime: {0}")]
     Runtime(std::io::Error),
+    /// `--app`: the app could not be loaded, started or driven.
+    #[error(transparent)]
+    App(#[from] AppError),
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use crate::credentials::{ExtraHeader, Secrets, Tokens};
-use crate::session::{self, Dial, Record, Schedule};
+use crate::session::{self, Dial, Record, Schedule, Seen};
 use crate::target::Target;
 use crate::tls::{Tls, TlsOptions};
 use crate::{ProbeError, check};
@@ -51,6 +51,16 @@ impl ProbeVerdict {
             ProbeVerdict::Inconclusive => "inconclusive",
         }
     }
+}
+
+/// The clock a probe ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// `--url`: a live server, wall-clock time.
+    Real,
+    /// `--app`: the app in-process, virtual time; the same scenario gives the same records.
+    Virtual,
 }
 
 /// How a probe runs.
@@ -101,10 +111,65 @@ pub struct ProbeOutcome {
     pub records: Vec<Record>,
     /// The scenario's own time: when its clients close unless the server is slower.
     pub own_ms: u64,
-    /// Wall-clock milliseconds the probe took.
+    /// Milliseconds the probe took, on its [`Clock`].
     pub elapsed_ms: f64,
     /// The budget it had.
     pub timeout_ms: u64,
+    /// The clock `elapsed_ms` and every record's time are on.
+    pub clock: Clock,
+    /// Wall-clock milliseconds the probe took (the same as `elapsed_ms` on a real clock).
+    #[serde(skip)]
+    pub wall_ms: f64,
+}
+
+impl ProbeOutcome {
+    /// Masks every text this outcome reports: what clients saw (a server may echo a
+    /// credential in a frame or a close reason), the violations and the inconclusive reason.
+    pub fn mask(&mut self, secrets: &Secrets) {
+        if secrets.is_empty() {
+            return;
+        }
+        let outcome = self;
+        for r in &mut outcome.records {
+            match &mut r.seen {
+                Seen::Send { id } => secrets.mask_in(id),
+                Seen::Unsent { id, reason } => {
+                    secrets.mask_in(id);
+                    secrets.mask_in(reason);
+                }
+                Seen::Recv { text } => secrets.mask_in(text),
+                Seen::ServerClose { reason, .. } => secrets.mask_in(reason),
+                Seen::Dropped { error } => secrets.mask_in(error),
+                Seen::Timeout { waiting_for } => secrets.mask_in(waiting_for),
+                Seen::AppMisuse { op, error } => {
+                    secrets.mask_in(op);
+                    secrets.mask_in(error);
+                }
+                Seen::AppRaised { error } => secrets.mask_in(error),
+                Seen::AppHandlerPending { name } | Seen::AppTaskPending { name } => {
+                    secrets.mask_in(name)
+                }
+                Seen::Connect
+                | Seen::Open
+                | Seen::Refused { .. }
+                | Seen::RecvBinary { .. }
+                | Seen::ClientClose
+                | Seen::CloseAnswered { .. } => {}
+            }
+        }
+        for v in &mut outcome.violations {
+            secrets.mask_in(&mut v.detail);
+        }
+        for u in &mut outcome.unmatched {
+            secrets.mask_in(&mut u.reason);
+            if let Some(id) = &mut u.id {
+                secrets.mask_in(id);
+            }
+        }
+        if let Some(why) = &mut outcome.inconclusive {
+            secrets.mask_in(why);
+        }
+    }
 }
 
 /// When clients close, in milliseconds from the first connect: the replay's horizon
@@ -117,7 +182,7 @@ pub fn own_ms(scenario: &Scenario) -> u64 {
 /// Each user's upgrade request, credentials filled in, and the secrets to mask: every token
 /// resolved before anything is dialled, so a missing one is an error naming the user and where
 /// it looked.
-fn prepare(
+pub(crate) fn prepare(
     target: &Target,
     scenario: &Scenario,
     options: &Options,
@@ -232,6 +297,20 @@ pub async fn probe_scenario(
     let mut records: Vec<Record> = per_user.into_iter().flatten().collect();
     // Stable: one user's records keep their order on a tie.
     records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let mut outcome = conclude(scenario, records, options, Clock::Real, elapsed_ms);
+    // Judged on what the clients saw; reported with every token masked.
+    outcome.mask(&secrets);
+    Ok(outcome)
+}
+
+/// Judges one scenario's `records` (by time) into its outcome: the same for every transport.
+pub(crate) fn conclude(
+    scenario: &Scenario,
+    records: Vec<Record>,
+    options: &Options,
+    clock: Clock,
+    elapsed_ms: f64,
+) -> ProbeOutcome {
     let Judgement {
         violations,
         indeterminate,
@@ -239,7 +318,7 @@ pub async fn probe_scenario(
     } = check::judge(scenario, &records);
     let inconclusive = check::inconclusive(scenario, &records);
     let pushes = check::pushes(scenario, &records);
-    let mut outcome = ProbeOutcome {
+    ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),
         verdict: match (&inconclusive, violations.is_empty()) {
@@ -253,13 +332,12 @@ pub async fn probe_scenario(
         unmatched,
         pushes,
         records,
-        own_ms: own,
+        own_ms: own_ms(scenario),
         elapsed_ms,
-        timeout_ms,
-    };
-    // Judged on what the clients saw; reported with every token masked.
-    secrets.mask_outcome(&mut outcome);
-    Ok(outcome)
+        timeout_ms: options.timeout_for(scenario),
+        clock,
+        wall_ms: elapsed_ms,
+    }
 }
 
 /// Probes each scenario in turn (never two at once: they would share the server) on a runtime of
@@ -284,4 +362,56 @@ pub fn probe_all(
         }
         Ok(out)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_is_masked_in_its_frames_violations_and_unmatched_frames() {
+        use racegate_replay::{Invariant, Unmatched, Violation};
+
+        use crate::credentials::{MASK, Tokens};
+        use crate::session::Record;
+        let s = Secrets::new(&Tokens::from_pairs([("u", "tok-Zx81-secret")]), []);
+        let leak = "run tok-Zx81-secret";
+        let mut o = ProbeOutcome {
+            scenario: "s".into(),
+            file: "s.toml".into(),
+            verdict: ProbeVerdict::Fail,
+            inconclusive: None,
+            violations: vec![Violation {
+                invariant: Invariant::EventOrder,
+                user: "u".into(),
+                at_ms: 1,
+                detail: leak.into(),
+            }],
+            indeterminate: vec![],
+            unmatched: vec![Unmatched {
+                user: "u".into(),
+                at_ms: 1,
+                op: 0,
+                frame: "run.step".into(),
+                id: Some("tok-Zx81-secret".into()),
+                reason: leak.into(),
+            }],
+            pushes: 0,
+            records: vec![Record {
+                at_ms: 1.0,
+                user: "u".into(),
+                seen: Seen::Recv { text: leak.into() },
+            }],
+            own_ms: 1,
+            elapsed_ms: 1.0,
+            timeout_ms: 1,
+            clock: Clock::Real,
+            wall_ms: 1.0,
+        };
+        o.mask(&s);
+        let text = format!("{o:?}");
+        assert!(!text.contains("Zx81"), "{text}");
+        assert_eq!(o.unmatched[0].id.as_deref(), Some(MASK));
+        assert_eq!(o.unmatched[0].reason, "run ***");
+    }
 }

@@ -99,6 +99,10 @@ pub fn timeline(o: &ProbeOutcome) -> String {
             Seen::CloseAnswered { code: Some(code) } => format!("close answered {code}"),
             Seen::CloseAnswered { code: None } => "close answered".to_string(),
             Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
+            Seen::AppMisuse { op, error } => format!("app {op}: {error}"),
+            Seen::AppRaised { error } => format!("app raised {error}"),
+            Seen::AppHandlerPending { name } => format!("app handler {name} still running"),
+            Seen::AppTaskPending { name } => format!("app task {name} still pending"),
         };
         let mark = unmatched.map_or(String::new(), |u| {
             format!("  <- matches no chat: {}", u.reason)

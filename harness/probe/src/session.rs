@@ -84,6 +84,31 @@ pub enum Seen {
         /// For what.
         waiting_for: String,
     },
+    /// `--app` only, the app's side: it used its socket where the socket's state forbids it
+    /// (before accept, after its own close, after the client's disconnect reached it).
+    AppMisuse {
+        /// The call.
+        op: String,
+        /// The error it raised, or the rule it broke.
+        error: String,
+    },
+    /// `--app` only: an exception escaped the app's handler for this connection.
+    AppRaised {
+        /// Its class and text.
+        error: String,
+    },
+    /// `--app` only: the app's handler for this connection had not returned by the scenario's
+    /// end, after its client left.
+    AppHandlerPending {
+        /// Its coroutine.
+        name: String,
+    },
+    /// `--app` only: a task spawned while serving this connection was still pending at the
+    /// scenario's end, after the connection ended.
+    AppTaskPending {
+        /// Its coroutine.
+        name: String,
+    },
 }
 
 /// One record: when (milliseconds since the scenario began), whose connection, what.
@@ -338,7 +363,7 @@ async fn close(ws: &mut Ws, log: &mut Log, deadline: Instant) {
 /// Frames are read as the checker reads them ([`parse_frame`]), so a run is followed through
 /// the id its ack announced where the protocol says so (`run_from_ack`).
 #[derive(Default)]
-struct Pending {
+pub(crate) struct Pending {
     /// Chat id → (ack seen, run complete).
     open: indexmap::IndexMap<String, (bool, bool)>,
     /// Run id → chat id, from acks that announced one.
@@ -348,15 +373,15 @@ struct Pending {
 }
 
 impl Pending {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
 
-    fn sent(&mut self, id: &str) {
+    pub(crate) fn sent(&mut self, id: &str) {
         self.open.insert(id.to_string(), (false, false));
     }
 
-    fn answered_by(&mut self, protocol: &Protocol, text: &str) {
+    pub(crate) fn answered_by(&mut self, protocol: &Protocol, text: &str) {
         // A protocol without run events is answered by its ack alone.
         let Some(last_event) = protocol.events.len().checked_sub(1) else {
             if let Got::Ack { id, .. } = parse_frame(protocol, text) {

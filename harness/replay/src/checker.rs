@@ -75,6 +75,7 @@ pub fn check(history: &History<'_>) -> Judgement {
         accept_first(&f, history, &mut j.violations);
         abnormal_close(&f, history, &mut j.violations);
         stuck(&f, &mut j.violations);
+        leak(&f, &mut j.violations);
     }
     sort(&mut j.violations);
     j
@@ -244,7 +245,10 @@ impl<'h> Facts<'h> {
                 | Act::Open
                 | Act::CloseAnswered { .. }
                 | Act::GaveUp { .. }
-                | Act::Raised { .. } => {}
+                | Act::Raised { .. }
+                | Act::AppRaised { .. }
+                | Act::HandlerPending { .. }
+                | Act::TaskPending { .. } => {}
                 Act::Handled { .. } => {}
                 Act::Served => f.served = true,
                 Act::ServerEnded => ended = true,
@@ -856,8 +860,9 @@ fn accept_first(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>) 
 }
 
 /// `abnormal-close`: the server closed with a code outside the protocol's `close_codes`
-/// (answering the client's close included), dropped the connection without a close frame, or
-/// refused the upgrade without an expected close code.
+/// (answering the client's close included), dropped the connection without a close frame,
+/// refused the upgrade without an expected close code, or (where the app's side is seen, `probe
+/// --app`) let an exception escape its handler.
 fn abnormal_close(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>) {
     let codes = &history.protocol.close_codes;
     let expected = || {
@@ -893,6 +898,7 @@ fn abnormal_close(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>
             Act::UpgradeRefused { status, code: None } if *status >= 500 => {
                 format!("upgrade refused with HTTP {status} and no close code")
             }
+            Act::AppRaised { error } => format!("an exception escaped the app: {error}"),
             _ => continue,
         };
         out.push(f.violation(Invariant::AbnormalClose, op.at_ms, detail));
@@ -900,13 +906,38 @@ fn abnormal_close(f: &Facts<'_>, history: &History<'_>, out: &mut Vec<Violation>
 }
 
 /// `stuck`, the client's half: the client gave up waiting for something the server owed it
-/// (its connection to open or be refused, an answer, the answer to its close). The server's
-/// half (no terminal state by the end of the run) needs the server's trace: see
-/// [`oracle`](crate::oracle).
+/// (its connection to open or be refused, an answer, the answer to its close); and, where the
+/// app's side is seen (`probe --app`), its handler had not returned at the end of the run after
+/// its client left. The replay's server half (no terminal state by the end of the run) needs
+/// its server trace: see [`oracle`](crate::oracle).
 fn stuck(f: &Facts<'_>, out: &mut Vec<Violation>) {
     for op in f.ops {
-        if let Act::GaveUp { detail } = &op.act {
-            out.push(f.violation(Invariant::Stuck, op.at_ms, detail.to_string()));
+        let detail = match &op.act {
+            Act::GaveUp { detail } => detail.to_string(),
+            Act::HandlerPending { name } => format!(
+                "the app's handler {name} had not returned at the end of the run, after its \
+                 client left"
+            ),
+            _ => continue,
+        };
+        out.push(f.violation(Invariant::Stuck, op.at_ms, detail));
+    }
+}
+
+/// `leak`, the application's half (`probe --app`): a task spawned while serving the connection
+/// was still pending at the end of the run, after the connection ended. The replay's half (a
+/// registration or cleanup left behind) needs its server trace: see [`oracle`](crate::oracle).
+fn leak(f: &Facts<'_>, out: &mut Vec<Violation>) {
+    for op in f.ops {
+        if let Act::TaskPending { name } = &op.act {
+            out.push(f.violation(
+                Invariant::Leak,
+                op.at_ms,
+                format!(
+                    "task {name}, spawned while serving this connection, was still pending at \
+                     the end of the run, after the connection ended"
+                ),
+            ));
         }
     }
 }

@@ -145,6 +145,24 @@ pub enum Act<'a> {
         /// The log line.
         reason: Cow<'a, str>,
     },
+    /// The server's side: an exception escaped the application's handler for this connection
+    /// (`probe --app`, whose driver runs the app).
+    AppRaised {
+        /// Its class and text.
+        error: Cow<'a, str>,
+    },
+    /// The server's side: the application's handler for this connection had not returned by the
+    /// end of the run, after its client left (`probe --app`).
+    HandlerPending {
+        /// Its coroutine.
+        name: Cow<'a, str>,
+    },
+    /// The server's side: a task spawned while serving this connection was still pending at the
+    /// end of the run, after the connection ended (`probe --app`).
+    TaskPending {
+        /// Its coroutine.
+        name: Cow<'a, str>,
+    },
     /// Server trace: the transport raised (used before accept or after close).
     Raised {
         /// What was attempted.

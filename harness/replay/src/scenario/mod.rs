@@ -21,8 +21,9 @@ use crate::oracle::Invariant;
 pub use crate::setup::{Phase, ServerConfig};
 pub use write::to_toml;
 
-// The mapping file of `import --map` reports its errors as scenario files do.
-pub(crate) use raw::{line_col, toml_message};
+// Every TOML file racegate reads (the mapping of `import --map`, probe's hooks file) reports its
+// errors as scenario files do: `file:line:column: message`.
+pub use raw::{line_col, toml_message};
 
 /// One validated scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -187,7 +187,7 @@ impl Locator<'_> {
 }
 
 /// 1-based line and column (in characters) of a byte offset into `text`.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     // Back to the start of the character `offset` falls in. A bounded search, not a loop
     // stepping down: bad input must never hang the parser, whatever the arithmetic.
     let offset = offset.min(text.len());
@@ -204,7 +204,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Where in `text` a `toml`/serde error is, and its message in one line, in the words racegate's
 /// TOML files use ("missing required key", "unknown key", "write [[user]]").
-pub(crate) fn toml_message(text: &str, e: &toml::de::Error) -> (Option<Range<usize>>, String) {
+pub fn toml_message(text: &str, e: &toml::de::Error) -> (Option<Range<usize>>, String) {
     let span = e.span();
     // Syntax errors put their "expected ..." on a second line; keep the message one line.
     let message = e
