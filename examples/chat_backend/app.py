@@ -40,6 +40,16 @@ the connection's chats are never read at all. 60 ms keeps the race the audit cha
 then dropped.)
 A user whose id starts with CHAT_FAIL_AUTH_PREFIX ("reject-") fails auth.
 
+Each setup phase is one named awaitable, as in the staging backend: `complete_handshake`,
+`verify_token`, `create_services`, `register_handlers`. Each sleeps its time here, standing in
+for the real I/O. `racegate probe --app` can time them from a scenario's `[server]` through
+`hooks.toml` beside this file, and fail them where a user's `fail_at` says; `create_test_app` is
+the test factory that stubs the simulated I/O out (every phase instant), so that the scenario's
+times are the only ones (docs/app.md):
+
+    racegate probe --app examples.chat_backend.app:create_test_app --factory \
+        --hooks examples/chat_backend/hooks.toml --path /ws
+
 Run it only on loopback:
     python -m uvicorn examples.chat_backend.app:app --host 127.0.0.1 --port 8000
 """
@@ -99,6 +109,44 @@ app = FastAPI()
 @app.get("/health")
 async def health() -> PlainTextResponse:
     return PlainTextResponse("ok")
+
+
+class AuthFailed(Exception):
+    """The token was refused."""
+
+
+class ServicesFailed(Exception):
+    """The supervisor or the LLM manager could not be created."""
+
+
+class RegistrationFailed(Exception):
+    """The message handlers could not be registered."""
+
+
+async def complete_handshake() -> None:
+    await asyncio.sleep(ACCEPT)  # Cloud Run completing the handshake
+
+
+async def verify_token(user: str) -> None:
+    await asyncio.sleep(AUTH)  # JWT validation against the auth service
+    if not user or user.startswith(FAIL_AUTH_PREFIX):
+        raise AuthFailed(f"token of user {user!r} refused")
+
+
+async def create_services(user: str) -> None:
+    await asyncio.sleep(SERVICES)  # supervisor and LLM manager factories
+
+
+async def register_handlers(user: str) -> None:
+    await asyncio.sleep(REGISTER)
+
+
+def create_test_app() -> FastAPI:
+    """The test factory: the same app with the simulated I/O of every phase stubbed out, so a
+    scenario's `[server]` times, given through racegate's hooks, are the only ones."""
+    global ACCEPT, AUTH, SERVICES, REGISTER
+    ACCEPT = AUTH = SERVICES = REGISTER = 0
+    return app
 
 
 def chat_of(raw: str) -> tuple[str | None, str | None]:
@@ -241,13 +289,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     # RACE: reachable by the manager, and reading, before the handshake completes.
     manager.connections[user] = websocket
     reader = asyncio.create_task(conn.read_loop())
-    await asyncio.sleep(ACCEPT)  # Cloud Run completing the handshake
+    await complete_handshake()
     await websocket.accept()
     log.info("WebSocket accepted for user %s, setup starts", user)
 
     conn.setup = "authenticating"
-    await asyncio.sleep(AUTH)  # JWT validation against the auth service
-    if not user or user.startswith(FAIL_AUTH_PREFIX):
+    try:
+        await verify_token(user)
+    except AuthFailed:
         log.error("Authentication failed for user %s", user)
         log.info("Closing WebSocket for user %s with code 1008: authentication failed", user)
         await websocket.close(1008)
@@ -256,12 +305,23 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     log.info("Authenticated user %s", user)
 
     conn.setup = "creating services"
-    await asyncio.sleep(SERVICES)  # supervisor and LLM manager factories
+    try:
+        await create_services(user)
+    except ServicesFailed as exc:
+        # No rollback: the connection stays registered and its reader keeps running.
+        log.error("Failed to create WebSocket supervisor: %s", exc)
+        await websocket.close(1011)
+        return
     conn.context = current_user  # RACE: read across the await; another auth may have replaced it
     log.info("Created WebSocket supervisor for user %s", user)
 
     conn.setup = "registering handlers"
-    await asyncio.sleep(REGISTER)
+    try:
+        await register_handlers(user)
+    except RegistrationFailed as exc:
+        log.error("Failed to register message handlers for user %s: %s", user, exc)
+        await websocket.close(1011)
+        return
     router.handlers["chat"] = handle_chat  # RACE: global, and never removed
     conn.setup = "ready"
     log.info("Registered message handlers for user %s: processing ready", user)
@@ -367,22 +427,29 @@ class FixedConnection:
 async def fixed_endpoint(websocket: WebSocket) -> None:
     user = websocket.query_params.get("token", "")
     conn = FixedConnection(user, websocket)
-    await asyncio.sleep(ACCEPT)  # Cloud Run completing the handshake
+    await complete_handshake()
     await websocket.accept()
     conn.advance(State.ACCEPTED)
     # Reading is safe once accepted; what arrives before ready waits in the queue.
     reader = asyncio.create_task(conn.read_loop())
     worker: asyncio.Task[None] | None = None
     try:
-        await asyncio.sleep(AUTH)
-        if not user or user.startswith(FAIL_AUTH_PREFIX):
-            raise SetupFailed(1008, "authentication failed")
+        try:
+            await verify_token(user)
+        except AuthFailed:
+            raise SetupFailed(1008, "authentication failed") from None
         if not conn.advance(State.AUTHENTICATED):
             return
-        await asyncio.sleep(SERVICES)
+        try:
+            await create_services(user)
+        except ServicesFailed:
+            raise SetupFailed(1011, "services could not be created") from None
         if not conn.advance(State.SERVICES_READY):
             return
-        await asyncio.sleep(REGISTER)
+        try:
+            await register_handlers(user)
+        except RegistrationFailed:
+            raise SetupFailed(1011, "handlers could not be registered") from None
         fixed_connections[user] = conn
         if not conn.advance(State.PROCESSING_READY):
             fixed_connections.pop(user, None)

@@ -19,10 +19,9 @@ use std::borrow::Cow;
 
 use indexmap::IndexMap;
 use racegate_replay::checker::{self, Judgement};
-use racegate_replay::history::{Act, Got, History, parse_frame};
+use racegate_replay::history::{Act, Got, History, read_frame};
 use racegate_replay::scenario::Scenario;
 use racegate_replay::{Unmatched, Violation};
-use serde_json::Value;
 
 use crate::session::{Record, Seen};
 
@@ -34,75 +33,320 @@ pub fn check(scenario: &Scenario, records: &[Record]) -> Vec<Violation> {
 
 /// [`check`], keeping the chats whose fate is unknowable apart.
 pub fn judge(scenario: &Scenario, records: &[Record]) -> Judgement {
-    checker::check(&history(scenario, records))
+    Reading::new(scenario, records).judge()
 }
 
-/// The client history of `records`: each record one step of its user's connection, each text
-/// frame parsed with the scenario's `[protocol]`.
+/// The client history of `records` ([`Reading::history`]).
 pub fn history<'a>(scenario: &'a Scenario, records: &'a [Record]) -> History<'a> {
-    let protocol = &scenario.protocol;
-    let mut h = History::new(protocol);
-    // Every user has a connection, in the scenario's order, even one that recorded nothing.
-    for user in &scenario.users {
-        h.conns.entry(Cow::Borrowed(user.id.as_str())).or_default();
+    Reading::new(scenario, records).history()
+}
+
+/// How many of `records` are push frames ([`Reading::pushes`]).
+pub fn pushes(scenario: &Scenario, records: &[Record]) -> usize {
+    Reading::new(scenario, records).pushes()
+}
+
+/// Why `records` prove nothing about the server, if they do not ([`Reading::inconclusive`]).
+pub fn inconclusive(scenario: &Scenario, records: &[Record]) -> Option<String> {
+    Reading::new(scenario, records).inconclusive()
+}
+
+/// One text frame, read once: the type it claims, and what the checker makes of it.
+struct Frame {
+    kind: Option<String>,
+    got: Got<'static>,
+}
+
+/// One scenario's records with every text frame read once with the scenario's `[protocol]`:
+/// the history, the reasons a run is inconclusive and the push count all read the same frames.
+pub struct Reading<'a> {
+    scenario: &'a Scenario,
+    records: &'a [Record],
+    /// Per record: its frame, for a text frame.
+    frames: Vec<Option<Frame>>,
+}
+
+impl<'a> Reading<'a> {
+    /// Reads `records` (all users, by time) with `scenario`'s `[protocol]`.
+    pub fn new(scenario: &'a Scenario, records: &'a [Record]) -> Self {
+        let frames = records
+            .iter()
+            .map(|r| match &r.seen {
+                Seen::Recv { text } => {
+                    let (kind, got) = read_frame(&scenario.protocol, text);
+                    Some(Frame { kind, got })
+                }
+                _ => None,
+            })
+            .collect();
+        Reading {
+            scenario,
+            records,
+            frames,
+        }
     }
-    for r in records {
-        let user = r.user.as_str();
-        let scheduled = scenario
+
+    /// Every client-observable invariant over the history.
+    pub fn judge(&self) -> Judgement {
+        checker::check(&self.history())
+    }
+
+    /// The client history: each record one step of its user's connection.
+    pub fn history(&self) -> History<'a> {
+        let scenario = self.scenario;
+        let mut h = History::new(&scenario.protocol);
+        // Every user has a connection, in the scenario's order, even one that recorded nothing.
+        for user in &scenario.users {
+            h.conns.entry(Cow::Borrowed(user.id.as_str())).or_default();
+        }
+        for (r, frame) in self.records.iter().zip(&self.frames) {
+            let user = r.user.as_str();
+            let scheduled = scenario
+                .users
+                .iter()
+                .any(|u| u.id == user && u.close_ms.is_some());
+            let b = |s: &'a String| Cow::Borrowed(s.as_str());
+            let act = match &r.seen {
+                Seen::Connect => Act::Connect,
+                Seen::Open => Act::Open,
+                Seen::Refused { status, close_code } => Act::UpgradeRefused {
+                    status: *status,
+                    code: *close_code,
+                },
+                Seen::Send { id } => Act::Send { id: b(id) },
+                Seen::Unsent { id, reason } => Act::Unsent {
+                    id: b(id),
+                    reason: b(reason),
+                },
+                Seen::Recv { .. } => {
+                    Act::Recv(frame.as_ref().map_or(Got::Other, |f| f.got.clone()))
+                }
+                Seen::RecvBinary { .. } => Act::Recv(Got::Other),
+                Seen::ServerClose { code, reason } => Act::ServerClose {
+                    code: *code,
+                    reason: b(reason),
+                },
+                Seen::Dropped { error } => Act::Dropped { error: b(error) },
+                Seen::ClientClose => Act::ClientClose { scheduled },
+                Seen::CloseAnswered { code } => Act::CloseAnswered { code: *code },
+                Seen::Timeout { waiting_for } => Act::GaveUp {
+                    detail: Cow::Owned(format!(
+                        "still waiting for {waiting_for} when the timeout ended the probe"
+                    )),
+                },
+                Seen::AppMisuse { op, error } => Act::Raised {
+                    op: op.as_str(),
+                    error: b(error),
+                },
+                Seen::AppRaised { error } => Act::AppRaised { error: b(error) },
+                Seen::AppHandlerPending { name } => Act::HandlerPending { name: b(name) },
+                Seen::AppTaskPending { name } => Act::TaskPending { name: b(name) },
+            };
+            h.push(user, millis(r.at_ms), act);
+        }
+        h
+    }
+
+    /// Why a run that broke no invariant still proves nothing: its served users sent chats and
+    /// none was answered (each indeterminate, or refused). A server that answers nothing while
+    /// its clients close on schedule must not pass; with a violation the run fails anyway.
+    pub fn unanswered(&self, judgement: &Judgement) -> Option<String> {
+        if !judgement.violations.is_empty() {
+            return None;
+        }
+        let served = |user: &str| {
+            self.scenario
+                .users
+                .iter()
+                .any(|u| u.id == user && u.fail_at.is_none())
+        };
+        let mut sent = 0;
+        for (r, frame) in self.records.iter().zip(&self.frames) {
+            if !served(&r.user) {
+                continue;
+            }
+            match (&r.seen, frame) {
+                (Seen::Send { .. }, _) => sent += 1,
+                (
+                    _,
+                    Some(Frame {
+                        got: Got::Ack { .. },
+                        ..
+                    }),
+                ) => return None,
+                _ => {}
+            }
+        }
+        if sent == 0 {
+            return None;
+        }
+        let indeterminate: Vec<&str> = judgement
+            .indeterminate
+            .iter()
+            .map(|i| i.reason.as_str())
+            .collect();
+        let why = match indeterminate.first() {
+            Some(first) => format!(
+                "{} of them indeterminate ({first}): nothing says the server took any",
+                indeterminate.len()
+            ),
+            None => "each refused".to_string(),
+        };
+        Some(format!("no chat was answered: {sent} sent, {why}"))
+    }
+
+    /// How many records are push frames (by the scenario's `push_type`).
+    pub fn pushes(&self) -> usize {
+        self.frames
+            .iter()
+            .flatten()
+            .filter(|f| matches!(f.got, Got::Push { .. }))
+            .count()
+    }
+
+    /// Why the records prove nothing about the server, if they do not: every user the scenario
+    /// expects to be served (no `fail_at`) was refused, or closed before its first chat, or no chat
+    /// was ever answered. A verdict over such a run would be vacuous: a wrong `[protocol]` (the
+    /// credentials, the ack's fields) looks exactly like this, so the reason carries a hint.
+    pub fn inconclusive(&self) -> Option<String> {
+        let scenario = self.scenario;
+        let records = self.records;
+        let protocol = &scenario.protocol;
+        let served: Vec<&str> = scenario
             .users
             .iter()
-            .any(|u| u.id == user && u.close_ms.is_some());
-        let b = |s: &'a String| Cow::Borrowed(s.as_str());
-        let act = match &r.seen {
-            Seen::Connect => Act::Connect,
-            Seen::Open => Act::Open,
-            Seen::Refused { status, close_code } => Act::UpgradeRefused {
-                status: *status,
-                code: *close_code,
-            },
-            Seen::Send { id } => Act::Send { id: b(id) },
-            Seen::Unsent { id, reason } => Act::Unsent {
-                id: b(id),
-                reason: b(reason),
-            },
-            Seen::Recv { text } => Act::Recv(parse_frame(protocol, text)),
-            Seen::RecvBinary { .. } => Act::Recv(Got::Other),
-            Seen::ServerClose { code, reason } => Act::ServerClose {
-                code: *code,
-                reason: b(reason),
-            },
-            Seen::Dropped { error } => Act::Dropped { error: b(error) },
-            Seen::ClientClose => Act::ClientClose { scheduled },
-            Seen::CloseAnswered { code } => Act::CloseAnswered { code: *code },
-            Seen::Timeout { waiting_for } => Act::GaveUp {
-                detail: Cow::Owned(format!(
-                    "still waiting for {waiting_for} when the timeout ended the probe"
-                )),
-            },
-            Seen::AppMisuse { op, error } => Act::Raised {
-                op: op.as_str(),
-                error: b(error),
-            },
-            Seen::AppRaised { error } => Act::AppRaised { error: b(error) },
-            Seen::AppHandlerPending { name } => Act::HandlerPending { name: b(name) },
-            Seen::AppTaskPending { name } => Act::TaskPending { name: b(name) },
-        };
-        h.push(user, millis(r.at_ms), act);
-    }
-    h
-}
-
-/// How many of `records` are push frames (by the scenario's `push_type`).
-pub fn pushes(scenario: &Scenario, records: &[Record]) -> usize {
-    records
-        .iter()
-        .filter(|r| match &r.seen {
-            Seen::Recv { text } => {
-                matches!(parse_frame(&scenario.protocol, text), Got::Push { .. })
+            .filter(|u| u.fail_at.is_none())
+            .map(|u| u.id.as_str())
+            .collect();
+        if served.is_empty() {
+            return None;
+        }
+        let scheduled: usize = scenario
+            .users
+            .iter()
+            .filter(|u| u.fail_at.is_none())
+            .map(|u| u.sends.len())
+            .sum();
+        let mine = |r: &&Record| served.contains(&r.user.as_str());
+        let mut opened = 0;
+        let mut sent = 0;
+        let mut acked = 0;
+        let mut acks_without_id = 0;
+        let mut unrecognised = 0;
+        let mut statuses: Vec<u16> = Vec::new();
+        // Users whose client closed on its own schedule before it sent anything.
+        let mut left_first: IndexMap<&str, bool> = IndexMap::new();
+        let mut endings: IndexMap<String, usize> = IndexMap::new();
+        // Per user that sent: whether the server ended the connection (not with 1000) after it did.
+        let mut refused_after_send: IndexMap<&str, bool> = IndexMap::new();
+        for (r, frame) in records.iter().zip(&self.frames) {
+            if !mine(&r) {
+                continue;
             }
-            _ => false,
-        })
-        .count()
+            match &r.seen {
+                Seen::Open => opened += 1,
+                Seen::Send { .. } => {
+                    sent += 1;
+                    refused_after_send.insert(&r.user, false);
+                    left_first.entry(&r.user).or_insert(false);
+                }
+                Seen::ClientClose => {
+                    left_first.entry(&r.user).or_insert(true);
+                }
+                Seen::Refused { status, close_code } => {
+                    statuses.push(*status);
+                    let code = close_code.map_or(String::new(), |c| format!(" (close code {c})"));
+                    *endings.entry(format!("HTTP {status}{code}")).or_default() += 1;
+                }
+                Seen::ServerClose { code, .. } => {
+                    *endings.entry(format!("close {code}")).or_default() += 1;
+                    if *code != 1000
+                        && let Some(refused) = refused_after_send.get_mut(r.user.as_str())
+                    {
+                        *refused = true;
+                    }
+                }
+                Seen::Dropped { .. } => {
+                    *endings.entry("dropped".into()).or_default() += 1;
+                    if let Some(refused) = refused_after_send.get_mut(r.user.as_str()) {
+                        *refused = true;
+                    }
+                }
+                Seen::Recv { .. } => {
+                    let got = frame.as_ref().map(|f| &f.got);
+                    match frame.as_ref().and_then(|f| f.kind.as_deref()) {
+                        Some(k) if k == protocol.ack_type.as_str() => {
+                            if matches!(got, Some(Got::Ack { .. })) {
+                                acked += 1;
+                            } else {
+                                acks_without_id += 1;
+                            }
+                        }
+                        Some(k)
+                            if k == protocol.error_type.as_str()
+                                || k == protocol.push_type.as_str()
+                                || protocol.events.iter().any(|e| e == k) => {}
+                        _ => unrecognised += 1,
+                    }
+                }
+                _ => {}
+            }
+        }
+        let seen = if endings.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = endings.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
+            format!(" (the server answered: {})", list.join(", "))
+        };
+        let auth_hint = "check the scenario's [protocol] credentials (`user_query`, `user_header`): \
+                         a server that refuses them refuses everyone";
+        if opened == 0 {
+            // Starlette answers an upgrade to a path no WebSocket route serves with 403 (a
+            // route that closes before accept too), FastAPI's 404s likewise: the path first.
+            if statuses.iter().any(|s| matches!(s, 403 | 404)) {
+                return Some(format!(
+                    "no connection opened{seen}; check the path (`--path`, or the URL's): a \
+                     WebSocket route that is not there answers 403 or 404; then {auth_hint}"
+                ));
+            }
+            return Some(format!("no connection opened{seen}; {auth_hint}"));
+        }
+        if scheduled > 0 && sent == 0 {
+            if !left_first.is_empty() && left_first.values().all(|l| *l) {
+                return Some(
+                    "every client closed on its own schedule (`close_ms`) before its first chat \
+                     was due: nothing was sent"
+                        .into(),
+                );
+            }
+            return Some(format!(
+                "the server ended every connection before its first chat{seen}; {auth_hint}"
+            ));
+        }
+        if sent > 0 && acked == 0 && acks_without_id > 0 {
+            return Some(format!(
+                "no chat was answered: {sent} sent, and {acks_without_id} frame(s) of type `{}` \
+                 came without the chat id field `{}`; check the scenario's [protocol] `id_field`",
+                protocol.ack_type, protocol.id_field
+            ));
+        }
+        // No chat answered proves nothing when the server spoke a language the scenario does not
+        // describe (a wrong `[protocol]`), or refused every chat with a close. A server that took
+        // the chats and stayed silent is different: that is loss, and `check` says so.
+        let all_refused = !refused_after_send.is_empty() && refused_after_send.values().all(|r| *r);
+        if sent > 0 && acked == 0 && (unrecognised > 0 || all_refused) {
+            let why = if unrecognised > 0 {
+                format!(
+                    "{unrecognised} frame(s) of a type the scenario's [protocol] does not name came \
+                     instead; check its frame fields (`type_field`, `ack_type`, `id_field`)"
+                )
+            } else {
+                format!("the server closed each connection instead{seen}")
+            };
+            return Some(format!("no chat was answered: {sent} sent, {why}"));
+        }
+        None
+    }
 }
 
 /// For each of `records`, the entry of `unmatched` that is its frame, if any: the history holds
@@ -123,118 +367,9 @@ pub fn unmatched_marks<'u>(
         .collect()
 }
 
-/// Why `records` prove nothing about the server, if they do not: every user the scenario
-/// expects to be served (no `fail_at`) was refused, or closed before its first chat, or no chat
-/// was ever answered. A verdict over such a run would be vacuous: a wrong `[protocol]` (the
-/// credentials, the ack's fields) looks exactly like this, so the reason carries a hint.
-pub fn inconclusive(scenario: &Scenario, records: &[Record]) -> Option<String> {
-    let protocol = &scenario.protocol;
-    let served: Vec<&str> = scenario
-        .users
-        .iter()
-        .filter(|u| u.fail_at.is_none())
-        .map(|u| u.id.as_str())
-        .collect();
-    if served.is_empty() {
-        return None;
-    }
-    let scheduled: usize = scenario
-        .users
-        .iter()
-        .filter(|u| u.fail_at.is_none())
-        .map(|u| u.sends.len())
-        .sum();
-    let mine = |r: &&Record| served.contains(&r.user.as_str());
-    let mut opened = 0;
-    let mut sent = 0;
-    let mut acked = 0;
-    let mut unrecognised = 0;
-    let mut endings: IndexMap<String, usize> = IndexMap::new();
-    // Per user that sent: whether the server ended the connection (not with 1000) after it did.
-    let mut refused_after_send: IndexMap<&str, bool> = IndexMap::new();
-    for r in records.iter().filter(mine) {
-        match &r.seen {
-            Seen::Open => opened += 1,
-            Seen::Send { .. } => {
-                sent += 1;
-                refused_after_send.insert(&r.user, false);
-            }
-            Seen::Refused { status, close_code } => {
-                let code = close_code.map_or(String::new(), |c| format!(" (close code {c})"));
-                *endings.entry(format!("HTTP {status}{code}")).or_default() += 1;
-            }
-            Seen::ServerClose { code, .. } => {
-                *endings.entry(format!("close {code}")).or_default() += 1;
-                if *code != 1000
-                    && let Some(refused) = refused_after_send.get_mut(r.user.as_str())
-                {
-                    *refused = true;
-                }
-            }
-            Seen::Dropped { .. } => {
-                *endings.entry("dropped".into()).or_default() += 1;
-                if let Some(refused) = refused_after_send.get_mut(r.user.as_str()) {
-                    *refused = true;
-                }
-            }
-            Seen::Recv { text } => {
-                let kind = serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|f| field(&f, &protocol.type_field));
-                match kind {
-                    Some(k) if k == protocol.ack_type => acked += 1,
-                    Some(k)
-                        if k == protocol.error_type
-                            || k == protocol.push_type
-                            || protocol.events.contains(&k) => {}
-                    _ => unrecognised += 1,
-                }
-            }
-            _ => {}
-        }
-    }
-    let seen = if endings.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = endings.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
-        format!(" (the server answered: {})", list.join(", "))
-    };
-    let auth_hint = "check the scenario's [protocol] credentials (`user_query`, `user_header`): \
-                     a server that refuses them refuses everyone";
-    if opened == 0 {
-        return Some(format!("no connection opened{seen}; {auth_hint}"));
-    }
-    if scheduled > 0 && sent == 0 {
-        return Some(format!(
-            "the server ended every connection before its first chat{seen}; {auth_hint}"
-        ));
-    }
-    // No chat answered proves nothing when the server spoke a language the scenario does not
-    // describe (a wrong `[protocol]`), or refused every chat with a close. A server that took
-    // the chats and stayed silent is different: that is loss, and `check` says so.
-    let all_refused = !refused_after_send.is_empty() && refused_after_send.values().all(|r| *r);
-    if sent > 0 && acked == 0 && (unrecognised > 0 || all_refused) {
-        let why = if unrecognised > 0 {
-            format!(
-                "{unrecognised} frame(s) of a type the scenario's [protocol] does not name came \
-                 instead; check its frame fields (`type_field`, `ack_type`, `id_field`)"
-            )
-        } else {
-            format!("the server closed each connection instead{seen}")
-        };
-        return Some(format!("no chat was answered: {sent} sent, {why}"));
-    }
-    None
-}
-
 fn millis(at_ms: f64) -> u64 {
     // Records are non-negative and far below u64::MAX milliseconds.
     at_ms.max(0.0) as u64
-}
-
-/// A dotted path's value as text (strings as they are, numbers and booleans printed).
-pub(crate) fn field(frame: &Value, path: &str) -> Option<String> {
-    racegate_replay::history::field(frame, path)
 }
 
 #[cfg(test)]
@@ -321,7 +456,7 @@ mod tests {
         assert!(
             why.starts_with(
                 "no connection opened (the server answered: HTTP 403 ×2, \
-                 HTTP 403 (close code 4001) ×1); check the scenario's [protocol] credentials"
+                 HTTP 403 (close code 4001) ×1); check the path (`--path`, or the URL's)"
             ),
             "{why}"
         );

@@ -311,13 +311,17 @@ pub(crate) fn conclude(
     clock: Clock,
     elapsed_ms: f64,
 ) -> ProbeOutcome {
+    let reading = check::Reading::new(scenario, &records);
+    let judgement = reading.judge();
+    let inconclusive = reading
+        .inconclusive()
+        .or_else(|| reading.unanswered(&judgement));
+    let pushes = reading.pushes();
     let Judgement {
         violations,
         indeterminate,
         unmatched,
-    } = check::judge(scenario, &records);
-    let inconclusive = check::inconclusive(scenario, &records);
-    let pushes = check::pushes(scenario, &records);
+    } = judgement;
     ProbeOutcome {
         scenario: scenario.name.clone(),
         file: scenario.file.clone(),

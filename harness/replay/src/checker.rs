@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::history::{Act, Got, History, Op};
-use crate::oracle::{Invariant, Violation};
+use crate::invariant::{Invariant, Violation};
 
 /// A chat whose fate the history cannot tell (Jepsen's `:info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -581,8 +581,15 @@ fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
             if f.refused.contains(run) {
                 continue;
             }
+            // Cut short by the connection's first end after the chat was sent: events that
+            // arrive while the client's own close is under way are still cut short by it.
+            let sent_at = f
+                .sends
+                .iter()
+                .find(|(s, _, _)| *s == run)
+                .map_or(last_pos, |(_, _, p)| *p);
             let cut = matches!(
-                f.ending_after(last_pos),
+                f.ending_after(sent_at),
                 Some(Ending::ServerError | Ending::Dropped | Ending::OwnScheduled)
             );
             if cut && !f.served {
@@ -1504,6 +1511,44 @@ mod tests {
             refusal(),
         ]);
         assert_eq!(details(&swapped, Invariant::EventOrder).len(), 1);
+    }
+
+    #[test]
+    fn events_arriving_while_the_clients_scheduled_close_is_under_way_are_cut_short_by_it() {
+        // The ack and the first event, then the client closes on schedule, then one more event
+        // the server had sent before it saw the close: the run was cut by the close.
+        let during_close = one(vec![
+            Act::Open,
+            send("u/m1"),
+            ack("u/m1", None),
+            event(0, Some("u/m1"), None),
+            Act::ClientClose { scheduled: true },
+            event(1, Some("u/m1"), None),
+            Act::CloseAnswered { code: Some(1000) },
+        ]);
+        let j = check(&during_close);
+        assert_eq!(details(&during_close, Invariant::EventOrder), []);
+        assert_eq!(j.indeterminate.len(), 1, "{j:?}");
+        assert!(j.indeterminate[0].reason.contains("cut short after 2 of 5"));
+        // A close after waiting for answers excuses nothing: the run stopped on its own.
+        let waited = one(vec![
+            Act::Open,
+            send("u/m1"),
+            ack("u/m1", None),
+            event(0, Some("u/m1"), None),
+            Act::ClientClose { scheduled: false },
+            event(1, Some("u/m1"), None),
+        ]);
+        assert_eq!(details(&waited, Invariant::EventOrder).len(), 1);
+        // An ending before the chat was sent cuts nothing of its run.
+        let before = one(vec![
+            Act::Open,
+            Act::ClientClose { scheduled: true },
+            send("u/m1"),
+            ack("u/m1", None),
+            event(0, Some("u/m1"), None),
+        ]);
+        assert_eq!(details(&before, Invariant::EventOrder).len(), 1);
     }
 
     #[test]

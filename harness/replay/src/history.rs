@@ -381,42 +381,51 @@ pub fn refused_chat(message: &str) -> Option<&str> {
 /// ([`refused_chat`]). An event without a run id is still an event (the checker reports it as
 /// matching no chat); an ack without a chat id answers nothing, so it is [`Got::Other`].
 pub fn parse_frame(protocol: &Protocol, text: &str) -> Got<'static> {
+    read_frame(protocol, text).1
+}
+
+/// [`parse_frame`], with the frame's type field as text (`None` when the frame is not JSON or
+/// has none): one parse for a reader that also needs to know what a frame claimed to be (an
+/// ack without its id field is [`Got::Other`], but still an ack by its type).
+pub fn read_frame(protocol: &Protocol, text: &str) -> (Option<String>, Got<'static>) {
     let Ok(frame) = serde_json::from_str::<Value>(text) else {
-        return Got::Text(Cow::Owned(text.to_string()));
+        return (None, Got::Text(Cow::Owned(text.to_string())));
     };
     let get = |path: &str| field(&frame, path).map(Cow::Owned);
-    let kind = field(&frame, &protocol.type_field).unwrap_or_default();
-    if kind == protocol.ack_type {
-        match get(&protocol.id_field) {
+    let kind = field(&frame, &protocol.type_field);
+    let got = match kind.as_deref().unwrap_or_default() {
+        k if k == protocol.ack_type => match get(&protocol.id_field) {
             Some(id) => Got::Ack {
                 id,
                 user: get(protocol.ack_user_field()),
                 run: protocol.run_from_ack.as_deref().and_then(get),
             },
             None => Got::Other,
-        }
-    } else if kind == protocol.push_type {
-        Got::Push {
+        },
+        k if k == protocol.push_type => Got::Push {
             id: get(&protocol.id_field),
             user: get(protocol.push_user_field()),
+        },
+        k if k == protocol.error_type => {
+            let message =
+                field(&frame, &protocol.message_field).unwrap_or_else(|| text.to_string());
+            let about = get(&protocol.id_field)
+                .or_else(|| refused_chat(&message).map(|id| Cow::Owned(id.to_string())));
+            Got::Error {
+                message: Cow::Owned(message),
+                about,
+            }
         }
-    } else if kind == protocol.error_type {
-        let message = field(&frame, &protocol.message_field).unwrap_or_else(|| text.to_string());
-        let about = get(&protocol.id_field)
-            .or_else(|| refused_chat(&message).map(|id| Cow::Owned(id.to_string())));
-        Got::Error {
-            message: Cow::Owned(message),
-            about,
-        }
-    } else if let Some(index) = protocol.events.iter().position(|e| *e == kind) {
-        Got::Event {
-            index,
-            run: get(&protocol.run_field),
-            user: get(protocol.event_user_field()),
-        }
-    } else {
-        Got::Other
-    }
+        k => match protocol.events.iter().position(|e| e == k) {
+            Some(index) => Got::Event {
+                index,
+                run: get(&protocol.run_field),
+                user: get(protocol.event_user_field()),
+            },
+            None => Got::Other,
+        },
+    };
+    (kind, got)
 }
 
 /// A dotted path's value as text (strings as they are, numbers and booleans printed).

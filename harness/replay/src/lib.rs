@@ -26,8 +26,8 @@
 //! ```
 //!
 //! Modules, in the order a run uses them:
-//! [`setup`] and [`endpoint_kind`] (the server's phases and the endpoints' names: leaves that
-//! scenarios and endpoints both name), [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
+//! [`setup`], [`endpoint_kind`] and [`invariant`] (the server's phases, the endpoints' names and
+//! the invariants' names: leaves that scenarios, endpoints, the checker and the oracle all name), [`scenario`] (files → validated scenarios), [`transport`] (Starlette-like sockets; the fake
 //! one here), [`backend`] (the server's phases, manager, router), [`endpoint`] (`unfixed`,
 //! `partial`, `state-machine`), [`trace`] (the timeline), [`history`] (the client history every driver
 //! records), [`checker`] (the client-observable invariants over a history, one function each),
@@ -45,6 +45,7 @@ pub mod explore;
 mod fnv;
 pub mod history;
 pub mod import;
+pub mod invariant;
 pub mod oracle;
 pub mod report;
 pub mod runner;
@@ -56,7 +57,7 @@ pub mod transport;
 
 pub use checker::{Indeterminate, Judgement, Unmatched};
 pub use endpoint::EndpointKind;
-pub use oracle::{Invariant, Violation};
+pub use invariant::{Invariant, Violation};
 /// The lifecycle states a trace records (`EventKind::State`), from the loom-checked core.
 pub use racegate_core::ConnectionState;
 pub use runner::{ProductionCheck, RunOutcome, replay};

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::checker::Indeterminate;
 use crate::endpoint::EndpointKind;
-use crate::oracle::Violation;
+use crate::invariant::Violation;
 use crate::runner::{ProductionCheck, RunOutcome};
 use crate::scenario::{InvariantMatch, Verdict};
 use crate::trace::TraceEvent;

@@ -1,7 +1,8 @@
 //! The oracle on hand-built traces: each invariant is caught by itself, and a clean run is clean.
 
 use racegate_replay::ConnectionState::{self, *};
-use racegate_replay::oracle::{Invariant, check};
+use racegate_replay::Invariant;
+use racegate_replay::oracle::check;
 use racegate_replay::trace::{AgentEvent, EventKind, Frame, TraceEvent};
 use rstest::rstest;
 

@@ -553,9 +553,12 @@ class Case:
     finishing = False
 
     def connect(self, i):
+        """A new connection, served as uvicorn serves one: its HTTP protocol reads the upgrade
+        request and hands the connection to its WebSocket protocol (bytes after the request in
+        the same read are the HTTP protocol's to keep or lose, as under uvicorn)."""
         t = MemoryTransport(self, i)
         d = self.driver
-        protocol = d.config.ws_protocol_class(
+        protocol = d.config.http_protocol_class(
             config=d.config, server_state=d.server_state, app_state=d.app_state, _loop=self.loop
         )
         t.set_protocol(protocol)
@@ -586,7 +589,8 @@ class Case:
         send({"ev": "step", "now_us": self.now_us(), "out": out, "facts": facts})
 
     def shutdown(self):
-        """uvicorn's Server.shutdown, for the connections: each is asked to shut down."""
+        """uvicorn's Server.shutdown, for the connections: each is asked to shut down (its
+        HTTP protocol, or the WebSocket protocol it handed the connection to)."""
         for protocol in list(self.driver.server_state.connections):
             protocol.shutdown()
 
@@ -706,10 +710,12 @@ class Driver:
         self.app_state = self.lifespan.state
         check_route(config, msg["path"])
         ws = config.ws_protocol_class
+        http = config.http_protocol_class
         send(
             {
                 "ev": "loaded",
                 "ws": f"{ws.__module__}.{ws.__qualname__}",
+                "http": f"{http.__module__}.{http.__qualname__}",
                 "python": sys.version.split()[0],
                 "uvicorn": uvicorn.__version__,
             }

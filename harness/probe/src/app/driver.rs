@@ -56,6 +56,8 @@ pub struct Load {
 pub struct Loaded {
     /// The WebSocket protocol class uvicorn chose (`--ws`).
     pub ws: String,
+    /// The HTTP protocol class that reads the upgrade request (uvicorn's `--http auto`).
+    pub http: String,
     /// The Python version.
     pub python: String,
     /// uvicorn's version.
@@ -327,6 +329,7 @@ impl Driver {
             python: python.to_path_buf(),
             loaded: Loaded {
                 ws: String::new(),
+                http: String::new(),
                 python: String::new(),
                 uvicorn: String::new(),
             },

@@ -74,18 +74,66 @@ struct RawFile {
     register: Option<Spanned<RawHook>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawHook {
-    Call(Spanned<String>),
-    Table(RawTable),
+/// A phase's value: `"MODULE:ATTR"`, or a table with `call` and maybe `raise`. Read by hand
+/// rather than as an untagged enum, which would lose the spans of the table's values.
+struct RawHook {
+    call: Option<Spanned<String>>,
+    raise: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTable {
-    call: Spanned<String>,
-    raise: Option<Spanned<String>>,
+const HOOK_SHAPE: &str =
+    "a hook is \"MODULE:ATTR\" or { call = \"MODULE:ATTR\", raise = \"MODULE:ATTR\" }";
+
+impl<'de> Deserialize<'de> for RawHook {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawHook;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(HOOK_SHAPE)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawHook, E> {
+                Ok(RawHook {
+                    call: None,
+                    raise: None,
+                })
+                .map(|mut h| {
+                    h.call = Some(Spanned::new(0..0, v.to_string()));
+                    h
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawHook, A::Error> {
+                let mut hook = RawHook {
+                    call: None,
+                    raise: None,
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "call" => hook.call = Some(map.next_value()?),
+                        "raise" => hook.raise = Some(map.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::custom(format!(
+                                "unknown key `{other}` in a hook; expected `call` or `raise`"
+                            )));
+                        }
+                    }
+                }
+                if hook.call.is_none() {
+                    return Err(serde::de::Error::custom(
+                        "a hook table needs `call = \"MODULE:ATTR\"`",
+                    ));
+                }
+                Ok(hook)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Hooks {
@@ -111,10 +159,9 @@ impl Hooks {
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (span, message) = toml_message(text, &e);
-            let message = if message.contains("did not match any variant of untagged enum") {
-                "a hook is \"MODULE:ATTR\" or { call = \"MODULE:ATTR\", raise = \"MODULE:ATTR\" }"
-                    .to_string()
-            } else if message.starts_with("unknown key") {
+            let message = if message.starts_with("invalid type") {
+                format!("{message}; {HOOK_SHAPE}")
+            } else if message.starts_with("unknown key") && !message.contains("in a hook") {
                 format!("{message}; a hooks file names the phases auth, services and register")
             } else {
                 message
@@ -128,9 +175,13 @@ impl Hooks {
             (Phase::Register, raw.register),
         ] {
             let Some(hook) = hook else { continue };
-            let (call, raise) = match hook.into_inner() {
-                RawHook::Call(call) => (call, None),
-                RawHook::Table(t) => (t.call, t.raise),
+            let span = hook.span();
+            let RawHook { call, raise } = hook.into_inner();
+            // A bare string's span is the phase's value itself.
+            let call = match call {
+                Some(c) if c.span() == (0..0) => Spanned::new(span, c.into_inner()),
+                Some(c) => c,
+                None => continue,
             };
             for (key, value) in
                 std::iter::once(("call", &call)).chain(raise.iter().map(|r| ("raise", r)))
@@ -236,8 +287,8 @@ mod tests {
         // In the file's order.
         let order: Vec<Phase> = h.phases.iter().map(|(p, _)| *p).collect();
         assert_eq!(order, [Phase::Register, Phase::Auth, Phase::Services]);
-        assert_eq!(h.locate("auth", "raise"), Some((2, 46)));
-        assert_eq!(h.locate("auth", "call"), Some((2, 15)));
+        assert_eq!(h.locate("auth", "raise"), Some((2, 44)));
+        assert_eq!(h.locate("auth", "call"), Some((2, 17)));
         assert_eq!(
             h.to_json()["auth"],
             serde_json::json!({"call": "app.auth:verify", "raise": "app.auth:AuthError"})
@@ -255,7 +306,7 @@ mod tests {
             (
                 "auth = { call = \"app:f\", rase = \"x:E\" }\n",
                 (1, 8),
-                "MODULE:ATTR",
+                "unknown key `rase`",
             ),
             ("services = \"app.f\"\n", (1, 12), "expected MODULE:ATTR"),
             (

@@ -53,7 +53,7 @@ use proptest::test_runner::{
 
 use crate::endpoint::EndpointKind;
 use crate::fnv::Fnv1a;
-use crate::oracle::{Invariant, Violation};
+use crate::invariant::{Invariant, Violation};
 use crate::runner::{RunError, replay};
 use crate::scenario::{self, Scenario, Verdict};
 use crate::trace::{EventKind, TraceEvent};

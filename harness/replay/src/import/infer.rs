@@ -24,7 +24,7 @@ use indexmap::IndexMap;
 
 use super::ImportError;
 use crate::endpoint::EndpointKind;
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 use crate::scenario::{
     InvariantMatch, PRODUCTION, Phase, Scenario, ServerConfig, Symptom, Timed, User, Verdict,
 };

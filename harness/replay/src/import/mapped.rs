@@ -18,7 +18,7 @@ use super::ImportError;
 use super::infer::{Ev, Event, Run, Sighting};
 use super::mapping::{Format, Mapping, Rule, RuleEvent, Source};
 use super::own::timestamp_ms;
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 use crate::scenario::Scenario;
 
 /// One log to read: its name in messages, and its text.

@@ -16,7 +16,7 @@ use regex::{Regex, RegexSet};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 use crate::scenario::{Phase, line_col, toml_message};
 
 /// A validated mapping.

@@ -25,7 +25,7 @@ use indexmap::IndexMap;
 
 use super::{by_scenario, summary};
 use crate::endpoint::EndpointKind;
-use crate::oracle::{Invariant, Violation};
+use crate::invariant::{Invariant, Violation};
 use crate::runner::RunOutcome;
 use crate::scenario::Verdict;
 use crate::trace::{EventKind, Frame, TraceEvent};

@@ -123,7 +123,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
 /// before its time (violations are sorted by time).
 fn notes<'a>(
     out: &mut String,
-    pending: &mut std::iter::Peekable<std::slice::Iter<'a, crate::oracle::Violation>>,
+    pending: &mut std::iter::Peekable<std::slice::Iter<'a, crate::invariant::Violation>>,
     trace: &[crate::trace::TraceEvent],
     i: usize,
     users: &IndexMap<&str, usize>,

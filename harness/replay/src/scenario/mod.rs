@@ -16,7 +16,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint_kind::EndpointKind;
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 
 pub use crate::setup::{Phase, ServerConfig};
 pub use write::to_toml;

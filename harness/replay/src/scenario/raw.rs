@@ -17,7 +17,7 @@ use super::{
     Verdict, template,
 };
 use crate::endpoint_kind::EndpointKind;
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 
 /// Quiet time after the last scheduled activity when `settle_ms` is left out.
 const DEFAULT_SETTLE_MS: u64 = 1000;
@@ -1313,7 +1313,7 @@ mod tests {
 
     #[test]
     fn expectations_may_name_invariants_exactly_or_at_least_and_round_trip() {
-        use crate::oracle::Invariant::{AcceptFirst, MessageLost, Stuck};
+        use crate::invariant::Invariant::{AcceptFirst, MessageLost, Stuck};
         use crate::scenario::InvariantMatch;
         use std::collections::BTreeSet;
         let scenario = parse(&[

@@ -18,7 +18,7 @@ use indexmap::{IndexMap, IndexSet};
 use racegate_core::ConnectionState;
 
 use super::{SHOWN, timeline_svg, violation_item};
-use crate::oracle::{Invariant, Violation};
+use crate::invariant::{Invariant, Violation};
 use crate::runner::RunOutcome;
 use crate::trace::{EventKind, TraceEvent};
 
