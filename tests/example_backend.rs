@@ -10,145 +10,15 @@
 //! captured log is also written there (how tests/fixtures/import/chat_backend.log was made).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use util::{context, run_bounded};
+use util::{Uvicorn, context, run_bounded};
 
 mod util;
 
 const STAGING_USER: &str = "scenarios/staging-user-101463487227881885914.toml";
 const STAGING_E2E: &str = "scenarios/staging-e2e-staging_pipeline.toml";
 const MAP: &str = "examples/chat_backend/map.toml";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The project's Python: `$RACEGATE_PYTHON`, else `target/py/bin/python`.
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("RACEGATE_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let venv = root().join("target/py/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python environment at {}: create it with `make py` (or point RACEGATE_PYTHON at an \
-         interpreter with fastapi and uvicorn)",
-        venv.display()
-    );
-    venv
-}
-
-/// The example app under uvicorn; dropping it kills the process by its PID and reaps it.
-struct App {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// How long uvicorn may take to answer `/health` on a loaded machine.
-const STARTUP: Duration = Duration::from_secs(20);
-
-impl App {
-    fn start(dir: &Path) -> App {
-        let mut last = String::new();
-        // A port free when probed may be taken before uvicorn binds it: then try another.
-        for attempt in 0..3 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let log = dir.join(format!("app-{attempt}.log"));
-            let out = std::fs::File::create(&log).unwrap();
-            let child = Command::new(python())
-                .args(["-m", "uvicorn", "examples.chat_backend.app:app"])
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .env("PYTHONUNBUFFERED", "1")
-                .current_dir(root())
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap_or_else(|e| panic!("could not run {}: {e}", python().display()));
-            let mut app = App {
-                child,
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                log,
-            };
-            match app.wait_ready() {
-                Ok(()) => return app,
-                Err(e) => last = e,
-            }
-        }
-        panic!("{last}");
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + STARTUP;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "uvicorn exited ({status}); its log:\n{}",
-                    self.log()
-                ));
-            }
-            if self.healthy() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100)); // real-time: polling a start
-        }
-        Err(format!(
-            "uvicorn did not answer within {STARTUP:?}; its log:\n{}",
-            self.log()
-        ))
-    }
-
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = format!(
-            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        let mut answer = String::new();
-        s.write_all(request.as_bytes()).is_ok()
-            && s.read_to_string(&mut answer).is_ok()
-            && answer.starts_with("HTTP/1.1 200")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The log once it holds `line` (the app logs a client's close after the probe has gone).
-    fn log_with(&self, line: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(line) || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(50)); // real-time: polling the app's log
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -185,7 +55,7 @@ fn results(json: &[u8]) -> Vec<(String, String, BTreeSet<String>, usize)> {
 #[test]
 fn the_example_backends_log_becomes_a_scenario_that_fails_like_production_and_passes_fixed() {
     let dir = tempfile::tempdir().unwrap();
-    let app = App::start(dir.path());
+    let app = Uvicorn::start("examples.chat_backend.app:app", dir.path(), Some("/health"));
 
     // 1. The staging scenarios' clients against the production route, the app logging.
     let buggy = app.url("/ws");

@@ -11,6 +11,7 @@ use racegate_probe::{
     ExtraHeader, Options, ProbeVerdict, Target, Tls, TlsOptions, Tokens, probe_all, probe_app,
     report,
 };
+use racegate_replay::Scenario;
 
 use crate::{Outcome, emit};
 
@@ -199,6 +200,9 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         tokens,
         headers,
     };
+    if let Server::App(app) = &server {
+        check_fail_at(app, &scenarios)?;
+    }
     for s in &scenarios {
         let pushes: usize = s.users.iter().map(|u| u.pushes.len()).sum();
         if pushes > 0 {
@@ -298,4 +302,44 @@ fn app_target(args: &ProbeArgs, app: &str) -> anyhow::Result<AppTarget> {
         python: driver::python(args.python.as_deref()),
         log: args.app_log.clone(),
     })
+}
+
+/// A user's `fail_at` reaches the app through the hook of its phase: a hook without `raise` has
+/// nothing to fail with (bad input), and a phase without a hook leaves it to the app (said once).
+fn check_fail_at(app: &AppTarget, scenarios: &[Scenario]) -> anyhow::Result<()> {
+    let mut unhooked = Vec::new();
+    for s in scenarios {
+        for user in &s.users {
+            let Some(phase) = user.fail_at else { continue };
+            match app.load.hooks.as_ref().and_then(|h| h.get(phase)) {
+                Some(hook) if hook.raise.is_none() => anyhow::bail!(
+                    "{}: user {:?} fails at {}, but the hooks file {} names no exception for \
+                     it: write `{} = {{ call = \"{}\", raise = \"MODULE:Exception\" }}`",
+                    s.file.display(),
+                    user.id,
+                    phase.name(),
+                    app.load
+                        .hooks
+                        .as_ref()
+                        .map_or(String::new(), |h| h.file.display().to_string()),
+                    phase.name(),
+                    hook.call
+                ),
+                Some(_) => {}
+                None => {
+                    if !unhooked.contains(&phase.name()) {
+                        unhooked.push(phase.name());
+                    }
+                }
+            }
+        }
+    }
+    if !unhooked.is_empty() {
+        eprintln!(
+            "note: scenarios fail users at {}, but no hook names the app's awaitable for it \
+             (--hooks): there the app's own code decides",
+            unhooked.join(", ")
+        );
+    }
+    Ok(())
 }

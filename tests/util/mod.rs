@@ -144,3 +144,159 @@ pub fn spawn_serve(args: &[&str], stderr: std::process::Stdio) -> (std::process:
         .to_string();
     (child, addr)
 }
+
+/// The project's Python: `$RACEGATE_PYTHON`, else `target/py/bin/python` (`make py`).
+pub fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("RACEGATE_PYTHON") {
+        return std::path::PathBuf::from(path);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python environment at {}: create it with `make py` (or point RACEGATE_PYTHON at an \
+         interpreter with fastapi and uvicorn)",
+        venv.display()
+    );
+    venv
+}
+
+/// An ASGI app under a real uvicorn on a free loopback port, started from the repository root;
+/// dropping it kills the process by its PID and reaps it, however the test ends.
+pub struct Uvicorn {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    health: Option<String>,
+}
+
+impl Drop for Uvicorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long uvicorn may take to come up on a loaded machine.
+pub const UVICORN_STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl Uvicorn {
+    /// Starts `python -m uvicorn APP` (`module:attr`, found from the repository root, or with
+    /// `--app-dir` when `APP` is `dir=module:attr`), logging to a file in `dir`, and waits until
+    /// it answers: `GET health` with 200 when given, else a TCP connect.
+    pub fn start(app: &str, dir: &Path, health: Option<&str>) -> Uvicorn {
+        use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+        let (app_dir, app) = match app.split_once('=') {
+            Some((d, a)) => (d, a),
+            None => (".", app),
+        };
+        let mut last = String::new();
+        // A port free when probed may be taken before uvicorn binds it: then try another.
+        for attempt in 0..3 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let log = dir.join(format!("uvicorn-{attempt}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = std::process::Command::new(python())
+                .args(["-m", "uvicorn", app, "--app-dir", app_dir])
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .env("PYTHONUNBUFFERED", "1")
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("could not run {}: {e}", python().display()));
+            let mut server = Uvicorn {
+                child,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                log,
+                health: health.map(str::to_string),
+            };
+            match server.wait_ready() {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + UVICORN_STARTUP;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "uvicorn exited ({status}); its log:\n{}",
+                    self.log()
+                ));
+            }
+            if self.answers() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100)); // real-time: polling a start
+        }
+        Err(format!(
+            "uvicorn did not answer within {UVICORN_STARTUP:?}; its log:\n{}",
+            self.log()
+        ))
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let timeout = std::time::Duration::from_secs(1);
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&self.addr, timeout) else {
+            return false;
+        };
+        let Some(path) = &self.health else {
+            return true;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut answer = String::new();
+        s.write_all(request.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// What uvicorn and the app wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once it holds `line`, or after 10 s (the app may log after a client has gone).
+    pub fn log_with(&self, line: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(line) || std::time::Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50)); // real-time: polling a log
+        }
+    }
+
+    /// `ws://ADDR/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+}
+
+/// Runs the binary from the repository root with extra environment variables.
+pub fn racegate_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Run {
+    let mut cmd = Command::cargo_bin("racegate").unwrap();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run {
+        cmd: format!("racegate {}", args.join(" ")),
+        out: cmd.output().unwrap(),
+    }
+}

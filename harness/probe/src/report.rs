@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
 
-use crate::probe::{ProbeOutcome, ProbeVerdict};
+use crate::probe::{Clock, ProbeOutcome, ProbeVerdict};
 
 /// One line per scenario (verdict, wall time against its own time), then each violation
 /// indented under it; with `trace`, every record too. Ends with a summary line.
@@ -114,7 +114,15 @@ pub fn timeline(o: &ProbeOutcome) -> String {
 
 #[derive(Serialize)]
 struct Json<'a> {
-    url: &'a str,
+    /// The live server (`--url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    /// The app run in-process (`--app`), as `app MODULE:ATTR PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<&'a str>,
+    /// `real` (`--url`: times are wall-clock) or `virtual` (`--app`: the same scenario gives the
+    /// same document, byte for byte).
+    clock: Clock,
     scenarios: Vec<JsonScenario<'a>>,
     summary: Summary,
 }
@@ -199,7 +207,7 @@ impl Summary {
     }
 }
 
-/// `{"url","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
+/// `{"url" (or "app"),"clock","scenarios":[{"name","file","verdict","violations":[{"invariant","user","at_ms",
 /// "detail"}],"indeterminate":[{"user","id","at_ms","reason"}],"unmatched":[{"user","at_ms",
 /// "frame","id","reason"}],"pushes","elapsed_ms","own_ms","timeout_ms"(,"records")}],
 /// "summary":{"scenarios","passed","failed","inconclusive","pushes","unmatched"}}`.
@@ -208,8 +216,11 @@ pub fn json(
     outcomes: &[ProbeOutcome],
     trace: bool,
 ) -> Result<String, serde_json::Error> {
+    let clock = outcomes.first().map_or(Clock::Real, |o| o.clock);
     let doc = Json {
-        url,
+        url: (clock == Clock::Real).then_some(url),
+        app: (clock == Clock::Virtual).then_some(url),
+        clock,
         scenarios: outcomes
             .iter()
             .map(|o| JsonScenario {

@@ -412,13 +412,8 @@ fn protocol(
         None => Ok(None),
     };
     let events = match &raw.events {
+        // An empty list is a protocol whose chats are answered by their ack alone.
         Some(list) => {
-            if list.get_ref().is_empty() {
-                return Err(at.at(
-                    list,
-                    "`events` in [protocol] must name at least one event type, in run order".into(),
-                ));
-            }
             let mut out: Vec<String> = Vec::with_capacity(list.get_ref().len());
             for e in list.get_ref() {
                 if e.get_ref().trim().is_empty() {
@@ -1217,6 +1212,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_empty_event_list_is_a_protocol_answered_by_its_ack_alone() {
+        let scenario = parse(&[HEAD, "[protocol]", "events = []", "[[user]]", "id = \"a\""]);
+        assert_eq!(
+            scenario.expect("valid scenario").protocol.events,
+            [] as [String; 0]
+        );
+    }
+
     #[rstest]
     #[case::a_header("user_header = \"Authorization\"")]
     #[case::a_cookie("cookie = \"session={token}\"")]
@@ -1616,10 +1620,6 @@ mod tests {
     #[case::a_close_code_out_of_range_is_rejected_at_its_value(
         &[HEAD, "[protocol]", "close_codes = [1000, 99]", "[[user]]", "id = \"a\""], 3, 22,
         "must be an integer from 1000 to 4999, got 99"
-    )]
-    #[case::an_empty_event_list_is_rejected_at_its_value(
-        &[HEAD, "[protocol]", "events = []", "[[user]]", "id = \"a\""], 3, 10,
-        "must name at least one event type"
     )]
     #[case::a_duplicate_event_is_rejected_at_the_second(
         &[HEAD, "[protocol]", "events = [\"a\", \"b\", \"a\"]", "[[user]]", "id = \"a\""], 3, 21,
