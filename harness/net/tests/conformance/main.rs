@@ -1,20 +1,23 @@
-//! The conformance suite: every case of `conformance/cases.rs` runs against three arms, and the
-//! two models must agree with the real thing.
+//! The conformance suite: every case of `conformance/cases.rs` runs against four arms, and the
+//! two models and the in-process driver must agree with the real thing.
 //!
 //! - **fake**: `racegate_replay::transport::fake`, on a paused clock (virtual time);
 //! - **ws**: `racegate_net::WsSocket`, served by `racegate_net::serve_with` on loopback (the
 //!   listener, upgrade and shutdown code of `racegate serve`), in real time;
 //! - **uvicorn**: the reference app (`conformance/app.py`, real Starlette under uvicorn); a
-//!   process of its own, stopped by SIGTERM, for each server-shutdown case.
+//!   process of its own, stopped by SIGTERM, for each server-shutdown case;
+//! - **app**: the same reference app run in-process by `probe --app`'s driver, on its virtual
+//!   clock (`conformance/app.rs`).
 //!
 //! A shutdown case (`Case::shuts_down`) has no fake arm: the fake has no server to shut down.
 //!
 //! Each arm yields one [`Outcome`]: each app step's result (`ok`, `ok <value>`, or the exception
 //! Starlette raises, as `<class>: <text>` or `WebSocketDisconnect(<code>)`) and what the client
-//! saw (see `conformance/client.rs`). fake and ws are compared with uvicorn; a disagreement is
-//! allowed only where the deviations table of `docs/conformance.md` lists it. The last line
+//! saw (see `conformance/client.rs`). fake, ws and app are compared with uvicorn; a disagreement
+//! is allowed only where the deviations table of `docs/conformance.md` lists it. The last line
 //! printed (and `target/conformance-summary.txt`) is the summary `make conformance` ends with.
 
+mod app;
 mod cases;
 mod client;
 mod uvicorn;
@@ -32,6 +35,7 @@ use racegate_replay::transport::{ErrorKind, Inbound, ServerSocket, TransportErro
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use app::AppArm;
 use cases::{AppStep, CASES, Case, ClientOp};
 use client::RawClient;
 use uvicorn::Uvicorn;
@@ -255,6 +259,14 @@ fn run_fake(case: &Case) -> Outcome {
                         let _ = c.send_chat(&format!("c{sent}"), text);
                     }
                 }
+                ClientOp::SendTogether(texts) => {
+                    for text in texts {
+                        sent += 1;
+                        if let Some(c) = &client {
+                            let _ = c.send_chat(&format!("c{sent}"), text);
+                        }
+                    }
+                }
                 ClientOp::SendBig(n) => {
                     sent += 1;
                     if let Some(c) = &client {
@@ -313,7 +325,8 @@ fn run_fake(case: &Case) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real arms: one raw client, against WsSocket or the reference app.
+// The real arms: one raw client, against WsSocket or the reference app (the app arm plays the
+// same client's bytes through the driver: `conformance/app.rs`).
 
 /// What tells the server under test to shut down (a case's `ClientOp::Shutdown`).
 type Stop<'a> = Option<&'a (dyn Fn() + Sync)>;
@@ -576,7 +589,7 @@ enum Agreement {
 }
 
 #[test]
-fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn() {
+fn the_models_and_the_in_process_driver_behave_like_starlette_under_uvicorn() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -591,6 +604,21 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
         .map(|(_, body)| body)
         .unwrap_or_else(|e| e);
     println!("reference app: {versions}");
+    let mut app_arm = match AppArm::start() {
+        Ok(arm) => arm,
+        Err(e) => panic!("conformance: {e}"),
+    };
+    println!("app driver: {}", app_arm.loaded);
+    // Like with like: the driver must serve with the WebSocket implementation uvicorn picked.
+    let reference_ws = serde_json::from_str::<serde_json::Value>(&versions)
+        .ok()
+        .and_then(|v| v["ws_impl"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert!(
+        !reference_ws.is_empty() && app_arm.loaded.contains(&format!(".{reference_ws},")),
+        "conformance: the app driver serves with {} but the reference uvicorn with {versions}",
+        app_arm.loaded
+    );
     let listed = deviations();
     assert!(
         listed.len() <= 3,
@@ -608,10 +636,12 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
     let mut report = String::new();
     let mut failures = Vec::new();
     let mut stale = Vec::new();
-    let (mut fake_ok, mut ws_ok, mut deviating) = (0, 0, 0);
+    let (mut fake_ok, mut ws_ok, mut app_ok, mut deviating) = (0, 0, 0, 0);
     for case in CASES {
         // The fake has no server to shut down: a shutdown case has no fake arm.
         let fake = (!case.shuts_down()).then(|| run_fake(case));
+        // On its own, before the real-time arms: it adds no load while they run.
+        let app = app_arm.run(case, &format!("{run}-{}", case.name));
         let (ws, uv) = rt.block_on(async {
             if case.shuts_down() {
                 tokio::join!(run_ws(case), run_uvicorn_shutdown(case, &run))
@@ -624,7 +654,10 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
         if fake.is_none() {
             let _ = write!(row, " fake {:<10}", "n/a");
         }
-        let arms = fake.iter().map(|f| ("fake", f)).chain([("ws", &ws)]);
+        let arms = fake
+            .iter()
+            .map(|f| ("fake", f))
+            .chain([("ws", &ws), ("app", &app)]);
         for (arm, model) in arms {
             let why = is_listed(case.name, arm);
             let agreement = match (model.lines() == real, &why) {
@@ -643,10 +676,10 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
             };
             let _ = write!(row, " {arm} {mark:<10}");
             if agreement != Agreement::Differs {
-                if arm == "fake" {
-                    fake_ok += 1;
-                } else {
-                    ws_ok += 1;
+                match arm {
+                    "fake" => fake_ok += 1,
+                    "ws" => ws_ok += 1,
+                    _ => app_ok += 1,
                 }
             }
             if agreement == Agreement::Listed {
@@ -661,7 +694,7 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
             if agreement == Agreement::Differs {
                 let mut f = format!("\n{} [{arm} vs uvicorn]: {}\n", case.name, case.checks);
                 let all = fake.iter().map(|f| ("fake", f));
-                for (name, o) in all.chain([("ws", &ws), ("uvicorn", &uv)]) {
+                for (name, o) in all.chain([("ws", &ws), ("app", &app), ("uvicorn", &uv)]) {
                     let _ = writeln!(f, "  {name}:");
                     for l in o.lines() {
                         let _ = writeln!(f, "      {l}");
@@ -688,7 +721,7 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
     let shutdown = CASES.iter().filter(|c| c.shuts_down()).count();
     let with_fake = n - shutdown;
     let summary = format!(
-        "conformance: {n} cases, fake = uvicorn {fake_ok}/{with_fake} (the {shutdown} shutdown cases have no fake arm), ws = uvicorn {ws_ok}/{n}, deliberate deviations {deviating}"
+        "conformance: {n} cases, fake = uvicorn {fake_ok}/{with_fake} (the {shutdown} shutdown cases have no fake arm), ws = uvicorn {ws_ok}/{n}, app = uvicorn {app_ok}/{n}, deliberate deviations {deviating}"
     );
     let _ = std::fs::write(
         uvicorn::workspace().join("target/conformance-summary.txt"),
@@ -696,8 +729,12 @@ fn the_fake_and_the_real_socket_transports_behave_like_starlette_under_uvicorn()
     );
     if !failures.is_empty() || !stale.is_empty() {
         println!("reference app log:\n{}", server.log());
+        println!("app driver log:\n{}", app_arm.log());
     }
     drop(server);
+    if let Err(e) = app_arm.quit() {
+        println!("the app driver did not end cleanly: {e}");
+    }
     println!("{summary}");
     assert!(
         failures.is_empty() && stale.is_empty(),
