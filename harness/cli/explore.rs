@@ -10,16 +10,31 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use racegate_probe::app::AppTarget;
+use racegate_probe::app::explore::{self as app_explore, AppOutcome, Search};
 use racegate_replay::EndpointKind;
-use racegate_replay::explore::{self, Options, Outcome as Search, Shard, UserRange};
+use racegate_replay::explore::{self, Options, Outcome as Searched, Shard, UserRange};
+use racegate_replay::scenario;
 
+use crate::app::AppArgs;
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["endpoint", "app"])))]
 pub(crate) struct ExploreArgs {
     /// The endpoint to search for a violation.
     #[arg(long, value_enum)]
-    endpoint: Endpoint,
+    endpoint: Option<Endpoint>,
+    #[command(flatten)]
+    app: AppArgs,
+    /// With --app: vary this scenario's timings (client connects, chat times and closes, the
+    /// app's accept latency, the hooked phase times), keeping its users, chats and [protocol].
+    /// Without it, scenarios are drawn as for --endpoint.
+    #[arg(long, value_name = "FILE", requires = "app")]
+    scenario: Option<PathBuf>,
+    /// With --app: the budget of one case from its first connect, as probe's --timeout-ms.
+    #[arg(long, value_name = "MS", requires = "app")]
+    timeout_ms: Option<u64>,
     /// Random cases in the whole campaign (every shard together).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     cases: u64,
@@ -61,8 +76,14 @@ impl From<Endpoint> for EndpointKind {
 }
 
 pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
+    if let Some(app) = args.app.target()? {
+        return explore_app(&args, &app);
+    }
+    let Some(endpoint) = args.endpoint else {
+        anyhow::bail!("give --endpoint or --app");
+    };
     let options = Options {
-        endpoint: args.endpoint.into(),
+        endpoint: endpoint.into(),
         cases: args.cases,
         seed: args.seed,
         users: args.users,
@@ -82,7 +103,7 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
         options.endpoint, options.seed, options.users, options.shard
     );
     match result? {
-        Search::Held(s) => {
+        Searched::Held(s) => {
             let text = format!(
                 "{what}: no violation in {} cases; {:.0} cases/s, {} replays, {} distinct \
                  interleavings, {:.2} s\n",
@@ -95,7 +116,7 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
             emit(None, &text)?;
             Ok(Outcome::Pass)
         }
-        Search::Found(found) => {
+        Searched::Found(found) => {
             let users = found.scenario.users.len();
             let messages: usize = found
                 .scenario
@@ -130,6 +151,110 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
                 eprintln!(
                     "wrote {0}; replay it with: racegate run {0}",
                     path.display()
+                );
+            }
+            Ok(Outcome::Fail)
+        }
+    }
+}
+
+/// `explore --app`: the same search against the app, each worker a driver of its own.
+fn explore_app(args: &ExploreArgs, app: &AppTarget) -> anyhow::Result<Outcome> {
+    let scenario = match &args.scenario {
+        Some(path) => {
+            let s = scenario::load(path)?;
+            crate::app::check_fail_at(app, std::slice::from_ref(&s))?;
+            Some(s)
+        }
+        None => None,
+    };
+    if args.timeout_ms == Some(0) {
+        anyhow::bail!("--timeout-ms must be at least 1");
+    }
+    let search = Search {
+        cases: args.cases,
+        seed: args.seed,
+        shard: args.shard,
+        scenario,
+        users: args.users,
+    };
+    let options = racegate_probe::Options {
+        timeout_ms: args.timeout_ms,
+        ..Default::default()
+    };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let total = search.shard.len(search.cases);
+    let mut progress = Progress::new(total);
+    let start = Instant::now();
+    let result = app_explore::explore_app(app, &search, &options, jobs, &mut |done| {
+        progress.update(done)
+    });
+    let elapsed = start.elapsed();
+    progress.finish();
+    let mut command = format!(
+        "racegate explore {} --cases {} --seed {}",
+        app.flags(),
+        search.cases,
+        search.seed
+    );
+    match &args.scenario {
+        Some(path) => command.push_str(&format!(" --scenario {}", path.display())),
+        None => command.push_str(&format!(" --users {}", search.users)),
+    }
+    if search.shard != Shard::WHOLE {
+        command.push_str(&format!(" --shard {}", search.shard));
+    }
+    let what = format!(
+        "{} (seed {}, shard {})",
+        app.describe(),
+        search.seed,
+        search.shard
+    );
+    match result? {
+        AppOutcome::Held(s) => {
+            let text = format!(
+                "{what}: no violation in {} cases; {:.0} cases/s, {} runs, {} distinct \
+                 interleavings, {:.2} s\n",
+                s.cases,
+                rate(s.cases, elapsed),
+                s.replays,
+                s.interleavings,
+                elapsed.as_secs_f64()
+            );
+            emit(None, &text)?;
+            Ok(Outcome::Pass)
+        }
+        AppOutcome::Found(found) => {
+            let chats: usize = found.scenario.users.iter().map(|u| u.sends.len()).sum();
+            eprintln!(
+                "{what}: case {} violates {}; shrunk in {} runs to {} user(s) and {chats} chat(s)",
+                found.case,
+                found.invariant,
+                found.shrink_runs,
+                found.scenario.users.len()
+            );
+            if let Some(v) = found
+                .violations
+                .iter()
+                .find(|v| v.invariant == found.invariant)
+            {
+                eprintln!("  {v}");
+            }
+            eprintln!(
+                "first counterexample after {:.3} s ({} cases, {} runs, {:.0} cases/s)",
+                elapsed.as_secs_f64(),
+                found.summary.cases,
+                found.summary.replays,
+                rate(found.summary.cases, elapsed)
+            );
+            emit(args.out.as_ref(), &found.to_toml(&search, app, &command))?;
+            if let Some(path) = &args.out {
+                eprintln!(
+                    "wrote {0}; reproduce it with: racegate probe {1} --scenario {0}",
+                    path.display(),
+                    app.flags()
                 );
             }
             Ok(Outcome::Fail)

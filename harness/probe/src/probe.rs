@@ -313,9 +313,24 @@ pub(crate) fn conclude(
 ) -> ProbeOutcome {
     let reading = check::Reading::new(scenario, &records);
     let judgement = reading.judge();
-    let inconclusive = reading
-        .inconclusive()
-        .or_else(|| reading.unanswered(&judgement));
+    // What the app's own side showed (`--app`) is a finding however little the clients got to
+    // do: an exception that escaped, a forbidden use of the socket, work left behind.
+    let app_side = records.iter().any(|r| {
+        matches!(
+            r.seen,
+            Seen::AppMisuse { .. }
+                | Seen::AppRaised { .. }
+                | Seen::AppHandlerPending { .. }
+                | Seen::AppTaskPending { .. }
+        )
+    });
+    let inconclusive = if app_side {
+        None
+    } else {
+        reading
+            .inconclusive()
+            .or_else(|| reading.unanswered(&judgement))
+    };
     let pushes = reading.pushes();
     let Judgement {
         violations,

@@ -72,12 +72,7 @@ impl AppArm {
     fn driver(&mut self) -> Result<&mut Driver, String> {
         if self.driver.is_none() {
             let python = uvicorn::python()?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log)
-                .map_err(|e| format!("{}: {e}", self.log.display()))?;
-            let driver = Driver::start(&python, &load(), Some(log))
+            let driver = Driver::start(&python, &load(), Some(&self.log))
                 .map_err(|e| format!("cannot start the app driver: {e}"))?;
             let l = &driver.loaded;
             self.loaded = format!(

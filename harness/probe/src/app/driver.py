@@ -27,11 +27,13 @@ library); nothing else. Its stdout is racegate's: the app's prints go to stderr.
 import asyncio
 import base64
 import contextvars
+import gc
 import importlib
 import json
 import logging
 import os
 import random
+import select
 import selectors
 import sys
 import traceback
@@ -48,10 +50,13 @@ _proto_out = None
 
 
 def send(obj):
-    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    write_all(_proto_out, (json.dumps(obj, separators=(",", ":")) + "\n").encode())
+
+
+def write_all(fd, data):
     view = memoryview(data)
     while view:
-        n = os.write(_proto_out, view)
+        n = os.write(fd, view)
         view = view[n:]
 
 
@@ -61,6 +66,9 @@ class LineReader:
     def __init__(self, fd):
         self.fd = fd
         self.buf = b""
+
+    def has_line(self):
+        return b"\n" in self.buf
 
     def line(self):
         while b"\n" not in self.buf:
@@ -181,16 +189,24 @@ def hold_clock_for_anyio_threads(loop):
 # The network: one in-memory transport per client connection
 
 
+EOF = object()
+
+
 class MemoryTransport(asyncio.Transport):
-    """The server's end of one connection. What the server writes goes to racegate's client; what
-    the client sends is delivered through the loop, held while the protocol paused reading."""
+    """The server's end of one connection. What the server writes goes to racegate's client;
+    what the client sends, and the end of its connection, are delivered through the loop in
+    order, and held while the protocol has paused reading, as a socket transport's are."""
 
     def __init__(self, case, conn):
         super().__init__()
         self.case = case
         self.conn = conn
         self.protocol = None
+        # The server closed its end: nothing more is written or read.
         self.closing = False
+        # The client's TCP connection ended; the server has not necessarily read that yet.
+        self.gone = False
+        self.writes_after_gone = 0
         self.lost = False
         self.paused = False
         self.held = []
@@ -212,7 +228,15 @@ class MemoryTransport(asyncio.Transport):
 
     def write(self, data):
         # A closed socket transport drops what is written after close, as asyncio's does.
-        if self.closing or not data:
+        if self.closing or self.lost or not data:
+            return
+        if self.gone:
+            # The peer has gone: the first write still leaves (the kernel takes it, the peer
+            # answers with a reset), the next one fails, and the transport is lost.
+            self.writes_after_gone += 1
+            if self.writes_after_gone == 2:
+                self.closing = True
+                self.case.loop.call_soon(self._lose, ConnectionResetError("peer gone"))
             return
         self.case.output(self.conn, bytes(data))
 
@@ -235,7 +259,8 @@ class MemoryTransport(asyncio.Transport):
         if self.closing:
             return
         self.closing = True
-        self.case.output(self.conn, None)
+        if not self.gone:
+            self.case.output(self.conn, None)
         self.case.loop.call_soon(self._lose, None)
 
     def abort(self):
@@ -252,32 +277,35 @@ class MemoryTransport(asyncio.Transport):
             return
         self.paused = False
         held, self.held = self.held, []
-        for data in held:
-            self.case.loop.call_soon(self._deliver, data)
+        for item in held:
+            self.case.loop.call_soon(self._deliver, item)
 
     def receive(self, data):
         """Bytes from the client, delivered in the loop like a socket's."""
-        self.case.loop.call_soon(self._deliver, data)
-
-    def _deliver(self, data):
-        if self.closing:
-            return
-        if self.paused:
-            self.held.append(data)
-            return
-        self.protocol.data_received(data)
+        if not self.gone:
+            self.case.loop.call_soon(self._deliver, data)
 
     def client_gone(self):
-        """The client's TCP connection ended (after its close handshake, or a drop)."""
-        if self.closing:
+        """The client's TCP connection ended (after its close handshake, or a drop): read after
+        whatever it sent before, when reading is not paused."""
+        if self.gone:
             return
-        self.closing = True
-        self.case.loop.call_soon(self._eof)
+        self.gone = True
+        self.case.loop.call_soon(self._deliver, EOF)
 
-    def _eof(self):
-        keep_open = self.protocol.eof_received()
-        if not keep_open:
-            self._lose(None)
+    def _deliver(self, item):
+        if self.closing or self.lost:
+            return
+        if self.paused:
+            self.held.append(item)
+            return
+        if item is EOF:
+            keep_open = self.protocol.eof_received()
+            if not keep_open:
+                self.closing = True
+                self._lose(None)
+        else:
+            self.protocol.data_received(item)
 
     def _lose(self, exc):
         if self.lost:
@@ -651,12 +679,18 @@ class Driver:
         asyncio.set_event_loop(self.loop)
         self.case = None
         self.config = None
+        self.spare = None
+        # Cases running or just finished, by their watch pipe, and those exiting.
+        self.active = {}
+        self.exited = []
+        self.scratch_log = False
         self.errors = UvicornErrors()
 
     def is_client_disconnected(self, exc):
         return type(exc).__name__ == "ClientDisconnected"
 
     def load(self, msg):
+        self.scratch_log = msg.get("scratch_log", False)
         sys.path.insert(0, os.path.abspath(msg["app_dir"]))
         try:
             import uvicorn
@@ -719,7 +753,8 @@ class Driver:
             why = why or "the app's startup failed"
             raise Fail("startup", f"--app {msg['app']}: lifespan startup failed: {why}")
         self.app_state = self.lifespan.state
-        check_route(config, msg["path"])
+        routes = check_route(config, msg["path"])
+        warm_static_caches(routes)
         ws = config.ws_protocol_class
         http = config.http_protocol_class
         send(
@@ -733,36 +768,112 @@ class Driver:
         )
 
     def run_case(self, msg, commands):
+        """One case in a process of its own: the spare forked while the last case ran gets the
+        case, and a new spare is forked while this one runs. The parent does not wait for it:
+        the case says when it is done, and the parent watches it only to report a crash."""
+        if self.spare is None:
+            self.spare = self.prefork(commands)
+        pid, handoff, watch = self.spare
+        if self.scratch_log:
+            # Without --app-log only the last case's output is wanted, to explain a failure.
+            os.ftruncate(2, 0)
+        write_all(handoff, (json.dumps(msg) + "\n").encode())
+        os.close(handoff)
+        self.active[watch] = pid
+        self.spare = self.prefork(commands)
+
+    def prefork(self, commands):
+        """A child forked from the started app that waits, on a pipe of its own, for the case it
+        is to serve; it reads nothing of racegate's until then. A second pipe tells the parent
+        how it ended: a byte before it exits on its own, nothing if it died."""
+        handoff_r, handoff_w = os.pipe()
+        watch_r, watch_w = os.pipe()
+        # Everything the parent holds stays where it is: a collection in the child would walk
+        # (and copy, page by page) the whole imported app for garbage a short case never makes.
+        gc.freeze()
         pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                self.loop.fresh_after_fork()
-                random.seed(msg.get("seed", 0))
-                self.case = Case(self, msg)
-                send({"ev": "ready"})
-                while True:
-                    cmd = commands.line()
-                    if cmd is None:
-                        break
-                    if cmd["op"] == "advance":
-                        self.case.advance(cmd)
-                    elif cmd["op"] == "finish":
-                        self.case.finish(cmd)
-                        break
-            except Fail as fail:
-                send({"ev": "error", "kind": fail.kind, "message": fail.message, **fail.extra})
-                code = 3
-            except BaseException:
-                send({"ev": "error", "kind": "driver", "message": traceback.format_exc()})
-                code = 4
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
+        if pid != 0:
+            os.close(handoff_r)
+            os.close(watch_w)
+            return pid, handoff_w, watch_r
+        os.close(handoff_w)
+        os.close(watch_r)
+        code = 0
+        try:
+            gc.disable()
+            msg = LineReader(handoff_r).line()
+            os.close(handoff_r)
+            if msg is None:
+                # The driver is quitting: this spare is not needed.
+                os._exit(0)
+            self.loop.fresh_after_fork()
+            random.seed(msg.get("seed", 0))
+            self.case = Case(self, msg)
+            send({"ev": "ready"})
+            while True:
+                cmd = commands.line()
+                if cmd is None:
+                    break
+                if cmd["op"] == "advance":
+                    self.case.advance(cmd)
+                elif cmd["op"] == "finish":
+                    self.case.finish(cmd)
+                    break
+        except Fail as fail:
+            send({"ev": "error", "kind": fail.kind, "message": fail.message, **fail.extra})
+            code = 3
+        except BaseException:
+            send({"ev": "error", "kind": "driver", "message": traceback.format_exc()})
+            code = 4
+        finally:
+            sys.stderr.flush()
+            os.write(watch_w, b"k")
+            os._exit(code)
+
+    def wait_command(self, commands):
+        """Waits for racegate's next command. While a case runs, racegate's commands are the
+        case's to read: the parent first waits for the case to say it is done (a byte on its
+        watch pipe, written before it exits; nothing if it died, which is reported at once)."""
+        while self.active:
+            ready, _, _ = select.select(list(self.active), [], [])
+            for fd in ready:
+                self.case_ended(fd)
+        self.reap()
+        return commands.line()
+
+    def case_ended(self, watch):
+        pid = self.active.pop(watch)
+        said = os.read(watch, 1)
+        os.close(watch)
+        if said:
+            self.exited.append(pid)
+            return
         _, status = os.waitpid(pid, 0)
-        send({"ev": "reaped", "status": os.waitstatus_to_exitcode(status)})
+        send({"ev": "crashed", "status": os.waitstatus_to_exitcode(status)})
+
+    def reap(self):
+        """Collects the cases that have exited by now, without waiting for the rest."""
+        still = []
+        for pid in self.exited:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                still.append(pid)
+        self.exited = still
 
     def quit(self):
+        if self.spare is not None:
+            pid, handoff, watch = self.spare
+            os.close(handoff)
+            os.waitpid(pid, 0)
+            os.close(watch)
+            self.spare = None
+        for watch, pid in self.active.items():
+            os.close(watch)
+            self.exited.append(pid)
+        self.active = {}
+        for pid in self.exited:
+            os.waitpid(pid, 0)
+        self.exited = []
         if self.config is not None:
             self.loop.run_until_complete(self.lifespan.shutdown())
 
@@ -793,13 +904,31 @@ def where(exc):
     return f" ({tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
 
 
+def warm_static_caches(routes):
+    """Fills, once in the parent, what FastAPI caches lazily per endpoint and never changes:
+    where each endpoint's source is (it reads and tokenizes the file the first time). Every
+    forked case would otherwise pay for it again; no state of the app is touched."""
+    fastapi_routing = sys.modules.get("fastapi.routing")
+    extract = getattr(fastapi_routing, "_extract_endpoint_context", None)
+    if extract is None:
+        return
+    for route in routes:
+        call = getattr(getattr(route, "dependant", None), "call", None)
+        if call is not None:
+            try:
+                extract(call)
+            except Exception:
+                pass
+
+
 def check_route(config, path):
     """A `--path` no WebSocket route of a Starlette (or FastAPI) app matches is bad input, not a
-    refusal to judge: said now, with the routes there are. Other apps are not looked into."""
+    refusal to judge: said now, with the routes there are. Other apps are not looked into.
+    Returns the WebSocket routes found."""
     try:
         from starlette.routing import Match, Mount, WebSocketRoute
     except ImportError:
-        return
+        return []
     app = config.loaded_app.app
     seen = set()
     while not hasattr(app, "router") and hasattr(app, "app") and id(app) not in seen:
@@ -807,16 +936,18 @@ def check_route(config, path):
         app = app.app
     router = getattr(app, "router", None)
     if router is None or not hasattr(router, "routes"):
-        return
+        return []
     raw_path = path.partition("?")[0]
     scope = {"type": "websocket", "path": raw_path, "root_path": "", "headers": []}
     found = []
+    seen_routes = []
 
     def walk(routes, scope, prefix):
         for route in routes:
             match, child = route.matches(scope)
             if isinstance(route, WebSocketRoute):
                 found.append(prefix + route.path)
+                seen_routes.append(route)
                 if match == Match.FULL:
                     return True
             elif isinstance(route, Mount) and match == Match.FULL:
@@ -832,6 +963,7 @@ def check_route(config, path):
             f"--path {path}: no WebSocket route of the app matches it (its WebSocket routes: "
             f"{routes})",
         )
+    return seen_routes
 
 
 def main():
@@ -847,7 +979,7 @@ def main():
     commands = LineReader(_proto_in)
     driver = Driver()
     while True:
-        msg = commands.line()
+        msg = driver.wait_command(commands)
         if msg is None or msg["op"] == "quit":
             try:
                 driver.quit()

@@ -6,14 +6,14 @@
 //! not answer within [`STEP_GUARD`] (the app blocked its event loop: a CPU loop, blocking I/O
 //! outside a thread) is killed and reported, never waited for forever.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -29,8 +29,8 @@ pub const DRIVER_PY: &str = include_str!("driver.py");
 /// The longest one step may take in real time before the driver is called stuck.
 pub const STEP_GUARD: Duration = Duration::from_secs(30);
 
-/// How much of the driver's standard error is kept to explain a failure.
-const STDERR_KEPT: usize = 16 * 1024;
+/// How much of the end of the app's output an error message looks at.
+const STDERR_KEPT: u64 = 16 * 1024;
 
 /// How the app is loaded: uvicorn's flags of the same names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +146,8 @@ pub struct Step {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Ask<'a> {
     Load {
+        /// Each case starts the log afresh (no `--app-log`: only the last case explains).
+        scratch_log: bool,
         app: &'a str,
         factory: bool,
         app_dir: String,
@@ -209,7 +211,8 @@ enum Answer {
         now_us: u64,
         facts: Vec<Fact>,
     },
-    Reaped {
+    /// The case's process ended before it said it was done: the app exited or crashed.
+    Crashed {
         status: i32,
     },
     Error {
@@ -223,8 +226,11 @@ enum Answer {
 pub struct Driver {
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Receiver<std::io::Result<String>>,
-    stderr: Arc<Mutex<VecDeque<u8>>>,
+    lines: BufReader<ChildStdout>,
+    watchdog: Watchdog,
+    /// Where the driver's and the app's stdout and stderr go: a file, not a pipe, so an app
+    /// that logs a lot costs no wake-ups here and can never block on a full pipe.
+    log: AppLog,
     python: PathBuf,
     /// What it runs.
     pub loaded: Loaded,
@@ -253,12 +259,14 @@ pub fn python(given: Option<&Path>) -> PathBuf {
 impl Driver {
     /// Starts the driver with `python`, loads the app and runs its startup. `log`, if given,
     /// receives everything the app writes to stdout and stderr.
-    pub fn start(
-        python: &Path,
-        load: &Load,
-        log: Option<std::fs::File>,
-    ) -> Result<Driver, AppError> {
-        let mut child = Command::new(python)
+    pub fn start(python: &Path, load: &Load, log: Option<&Path>) -> Result<Driver, AppError> {
+        let log = AppLog::open(log)?;
+        let mut command = Command::new(python);
+        // Its own process group: the driver and every case it forked go together, whatever
+        // state they are in (std::process::Child::kill would leave a forked case behind).
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
             .arg("-c")
             .arg(DRIVER_PY)
             // The same scenario gives the same history: str and bytes hash the same every run.
@@ -267,7 +275,9 @@ impl Driver {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(log.file.try_clone().map_err(|e| {
+                AppError::Driver(format!("the app's log {}: {e}", log.path.display()))
+            })?))
             .spawn()
             .map_err(|e| AppError::NoPython {
                 python: python.to_path_buf(),
@@ -278,54 +288,14 @@ impl Driver {
             .stdout
             .take()
             .ok_or_else(|| AppError::Driver("no stdout".into()))?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| AppError::Driver("no stderr".into()))?;
-        let (tx, lines) = channel();
-        thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        if tx.send(Ok(line)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-        let kept = Arc::new(Mutex::new(VecDeque::new()));
-        let sink = Arc::clone(&kept);
-        // Drained always: an app that logs a lot must never block on a full pipe.
-        thread::spawn(move || {
-            let mut stderr = stderr;
-            let mut log = log;
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                if let Some(file) = log.as_mut() {
-                    let _ = file.write_all(&buf[..n]);
-                }
-                let mut kept = sink.lock().unwrap_or_else(|p| p.into_inner());
-                kept.extend(&buf[..n]);
-                let excess = kept.len().saturating_sub(STDERR_KEPT);
-                kept.drain(..excess);
-            }
-        });
+        let lines = BufReader::new(stdout);
+        let watchdog = Watchdog::start(child.id());
         let mut driver = Driver {
             child,
             stdin,
             lines,
-            stderr: kept,
+            watchdog,
+            log,
             python: python.to_path_buf(),
             loaded: Loaded {
                 ws: String::new(),
@@ -339,7 +309,9 @@ impl Driver {
             Some(h) => h.to_json(),
             None => serde_json::Value::Null,
         };
+        let scratch = driver.log.scratch;
         driver.ask(&Ask::Load {
+            scratch_log: scratch,
             app: &load.app,
             factory: load.factory,
             app_dir: load.app_dir.display().to_string(),
@@ -416,27 +388,15 @@ impl Driver {
             until_us,
             inputs: inputs.iter().map(input_json).collect(),
         })?;
-        let step = match self.answer()? {
-            Answer::Finished { now_us, facts } => Step {
+        // The case's process exits on its own; the driver reports it only if it crashed.
+        self.in_case = false;
+        match self.answer()? {
+            Answer::Finished { now_us, facts } => Ok(Step {
                 now_us,
                 out: Vec::new(),
                 facts,
-            },
-            other => return Err(self.unexpected(other, "the case to finish")),
-        };
-        self.reap()?;
-        Ok(step)
-    }
-
-    fn reap(&mut self) -> Result<(), AppError> {
-        self.in_case = false;
-        match self.answer()? {
-            Answer::Reaped { status: 0 } => Ok(()),
-            Answer::Reaped { status } => Err(AppError::Driver(format!(
-                "the case's process ended with status {status}{}",
-                self.stderr_tail()
-            ))),
-            other => Err(self.unexpected(other, "the case's process to end")),
+            }),
+            other => Err(self.unexpected(other, "the case to finish")),
         }
     }
 
@@ -464,30 +424,41 @@ impl Driver {
     }
 
     fn answer(&mut self) -> Result<Answer, AppError> {
-        let line = match self.lines.recv_timeout(STEP_GUARD) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(AppError::Driver(format!("reading the driver: {e}"))),
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                return Err(AppError::Blocked {
-                    seconds: STEP_GUARD.as_secs(),
-                    stderr: self.stderr_tail(),
-                });
-            }
-            Err(RecvTimeoutError::Disconnected) => return Err(self.died("")),
-        };
+        let mut line = String::new();
+        self.watchdog.arm(STEP_GUARD);
+        let read = self.lines.read_line(&mut line);
+        self.watchdog.disarm();
+        if self.watchdog.fired() {
+            return Err(AppError::Blocked {
+                seconds: STEP_GUARD.as_secs(),
+                stderr: self.stderr_tail(),
+            });
+        }
+        match read {
+            Ok(0) => return Err(self.died("")),
+            Ok(_) => {}
+            Err(e) => return Err(AppError::Driver(format!("reading the driver: {e}"))),
+        }
         let answer: Answer = serde_json::from_str(&line).map_err(|e| {
             AppError::Driver(format!(
                 "an answer racegate cannot read ({e}): {}",
                 line.trim()
             ))
         })?;
-        if let Answer::Error { kind, message } = answer {
-            if self.in_case {
-                // The forked case reported and exited; its parent says so next.
-                let _ = self.reap();
+        match answer {
+            Answer::Error { kind, message } => {
+                self.in_case = false;
+                return Err(AppError::from_driver(&kind, message, self.stderr_tail()));
             }
-            return Err(AppError::from_driver(&kind, message, self.stderr_tail()));
+            Answer::Crashed { status } => {
+                self.in_case = false;
+                return Err(AppError::Driver(format!(
+                    "the app's process for this scenario ended (status {status}) before the \
+                     scenario did: did the app exit (os._exit) or crash?{}",
+                    self.stderr_tail()
+                )));
+            }
+            _ => {}
         }
         Ok(answer)
     }
@@ -498,7 +469,7 @@ impl Driver {
             Answer::Ready => "ready",
             Answer::Step { .. } => "step",
             Answer::Finished { .. } => "finished",
-            Answer::Reaped { .. } => "reaped",
+            Answer::Crashed { .. } => "crashed",
             Answer::Error { .. } => "error",
             Answer::Bye => "bye",
         };
@@ -526,43 +497,166 @@ impl Driver {
         AppError::Driver(format!("the driver process ended ({status}) {when}{tail}"))
     }
 
-    /// The end of what the driver and the app wrote to stderr, for an error message.
+    /// The end of what the driver and the app wrote, for an error message.
     fn stderr_tail(&self) -> String {
-        // Give the drain thread a moment to catch the last lines of a process that just ended.
-        thread::sleep(Duration::from_millis(20));
-        let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.is_empty() {
+        let text = self.log.tail();
+        if text.trim().is_empty() {
             return String::new();
         }
-        let text = String::from_utf8_lossy(kept.make_contiguous_copy().as_slice()).into_owned();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(12)..];
         format!(
-            "\n  the app's stderr ended with:\n    {}",
+            "\n  the app's output ended with:\n    {}",
             tail.join("\n    ")
         )
     }
 }
 
+/// The file the driver's and the app's output go to: `--app-log`'s, kept whole, or a scratch
+/// file of racegate's, started afresh for each case and removed at the end.
+struct AppLog {
+    file: std::fs::File,
+    path: PathBuf,
+    scratch: bool,
+}
+
+impl AppLog {
+    fn open(given: Option<&Path>) -> Result<AppLog, AppError> {
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let (path, scratch) = match given {
+            Some(p) => (p.to_path_buf(), false),
+            None => (
+                std::env::temp_dir().join(format!(
+                    "racegate-app-{}-{}.log",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                )),
+                true,
+            ),
+        };
+        // Appending: the driver and each case it forks share the file, and a case's start
+        // truncates a scratch log to nothing.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| AppError::App(format!("--app-log {}: {e}", path.display())))?;
+        if !scratch {
+            file.set_len(0)
+                .map_err(|e| AppError::App(format!("--app-log {}: {e}", path.display())))?;
+        }
+        Ok(AppLog {
+            file,
+            path,
+            scratch,
+        })
+    }
+
+    /// The last [`STDERR_KEPT`] bytes, from a line start.
+    fn tail(&self) -> String {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return String::new();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(STDERR_KEPT)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match (len > STDERR_KEPT, text.split_once('\n')) {
+            (true, Some((_, rest))) => rest.to_string(),
+            _ => text,
+        }
+    }
+}
+
+impl Drop for AppLog {
+    fn drop(&mut self) {
+        if self.scratch {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Normally gone by now (`quit`); after an error it is stopped here, never left behind.
+        // Normally gone by now (`quit`); after an error it is stopped here with any case it
+        // forked, never left behind.
         if matches!(self.child.try_wait(), Ok(None)) {
+            kill_group(self.child.id());
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
 }
 
-trait ContiguousCopy {
-    fn make_contiguous_copy(&self) -> Vec<u8>;
-}
-
-impl ContiguousCopy for VecDeque<u8> {
-    fn make_contiguous_copy(&self) -> Vec<u8> {
-        self.iter().copied().collect()
+/// Kills the driver's process group: the driver and every case it forked.
+fn kill_group(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a negative pid signals that process group; it touches no memory.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
     }
 }
+
+/// Stops a driver that does not answer within its bound: a thread that kills the driver's
+/// process group once an armed deadline passes, which ends the blocked read with EOF.
+struct Watchdog {
+    deadline: Arc<Mutex<Option<Instant>>>,
+    fired: Arc<AtomicBool>,
+    stop: Option<Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32) -> Watchdog {
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = channel::<()>();
+        let (d, f) = (Arc::clone(&deadline), Arc::clone(&fired));
+        thread::spawn(move || {
+            // Real time on purpose: the guard is against an app that stopped the virtual clock.
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(WATCH_EVERY) {
+                let due = *d.lock().unwrap_or_else(|p| p.into_inner());
+                if due.is_some_and(|t| Instant::now() >= t) {
+                    f.store(true, Ordering::SeqCst);
+                    kill_group(pid);
+                    return;
+                }
+            }
+        });
+        Watchdog {
+            deadline,
+            fired,
+            stop: Some(stop),
+        }
+    }
+
+    fn arm(&self, within: Duration) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + within);
+    }
+
+    fn disarm(&self) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Dropping the sender ends the thread's wait at once.
+        self.stop.take();
+    }
+}
+
+/// How often the watchdog looks at its deadline.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 fn input_json(input: &Input) -> serde_json::Value {
     use serde_json::json;

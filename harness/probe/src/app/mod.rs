@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod driver;
+pub mod explore;
 pub mod hooks;
 
 use std::path::PathBuf;
@@ -163,9 +164,33 @@ impl AppTarget {
         format!("app {}{factory} {}", self.load.app, self.load.path)
     }
 
+    /// The flags that run this app again (`racegate probe FLAGS`), for a found scenario's
+    /// comment.
+    pub fn flags(&self) -> String {
+        let l = &self.load;
+        let mut out = format!("--app {}", l.app);
+        if l.factory {
+            out.push_str(" --factory");
+        }
+        if l.app_dir != std::path::Path::new(".") {
+            out.push_str(&format!(" --app-dir {}", l.app_dir.display()));
+        }
+        out.push_str(&format!(" --path {}", l.path));
+        if let Some(h) = &l.hooks {
+            out.push_str(&format!(" --hooks {}", h.file.display()));
+        }
+        if l.ws != "auto" {
+            out.push_str(&format!(" --ws {}", l.ws));
+        }
+        if l.lifespan != "auto" {
+            out.push_str(&format!(" --lifespan {}", l.lifespan));
+        }
+        out
+    }
+
     /// The URL each upgrade request is built from: the path on an address the in-memory
     /// server answers to.
-    fn url(&self) -> Result<Target, ProbeError> {
+    pub(crate) fn url(&self) -> Result<Target, ProbeError> {
         let path = if self.load.path.starts_with('/') {
             self.load.path.clone()
         } else {
@@ -182,14 +207,7 @@ impl AppTarget {
 
     /// Starts the driver: the app imported, hooked and started.
     pub fn start(&self) -> Result<Driver, ProbeError> {
-        let log = match &self.log {
-            Some(path) => Some(
-                std::fs::File::create(path)
-                    .map_err(|e| AppError::App(format!("--app-log {}: {e}", path.display())))?,
-            ),
-            None => None,
-        };
-        Driver::start(&self.python, &self.load, log)
+        Driver::start(&self.python, &self.load, self.log.as_deref())
             .map_err(|e| e.at_hook(self.load.hooks.as_ref()).into())
     }
 }

@@ -46,7 +46,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indexmap::IndexMap;
-use proptest::strategy::{Strategy, ValueTree};
+use proptest::strategy::{BoxedStrategy, Strategy, ValueTree};
 use proptest::test_runner::{
     Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner, noop_result_cache,
 };
@@ -58,7 +58,7 @@ use crate::runner::{RunError, replay};
 use crate::scenario::{self, Scenario, Verdict};
 use crate::trace::{EventKind, TraceEvent};
 
-pub use space::{LONG_MS, MAX_USERS, UserRange, UserRangeError, scenarios};
+pub use space::{LONG_MS, MAX_USERS, UserRange, UserRangeError, scenarios, variations};
 
 /// The most replays spent shrinking one counterexample. Shrinking takes a few hundred in
 /// practice; the bound only stops a pathological case from running for minutes.
@@ -280,6 +280,9 @@ pub enum ExploreError {
     /// A replay could not run.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The subject the search runs against (an app) could not run a case.
+    #[error("{0}")]
+    Subject(String),
     /// The strategy could not produce a case (a bug in the search space).
     #[error("case {case}: the search space produced no scenario: {reason}")]
     Strategy {
@@ -357,21 +360,121 @@ pub fn explore_jobs(
     jobs: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Outcome, ExploreError> {
+    let plan = Plan {
+        cases: options.cases,
+        seed: options.seed,
+        shard: options.shard,
+        strategy: &|| scenarios(options.users),
+    };
+    let endpoint = options.endpoint;
+    let mut subjects: Vec<EndpointSubject> = (0..jobs.max(1))
+        .map(|_| EndpointSubject(endpoint))
+        .collect();
+    match search(&plan, &mut subjects, progress)? {
+        Searched::Held(summary) => Ok(Outcome::Held(summary)),
+        Searched::Failed(failure) => {
+            let found = confirm(options, *failure)?;
+            Ok(Outcome::Found(Box::new(found)))
+        }
+    }
+}
+
+/// What a search runs each case against: racegate's own endpoints in virtual-time replay, or
+/// (`racegate explore --app`) a team's app. One per worker; each runs its cases one at a time.
+pub trait Subject: Send {
+    /// Runs `scenario`: its violations, sorted by time, and its interleaving's signature. An
+    /// error ends the search (it is not a verdict).
+    fn run(&mut self, scenario: &Scenario) -> Result<Ran, ExploreError>;
+}
+
+/// One case as a [`Subject`] ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// Every violation, sorted by time.
+    pub violations: Vec<Violation>,
+    /// The interleaving (see [`signature`]), for the count of distinct ones.
+    pub signature: u64,
+}
+
+/// racegate's endpoint `0`, replayed in virtual time.
+pub struct EndpointSubject(pub EndpointKind);
+
+impl Subject for EndpointSubject {
+    fn run(&mut self, scenario: &Scenario) -> Result<Ran, ExploreError> {
+        let outcome = replay(scenario, self.0)?;
+        Ok(Ran {
+            signature: signature(&outcome.trace),
+            violations: outcome.violations,
+        })
+    }
+}
+
+/// What to search, whatever the subject: the cases, their seed and shard, and where they are
+/// drawn from (a strategy is made per worker: proptest's are not shared across threads).
+pub struct Plan<'a> {
+    /// Cases in the whole campaign (every shard together).
+    pub cases: u64,
+    /// Chooses the cases.
+    pub seed: u64,
+    /// Which slice of them this run covers.
+    pub shard: Shard,
+    /// Makes the strategy the cases are drawn from.
+    pub strategy: &'a (dyn Fn() -> BoxedStrategy<Scenario> + Sync),
+}
+
+/// How a search ended.
+#[derive(Debug, Clone)]
+pub enum Searched {
+    /// No case broke an invariant.
+    Held(Summary),
+    /// The lowest failing case, shrunk.
+    Failed(Box<Failure>),
+}
+
+/// The lowest failing case of a search, shrunk to the smallest scenario that still breaks the
+/// same invariant.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Its index.
+    pub case: u64,
+    /// The invariant the random case broke first, which shrinking kept broken.
+    pub invariant: Invariant,
+    /// The shrunk scenario.
+    pub minimal: Scenario,
+    /// Users and messages before shrinking.
+    pub original_size: (usize, usize),
+    /// Runs spent shrinking.
+    pub shrink_replays: u64,
+    /// The counts of the cases up to and including this one.
+    pub summary: Summary,
+}
+
+/// Runs `plan`'s cases on `subjects.len()` workers (one subject each); stops at the lowest
+/// failing case and shrinks it. The answer does not depend on the number of workers.
+pub fn search<S: Subject>(
+    plan: &Plan<'_>,
+    subjects: &mut [S],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Searched, ExploreError> {
     let mut fold = Fold::default();
+    let jobs = subjects.len();
     if jobs <= 1 {
-        let strategy = scenarios(options.users);
-        let config = config(options.cases);
-        for case in options.shard.cases(options.cases) {
-            let result = run_case(options, &strategy, &config, case);
-            if let Some(end) = fold.add(options, case, result)? {
+        let Some(subject) = subjects.first_mut() else {
+            return Ok(Searched::Held(fold.summary));
+        };
+        let strategy = (plan.strategy)();
+        let config = config(plan.cases);
+        for case in plan.shard.cases(plan.cases) {
+            let result = run_case(plan.seed, &strategy, &config, case, subject);
+            if let Some(end) = fold.add(case, result)? {
                 return Ok(end);
             }
             progress(fold.summary.cases);
         }
-        return Ok(Outcome::Held(fold.summary));
+        return Ok(Searched::Held(fold.summary));
     }
-    let total = options.shard.len(options.cases);
-    let nth = |position: u64| options.shard.k - 1 + position * options.shard.n;
+    let total = plan.shard.len(plan.cases);
+    let nth = |position: u64| plan.shard.k - 1 + position * plan.shard.n;
     let mut from = 0;
     while from < total {
         let to = (from + CHUNK * jobs as u64).min(total);
@@ -379,16 +482,18 @@ pub fn explore_jobs(
         let results: Vec<Mutex<Option<CaseResult>>> =
             (from..to).map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
-            for _ in 0..jobs {
-                scope.spawn(|| {
-                    let strategy = scenarios(options.users);
-                    let config = config(options.cases);
+            for subject in subjects.iter_mut() {
+                let (next, results) = (&next, &results);
+                scope.spawn(move || {
+                    let strategy = (plan.strategy)();
+                    let config = config(plan.cases);
                     loop {
                         let position = next.fetch_add(1, Ordering::Relaxed);
                         if position >= to {
                             return;
                         }
-                        let result = run_case(options, &strategy, &config, nth(position));
+                        let result =
+                            run_case(plan.seed, &strategy, &config, nth(position), subject);
                         let slot = &results[(position - from) as usize];
                         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                     }
@@ -402,14 +507,14 @@ pub fn explore_jobs(
                     reason: "a worker thread stopped before running this case".into(),
                 },
             )?;
-            if let Some(end) = fold.add(options, nth(from + i as u64), result)? {
+            if let Some(end) = fold.add(nth(from + i as u64), result)? {
                 return Ok(end);
             }
         }
         progress(fold.summary.cases);
         from = to;
     }
-    Ok(Outcome::Held(fold.summary))
+    Ok(Searched::Held(fold.summary))
 }
 
 /// What one case did.
@@ -423,14 +528,15 @@ enum CaseResult {
     Error(ExploreError),
 }
 
-/// Runs one case: draw it from its own RNG, replay it, shrink it if it breaks an invariant.
-fn run_case(
-    options: &Options,
+/// Runs one case: draw it from its own RNG, run it, shrink it if it breaks an invariant.
+fn run_case<S: Subject>(
+    seed: u64,
     strategy: &impl Strategy<Value = Scenario>,
     config: &Config,
     case: u64,
+    subject: &mut S,
 ) -> CaseResult {
-    let mut runner = runner(config, options.seed, case);
+    let mut runner = runner(config, seed, case);
     let tree = match strategy.new_tree(&mut runner) {
         Ok(tree) => tree,
         Err(reason) => {
@@ -441,7 +547,8 @@ fn run_case(
         }
     };
     let probe = Probe::default();
-    let result = runner.run_one(tree, |s| probe.test(&s, options.endpoint));
+    let subject = RefCell::new(subject);
+    let result = runner.run_one(tree, |s| probe.test(&s, &mut **subject.borrow_mut()));
     let failure = match result {
         Ok(_) => None,
         Err(TestError::Fail(reason, minimal)) => Some(Box::new((reason.to_string(), minimal))),
@@ -466,18 +573,13 @@ struct Fold {
 
 impl Fold {
     /// Adds case `case`'s result; `Some` when the search ends here.
-    fn add(
-        &mut self,
-        options: &Options,
-        case: u64,
-        result: CaseResult,
-    ) -> Result<Option<Outcome>, ExploreError> {
+    fn add(&mut self, case: u64, result: CaseResult) -> Result<Option<Searched>, ExploreError> {
         let (probe, failure) = match result {
             CaseResult::Done { probe, failure } => (probe, failure),
             CaseResult::Error(e) => return Err(e),
         };
         if let Some(e) = probe.error.take() {
-            return Err(e.into());
+            return Err(e);
         }
         self.summary.cases += 1;
         self.summary.replays += probe.replays.get();
@@ -496,8 +598,14 @@ impl Fold {
                 scenario: scenario::to_toml(&minimal, ""),
             });
         };
-        let found = confirm(options, case, &probe, invariant, minimal, self.summary)?;
-        Ok(Some(Outcome::Found(Box::new(found))))
+        Ok(Some(Searched::Failed(Box::new(Failure {
+            case,
+            invariant,
+            minimal,
+            original_size: probe.original_size.get(),
+            shrink_replays: probe.replays.get().saturating_sub(1),
+            summary: self.summary,
+        }))))
     }
 }
 
@@ -534,14 +642,14 @@ struct Probe {
     signature: Cell<Option<u64>>,
     /// Users and messages of the random case.
     original_size: Cell<(usize, usize)>,
-    error: RefCell<Option<RunError>>,
+    error: RefCell<Option<ExploreError>>,
 }
 
 impl Probe {
-    fn test(&self, s: &Scenario, endpoint: EndpointKind) -> Result<(), TestCaseError> {
+    fn test(&self, s: &Scenario, subject: &mut dyn Subject) -> Result<(), TestCaseError> {
         let first = self.replays.get() == 0;
         self.replays.set(self.replays.get() + 1);
-        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| replay(s, endpoint))) {
+        let outcome = match panic::catch_unwind(AssertUnwindSafe(|| subject.run(s))) {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 // Counted as a pass so proptest stops here; explore() reports the error.
@@ -560,7 +668,7 @@ impl Probe {
             Err(_) => return Ok(()),
         };
         if first {
-            self.signature.set(Some(signature(&outcome.trace)));
+            self.signature.set(Some(outcome.signature));
             self.original_size.set(size(s));
         }
         let broken = match self.target.get() {
@@ -589,14 +697,15 @@ fn size(s: &Scenario) -> (usize, usize) {
 
 /// Replays the shrunk scenario on every endpoint and names it; its `[expect]` records the
 /// explored endpoint's failure and, when its replay passes, `state-machine = "pass"`.
-fn confirm(
-    options: &Options,
-    case: u64,
-    probe: &Probe,
-    invariant: Invariant,
-    mut minimal: Scenario,
-    mut summary: Summary,
-) -> Result<Found, ExploreError> {
+fn confirm(options: &Options, failure: Failure) -> Result<Found, ExploreError> {
+    let Failure {
+        case,
+        invariant,
+        mut minimal,
+        original_size,
+        shrink_replays,
+        mut summary,
+    } = failure;
     let endpoint = options.endpoint;
     minimal.name = format!("explore-{endpoint}-seed-{}-case-{case}", options.seed);
     minimal.description = Some(format!(
@@ -639,8 +748,8 @@ fn confirm(
         scenario: minimal,
         violations,
         replayed,
-        original_size: probe.original_size.get(),
-        shrink_replays: probe.replays.get().saturating_sub(1),
+        original_size,
+        shrink_replays,
         summary,
     })
 }

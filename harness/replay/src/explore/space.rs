@@ -141,6 +141,75 @@ pub fn scenarios(users: UserRange) -> BoxedStrategy<Scenario> {
         .boxed()
 }
 
+/// One user's varied timings: its connect, the gaps between its chats, its own close.
+type UserTimes = (u64, Vec<u64>, Option<u64>);
+
+/// Every variation of `base`'s timings the search may try, keeping its users, chats, failures
+/// and `[protocol]`: each user's connect time, its chats' times (in their order: each a gap
+/// after the one before), its own close (where it has one), the server's accept latency, and
+/// the phase times of `phases` (those an app's hooks can give it; the rest stay as written).
+/// Every time shrinks toward 0, so a failure shrinks to the fewest, shortest waits that still
+/// break the same invariant.
+pub fn variations(base: Scenario, phases: &[Phase]) -> BoxedStrategy<Scenario> {
+    let timing = |written: u64| 0..=written.max(500).saturating_mul(2);
+    let users: Vec<BoxedStrategy<UserTimes>> = base
+        .users
+        .iter()
+        .map(|u| {
+            let mut previous = 0;
+            let gaps: Vec<_> = u
+                .sends
+                .iter()
+                .map(|s| {
+                    let gap = s.at_ms.saturating_sub(previous);
+                    previous = s.at_ms;
+                    timing(gap).boxed()
+                })
+                .collect();
+            let close = match u.close_ms {
+                Some(ms) => timing(ms).prop_map(Some).boxed(),
+                None => Just(None).boxed(),
+            };
+            (timing(u.connect_ms), gaps, close).boxed()
+        })
+        .collect();
+    let vary = |phase: Phase, written: u64| {
+        if phases.contains(&phase) {
+            timing(written).boxed()
+        } else {
+            Just(written).boxed()
+        }
+    };
+    let server = base.server;
+    (
+        users,
+        timing(server.accept_ms),
+        vary(Phase::Auth, server.auth_ms),
+        vary(Phase::Services, server.services_ms),
+        vary(Phase::Register, server.register_ms),
+    )
+        .prop_map(
+            move |(users, accept_ms, auth_ms, services_ms, register_ms)| {
+                let mut s = base.clone();
+                s.server.accept_ms = accept_ms;
+                s.server.auth_ms = auth_ms;
+                s.server.services_ms = services_ms;
+                s.server.register_ms = register_ms;
+                for (user, (connect_ms, gaps, close_ms)) in s.users.iter_mut().zip(users) {
+                    user.connect_ms = connect_ms;
+                    user.close_ms = close_ms;
+                    let mut at = 0;
+                    for (send, gap) in user.sends.iter_mut().zip(gaps) {
+                        at += gap;
+                        send.at_ms = at;
+                    }
+                }
+                s
+            },
+        )
+        .boxed()
+}
+
 /// One `[[user]]` before it has an id: its connect time is a share of the scenario's spread.
 #[derive(Debug, Clone)]
 struct Draft {
