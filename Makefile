@@ -162,9 +162,12 @@ wheel: py
 	$(PY_ENV)/bin/maturin build --release --locked --quiet -o target/wheels
 	bash tests/wheel.sh target/wheels/racegate-*.whl $(PYTHON3)
 
-lint:
+## Rust: rustfmt and clippy; Python (the driver, the examples, the fixtures): ruff from the venv.
+lint: py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(PY_ENV)/bin/ruff check .
+	$(PY_ENV)/bin/ruff format --check .
 
 bench:
 	$(CARGO) bench --workspace

@@ -8,11 +8,13 @@ last run given (a `cargo mutants --iterate` run retests only the earlier run's s
 killed means caught (a test failed). Timeouts are listed apart: a hang is not a behaviour a test
 states, so they count as viable and not killed. Exit 1 below the minimum.
 """
+
 import json
 import re
 import sys
-import tomllib
 from collections import OrderedDict
+
+import tomllib
 
 SUMMARY = {
     "CaughtMutant": "caught",
@@ -57,13 +59,18 @@ def main(argv):
     for name, r in sorted(rows.items()) + [("TOTAL", total)]:
         viable = r["caught"] + r["missed"] + r["timeout"]
         pct = 100.0 * r["caught"] / viable if viable else 100.0
-        print(f"{name:48} {r['caught']:6} {r['missed']:6} {r['unviable']:6} {r['timeout']:6} {pct:6.1f}%")
+        print(
+            f"{name:48} {r['caught']:6} {r['missed']:6} {r['unviable']:6} {r['timeout']:6} {pct:6.1f}%"
+        )
     for line in missed:
         print(line)
     viable = total["caught"] + total["missed"] + total["timeout"]
     pct = 100.0 * total["caught"] / viable if viable else 100.0
     if pct < minimum:
-        print(f"racegate: {pct:.1f} % of viable mutants killed, below {minimum:.0f} %", file=sys.stderr)
+        print(
+            f"racegate: {pct:.1f} % of viable mutants killed, below {minimum:.0f} %",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -279,7 +279,9 @@ async def agent_run(chat_id: str, sender: str, as_user: str) -> None:
         try:
             await target.send_text(json.dumps({"type": event, "run": chat_id, "user": as_user}))
         except (RuntimeError, WebSocketDisconnect) as exc:
-            log.error("Failed to send %s for message %s to user %s: %s", event, chat_id, as_user, exc)
+            log.error(
+                "Failed to send %s for message %s to user %s: %s", event, chat_id, as_user, exc
+            )
 
 
 @app.websocket("/ws")
@@ -351,7 +353,7 @@ class SetupFailed(Exception):
         self.reason = reason
 
 
-fixed_connections: dict[str, "FixedConnection"] = {}
+fixed_connections: dict[str, FixedConnection] = {}
 
 
 class FixedConnection:
@@ -472,7 +474,9 @@ async def fixed_endpoint(websocket: WebSocket) -> None:
             for _ in range(held):
                 chat_id = conn.queue.get_nowait()
                 await websocket.send_text(
-                    json.dumps({"type": "error", "message": f"rejected {chat_id}: {failure.reason}"})
+                    json.dumps(
+                        {"type": "error", "message": f"rejected {chat_id}: {failure.reason}"}
+                    )
                 )
             await websocket.close(failure.code)
     finally:

@@ -42,9 +42,7 @@ class ClientContext:
         self.connection_init_received = False
 
 
-async def init_timeout(
-    websocket: WebSocket, context: ClientContext, *, check: bool
-) -> None:
+async def init_timeout(websocket: WebSocket, context: ClientContext, *, check: bool) -> None:
     await asyncio.sleep(INIT_WAIT)
     if context.connection_init_received:
         return

@@ -50,9 +50,7 @@ async def ws_connect(websocket: WebSocket, session: ChannelSession) -> None:
     session.user = await load_session_user(_wire.user_of(websocket))
 
 
-async def ws_receive(
-    websocket: WebSocket, session: ChannelSession, chat_id: str
-) -> None:
+async def ws_receive(websocket: WebSocket, session: ChannelSession, chat_id: str) -> None:
     await _wire.answer(websocket, chat_id, session.user)
 
 
@@ -66,9 +64,7 @@ async def buggy(websocket: WebSocket) -> None:
             chat = _wire.parse_chat(await websocket.receive_text())
             if chat is not None:
                 # RACE: may run while ws_connect is still loading the user.
-                consumers.add(
-                    asyncio.create_task(ws_receive(websocket, session, chat[0]))
-                )
+                consumers.add(asyncio.create_task(ws_receive(websocket, session, chat[0])))
     except WebSocketDisconnect:
         pass
     finally:

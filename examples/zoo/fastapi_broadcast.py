@@ -65,9 +65,7 @@ buggy_room = ConnectionManager()
 fixed_room = ConnectionManager()
 
 
-async def serve(
-    websocket: WebSocket, room: ConnectionManager, *, snapshot: bool
-) -> None:
+async def serve(websocket: WebSocket, room: ConnectionManager, *, snapshot: bool) -> None:
     user = _wire.user_of(websocket)
     await websocket.accept()
     room.active[user] = websocket

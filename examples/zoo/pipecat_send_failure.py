@@ -51,10 +51,7 @@ class WebsocketClient:
     def _can_send(self) -> bool:
         if self.flag_on_send_failure:
             return not self._closing
-        return (
-            not self._closing
-            and self.websocket.application_state == WebSocketState.CONNECTED
-        )
+        return not self._closing and self.websocket.application_state == WebSocketState.CONNECTED
 
     async def send(self, text: str) -> None:
         if not self._can_send():

@@ -27,9 +27,7 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-LINE = re.compile(
-    r"^#\s*probe \((?P<label>[\w-]+)\):\s*(?P<args>.*?)\s*->\s*(?P<expect>.*)$"
-)
+LINE = re.compile(r"^#\s*probe \((?P<label>[\w-]+)\):\s*(?P<args>.*?)\s*->\s*(?P<expect>.*)$")
 
 
 def runs_of(path: pathlib.Path) -> list[tuple[str, list[str], str, set[str]]]:
@@ -40,15 +38,11 @@ def runs_of(path: pathlib.Path) -> list[tuple[str, list[str], str, set[str]]]:
             continue
         verdict, _, invariants = match["expect"].partition(":")
         wanted = {i.strip() for i in invariants.split(",") if i.strip()}
-        out.append(
-            (match["label"], shlex.split(match["args"]), verdict.strip(), wanted)
-        )
+        out.append((match["label"], shlex.split(match["args"]), verdict.strip(), wanted))
     return out
 
 
-def probe(
-    racegate: str, args: list[str], scenario: pathlib.Path
-) -> tuple[str, set[str]]:
+def probe(racegate: str, args: list[str], scenario: pathlib.Path) -> tuple[str, set[str]]:
     cmd = [racegate, "probe", *args, "--scenario", str(scenario), "--format", "json"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode not in (0, 1):
@@ -71,14 +65,11 @@ def main() -> int:
             matched = 0
             for _ in range(opts.runs):
                 got, broken = probe(opts.racegate, args, scenario)
-                seen[(got, tuple(sorted(broken)))] = (
-                    seen.get((got, tuple(sorted(broken))), 0) + 1
-                )
+                seen[(got, tuple(sorted(broken)))] = seen.get((got, tuple(sorted(broken))), 0) + 1
                 matched += got == verdict and broken == wanted
             failed |= matched != opts.runs
             outcomes = "; ".join(
-                f"{v}{' [' + ', '.join(i) + ']' if i else ''} x{n}"
-                for (v, i), n in seen.items()
+                f"{v}{' [' + ', '.join(i) + ']' if i else ''} x{n}" for (v, i), n in seen.items()
             )
             print(f"{scenario.stem:48} {label:6} {matched:2}/{opts.runs}  {outcomes}")
             sys.stdout.flush()
