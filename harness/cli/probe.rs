@@ -173,10 +173,14 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         Server::App(app) => (app.describe(), probe_app(app, &scenarios, &options)?),
     };
     if let Server::App(_) = server {
+        let total = started.elapsed().as_secs_f64();
+        let cases: f64 = outcomes.iter().map(|o| o.wall_ms).sum::<f64>() / 1000.0;
         eprintln!(
-            "note: {} scenario(s) against the app in {:.2} s of real time (virtual clock)",
+            "note: {} scenario(s) against the app in {total:.2} s of real time: {:.2} s to start \
+             Python and the app, then {:.1} ms a scenario on the virtual clock",
             outcomes.len(),
-            started.elapsed().as_secs_f64()
+            (total - cases).max(0.0),
+            cases * 1000.0 / outcomes.len().max(1) as f64
         );
     }
     let allow = args.allow_inconclusive;

@@ -479,21 +479,28 @@ pub fn search<S: Subject>(
     while from < total {
         let to = (from + CHUNK * jobs as u64).min(total);
         let next = AtomicU64::new(from);
+        // The lowest position known to fail: no case after it can be the answer, so none is
+        // started (a case costs microseconds in a replay but milliseconds against an app, and
+        // every failing one is shrunk).
+        let lowest_failure = AtomicU64::new(u64::MAX);
         let results: Vec<Mutex<Option<CaseResult>>> =
             (from..to).map(|_| Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for subject in subjects.iter_mut() {
-                let (next, results) = (&next, &results);
+                let (next, results, lowest_failure) = (&next, &results, &lowest_failure);
                 scope.spawn(move || {
                     let strategy = (plan.strategy)();
                     let config = config(plan.cases);
                     loop {
                         let position = next.fetch_add(1, Ordering::Relaxed);
-                        if position >= to {
+                        if position >= to || position > lowest_failure.load(Ordering::Relaxed) {
                             return;
                         }
                         let result =
                             run_case(plan.seed, &strategy, &config, nth(position), subject);
+                        if result.failed() {
+                            lowest_failure.fetch_min(position, Ordering::Relaxed);
+                        }
                         let slot = &results[(position - from) as usize];
                         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                     }
@@ -515,6 +522,19 @@ pub fn search<S: Subject>(
         from = to;
     }
     Ok(Searched::Held(fold.summary))
+}
+
+impl CaseResult {
+    /// True when the case broke an invariant (or could not run): the search ends at or before
+    /// it.
+    fn failed(&self) -> bool {
+        match self {
+            CaseResult::Done { probe, failure } => {
+                failure.is_some() || probe.error.borrow().is_some()
+            }
+            CaseResult::Error(_) => true,
+        }
+    }
 }
 
 /// What one case did.
