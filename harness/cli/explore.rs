@@ -16,24 +16,24 @@ use racegate_replay::EndpointKind;
 use racegate_replay::explore::{self, Options, Outcome as Searched, Shard, UserRange};
 use racegate_replay::scenario;
 
-use crate::app::AppArgs;
+use crate::app::{AppArgs, Flags};
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["endpoint", "app"])))]
 pub(crate) struct ExploreArgs {
-    /// The endpoint to search for a violation.
-    #[arg(long, value_enum)]
+    /// The endpoint to search for a violation (one of racegate's models). Without it, the app
+    /// (--app, or `app` in the project's [tool.racegate]) is searched.
+    #[arg(long, value_enum, conflicts_with = "app")]
     endpoint: Option<Endpoint>,
     #[command(flatten)]
     app: AppArgs,
-    /// With --app: vary this scenario's timings (client connects, chat times and closes, the
-    /// app's accept latency, the hooked phase times), keeping its users, chats and [protocol].
-    /// Without it, scenarios are drawn as for --endpoint.
-    #[arg(long, value_name = "FILE", requires = "app")]
+    /// Against an app: vary this scenario's timings (client connects, chat times and closes,
+    /// the app's accept latency, the hooked phase times), keeping its users, chats and
+    /// [protocol]. Without it, scenarios are drawn as for --endpoint.
+    #[arg(long, value_name = "FILE", conflicts_with = "endpoint")]
     scenario: Option<PathBuf>,
-    /// With --app: the budget of one case from its first connect, as probe's --timeout-ms.
-    #[arg(long, value_name = "MS", requires = "app")]
+    /// Against an app: the budget of one case from its first connect, as probe's --timeout-ms.
+    #[arg(long, value_name = "MS", conflicts_with = "endpoint")]
     timeout_ms: Option<u64>,
     /// Random cases in the whole campaign (every shard together).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -76,11 +76,21 @@ impl From<Endpoint> for EndpointKind {
 }
 
 pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
-    if let Some(app) = args.app.target()? {
-        return explore_app(&args, &app);
-    }
     let Some(endpoint) = args.endpoint else {
-        anyhow::bail!("give --endpoint or --app");
+        let settings = args.app.settings(&Flags {
+            url: None,
+            scenarios: &[],
+            tokens: None,
+            timeout_ms: args.timeout_ms,
+            allow_inconclusive: false,
+        })?;
+        return match settings.app_target()? {
+            Some(app) => explore_app(&args, &app, settings.timeout_ms.map(|t| t.value)),
+            None => anyhow::bail!(
+                "give --endpoint (one of racegate's models) or --app (an ASGI app), or set `app` \
+                 in [tool.racegate] of the project's pyproject.toml (or in racegate.toml)"
+            ),
+        };
     };
     let options = Options {
         endpoint: endpoint.into(),
@@ -159,7 +169,11 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
 }
 
 /// `explore --app`: the same search against the app, each worker a driver of its own.
-fn explore_app(args: &ExploreArgs, app: &AppTarget) -> anyhow::Result<Outcome> {
+fn explore_app(
+    args: &ExploreArgs,
+    app: &AppTarget,
+    timeout_ms: Option<u64>,
+) -> anyhow::Result<Outcome> {
     let scenario = match &args.scenario {
         Some(path) => {
             let s = scenario::load(path)?;
@@ -168,7 +182,7 @@ fn explore_app(args: &ExploreArgs, app: &AppTarget) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    if args.timeout_ms == Some(0) {
+    if timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
     let search = Search {
@@ -179,7 +193,7 @@ fn explore_app(args: &ExploreArgs, app: &AppTarget) -> anyhow::Result<Outcome> {
         users: args.users,
     };
     let options = racegate_probe::Options {
-        timeout_ms: args.timeout_ms,
+        timeout_ms,
         ..Default::default()
     };
     let jobs = args.jobs.unwrap_or_else(|| {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod app;
+mod config;
 mod explore;
 mod import;
 mod load;
@@ -48,6 +49,9 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// The scenario files built into racegate: list them, or export them to start your own set.
     Scenarios(scenarios::ScenariosArgs),
+    /// The settings probe and explore run with here (flags, [tool.racegate] in pyproject.toml or
+    /// racegate.toml, defaults), each with where it came from.
+    Config(config::ConfigArgs),
 }
 
 /// What a command concluded, for the exit code.
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import::import(args),
         Command::Probe(args) => probe::probe(args),
         Command::Scenarios(args) => scenarios::scenarios(args),
+        Command::Config(args) => config::config(args),
     };
     match result {
         Ok(Outcome::Pass) => ExitCode::SUCCESS,

@@ -12,15 +12,16 @@ use racegate_probe::{
     report,
 };
 
-use crate::app::AppArgs;
+use crate::app::{AppArgs, Flags};
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
-#[command(group(clap::ArgGroup::new("server").required(true).args(["url", "app"])))]
 pub(crate) struct ProbeArgs {
     /// A live server: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH, on a real clock. Each user's
-    /// id is added as `?token=<id>` unless the scenario's `[protocol]` says otherwise.
-    #[arg(long)]
+    /// id is added as `?token=<id>` unless the scenario's `[protocol]` says otherwise. Without
+    /// --url or --app, `url` or `app` in the project's [tool.racegate] (pyproject.toml or
+    /// racegate.toml, from here upward) says which.
+    #[arg(long, conflicts_with = "app")]
     url: Option<String>,
     #[command(flatten)]
     app: AppArgs,
@@ -82,16 +83,25 @@ enum Format {
 }
 
 pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
-    let server = match (&args.url, args.app.target()?) {
-        (Some(url), _) => Server::Url(Target::parse(url)?),
+    let settings = args.app.settings(&Flags {
+        url: args.url.as_deref(),
+        scenarios: &args.scenarios,
+        tokens: args.tokens.as_deref(),
+        timeout_ms: args.timeout_ms,
+        allow_inconclusive: args.allow_inconclusive,
+    })?;
+    let server = match (&settings.url, settings.app_target()?) {
+        (Some(url), _) => Server::Url(Target::parse(&url.value)?),
         (None, Some(app)) => Server::App(app),
-        // clap's group requires one of them.
-        (None, None) => anyhow::bail!("give --url or --app"),
+        (None, None) => anyhow::bail!(
+            "give --url (a live server) or --app (an ASGI app), or set `url` or `app` in \
+             [tool.racegate] of the project's pyproject.toml (or in racegate.toml)"
+        ),
     };
-    let scenarios = crate::scenarios::resolve(&args.scenarios)?;
     if args.timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
+    let scenarios = settings.load_scenarios()?;
     if let (true, Server::Url(target)) = (args.insecure, &server) {
         eprintln!(
             "warning: --insecure: TLS certificates are NOT verified; anyone between here and {} \
@@ -123,12 +133,12 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     if let Some(origin) = &args.origin {
         headers.push(ExtraHeader::origin(origin).map_err(|e| anyhow::anyhow!("--origin: {e}"))?);
     }
-    let tokens = match &args.tokens {
-        Some(path) => Tokens::load(path)?,
+    let tokens = match &settings.tokens {
+        Some(path) => Tokens::load(&path.value)?,
         None => Tokens::default(),
     };
     let options = Options {
-        timeout_ms: args.timeout_ms,
+        timeout_ms: settings.timeout_ms.as_ref().map(|t| t.value),
         tls,
         tokens,
         headers,
@@ -154,7 +164,7 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
             );
         }
     }
-    if args.timeout_ms.is_none()
+    if options.timeout_ms.is_none()
         && matches!(server, Server::Url(_))
         && let Some(longest) = scenarios.iter().map(|s| options.timeout_for(s)).max()
     {
@@ -183,7 +193,7 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
             cases * 1000.0 / outcomes.len().max(1) as f64
         );
     }
-    let allow = args.allow_inconclusive;
+    let allow = settings.allow_inconclusive.value;
     let text = match args.format {
         Format::Table => report::table(&name, &outcomes, args.trace, allow),
         Format::Json => report::json(&name, &outcomes, args.trace)?,

@@ -24,6 +24,7 @@
 
 pub mod app;
 pub mod check;
+pub mod config;
 pub mod credentials;
 pub mod probe;
 pub mod report;

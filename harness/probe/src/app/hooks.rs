@@ -66,9 +66,10 @@ pub struct Hooks {
     pub phases: Vec<(Phase, Hook)>,
 }
 
+/// The phases' table as written: a hooks file's top level, or `[tool.racegate.hooks]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
+pub(crate) struct RawFile {
     auth: Option<Spanned<RawHook>>,
     services: Option<Spanned<RawHook>>,
     register: Option<Spanned<RawHook>>,
@@ -168,6 +169,21 @@ impl Hooks {
             };
             invalid(span, message)
         })?;
+        Hooks::from_raw(raw, text, path)
+    }
+
+    /// The hooks of `raw`, read from `text` (its spans are offsets into it), named `path` in
+    /// errors: a hooks file, or the project configuration's `hooks` table.
+    pub(crate) fn from_raw(raw: RawFile, text: &str, path: &Path) -> Result<Hooks, HooksError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+            HooksError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
         let mut phases = Vec::new();
         for (phase, hook) in [
             (Phase::Auth, raw.auth),
