@@ -48,4 +48,51 @@ if "$bin" probe --url "$url/ws" --scenario scenarios-here/staging-user-101463487
 else
   echo "FAILED: probe against the served fix"; cat "$work/probe.out"; exit 1
 fi
+# A Python team's project: the example backend as their app, [tool.racegate] in pyproject.toml,
+# the two staging scenarios. A flag-less probe and pytest (through the wheel's plugin) both fail
+# the production route and pass the fixed one.
+repo=$OLDPWD
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check \
+  -r <(grep -E '^(pytest|fastapi|starlette|uvicorn|websockets)==' "$repo/python/requirements.txt")
+project="$work/project"
+mkdir -p "$project/scenarios"
+cp -r "$repo/examples/chat_backend" "$project/chat_backend"
+cp "$repo/scenarios/staging-user-101463487227881885914.toml" \
+  "$repo/scenarios/staging-e2e-staging_pipeline.toml" "$project/scenarios/"
+cat >"$project/pyproject.toml" <<'TOML'
+[project]
+name = "chat-backend"
+version = "0.1.0"
+
+[tool.racegate]
+app = "chat_backend.app:app"
+path = "/ws"
+scenarios = ["scenarios"]
+TOML
+cd "$project"
+export PATH="$work/venv/bin:$PATH" VIRTUAL_ENV="$work/venv"
+unset RACEGATE_PYTHON
+if "$bin" probe >"$work/probe-app.out" 2>&1; then
+  echo "FAILED: a flag-less probe passed the production route"; cat "$work/probe-app.out"; exit 1
+fi
+grep -q "accept-first" "$work/probe-app.out" || { echo "FAILED: no accept-first"; cat "$work/probe-app.out"; exit 1; }
+check "a flag-less racegate probe reads [tool.racegate] and fails the production route"
+"$bin" probe --path /ws/fixed >"$work/probe-fixed.out" 2>&1 \
+  || { echo "FAILED: --path /ws/fixed"; cat "$work/probe-fixed.out"; exit 1; }
+check "--path /ws/fixed passes"
+if "$work/venv/bin/python" -m pytest -q -p no:cacheprovider --junitxml="$work/junit.xml" \
+  >"$work/pytest.out" 2>&1; then
+  echo "FAILED: pytest passed the production route"; cat "$work/pytest.out"; exit 1
+fi
+grep -q "2 failed" "$work/pytest.out" || { echo "FAILED: pytest did not fail both scenarios"; cat "$work/pytest.out"; exit 1; }
+grep -q "message-lost" "$work/pytest.out" || { echo "FAILED: no violation in pytest's report"; cat "$work/pytest.out"; exit 1; }
+grep -q 'testcase .*name="staging-user-101463487227881885914"' "$work/junit.xml" \
+  || { echo "FAILED: the JUnit file names no scenario"; cat "$work/junit.xml"; exit 1; }
+check "pytest collects the configured scenarios and fails the production route (JUnit too)"
+"$work/venv/bin/python" -m pytest -q -p no:cacheprovider -k staging-user \
+  --racegate-arg=--path --racegate-arg=/ws/fixed >"$work/pytest-fixed.out" 2>&1 \
+  || { echo "FAILED: pytest of the fixed route"; cat "$work/pytest-fixed.out"; exit 1; }
+grep -q "1 passed, 1 deselected" "$work/pytest-fixed.out" \
+  || { echo "FAILED: -k did not select one scenario"; cat "$work/pytest-fixed.out"; exit 1; }
+check "pytest -k selects a scenario, and the fixed route passes"
 echo "wheel: $passed passed, 0 failed"

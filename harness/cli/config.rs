@@ -27,6 +27,16 @@ pub(crate) struct ConfigArgs {
     /// As `probe --allow-inconclusive`.
     #[arg(long)]
     allow_inconclusive: bool,
+    /// `table` for people; `json` for tools (racegate's pytest plugin reads it), with every
+    /// scenario file the settings name, by its name.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 pub(crate) fn config(args: ConfigArgs) -> anyhow::Result<Outcome> {
@@ -37,6 +47,37 @@ pub(crate) fn config(args: ConfigArgs) -> anyhow::Result<Outcome> {
         timeout_ms: args.timeout_ms,
         allow_inconclusive: args.allow_inconclusive,
     })?;
-    emit(None, &settings.describe())?;
+    let text = match args.format {
+        Format::Table => settings.describe(),
+        Format::Json => {
+            let scenarios: Vec<serde_json::Value> = if settings.scenarios.value.is_empty() {
+                Vec::new()
+            } else {
+                settings
+                    .load_scenarios()?
+                    .iter()
+                    .map(|s| {
+                        let file = std::path::absolute(&s.file).unwrap_or_else(|_| s.file.clone());
+                        serde_json::json!({"name": s.name, "file": file})
+                    })
+                    .collect()
+            };
+            let mut doc = serde_json::json!({
+                "file": settings.file,
+                "url": settings.url.as_ref().map(|u| &u.value),
+                "app": settings.app.as_ref().map(|a| &a.value),
+                "path": settings.path.value,
+                "scenarios": scenarios,
+                "allow_inconclusive": settings.allow_inconclusive.value,
+            });
+            if settings.url.is_some() {
+                doc["path"] = serde_json::Value::Null;
+            }
+            let mut text = serde_json::to_string_pretty(&doc)?;
+            text.push('\n');
+            text
+        }
+    };
+    emit(None, &text)?;
     Ok(Outcome::Pass)
 }

@@ -34,40 +34,49 @@ pub fn table(
         "scenario", "verdict"
     );
     for o in outcomes {
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:<verdict_width$}  {:.0} ms ({} ms)",
-            o.scenario,
-            o.verdict.name(),
-            o.elapsed_ms,
-            o.own_ms
-        );
-        if let Some(why) = &o.inconclusive {
-            let _ = writeln!(out, "    ? inconclusive: {why}");
-        }
-        for v in &o.violations {
-            let _ = writeln!(out, "    ✗ {v}");
-        }
-        for i in &o.indeterminate {
-            let _ = writeln!(
-                out,
-                "    ~ indeterminate user={} {} at {} ms: {}",
-                i.user, i.id, i.at_ms, i.reason
-            );
-        }
-        if o.pushes > 0 {
-            let _ = writeln!(
-                out,
-                "    · {} push{} received, each checked for its user",
-                o.pushes,
-                if o.pushes == 1 { "" } else { "es" }
-            );
-        }
-        if trace {
-            out.push_str(&timeline(o));
-        }
+        out.push_str(&scenario_text(o, width, verdict_width, trace));
     }
     let _ = writeln!(out, "{}", Summary::of(outcomes).line(allow_inconclusive));
+    out
+}
+
+/// One scenario's part of the table: its row (verdict, time against its own time), then each
+/// violation, indeterminate chat and push count indented under it, and with `trace` every
+/// record.
+pub fn scenario_text(o: &ProbeOutcome, width: usize, verdict_width: usize, trace: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<verdict_width$}  {:.0} ms ({} ms)",
+        o.scenario,
+        o.verdict.name(),
+        o.elapsed_ms,
+        o.own_ms
+    );
+    if let Some(why) = &o.inconclusive {
+        let _ = writeln!(out, "    ? inconclusive: {why}");
+    }
+    for v in &o.violations {
+        let _ = writeln!(out, "    ✗ {v}");
+    }
+    for i in &o.indeterminate {
+        let _ = writeln!(
+            out,
+            "    ~ indeterminate user={} {} at {} ms: {}",
+            i.user, i.id, i.at_ms, i.reason
+        );
+    }
+    if o.pushes > 0 {
+        let _ = writeln!(
+            out,
+            "    · {} push{} received, each checked for its user",
+            o.pushes,
+            if o.pushes == 1 { "" } else { "es" }
+        );
+    }
+    if trace {
+        out.push_str(&timeline(o));
+    }
     out
 }
 
@@ -96,6 +105,7 @@ pub fn timeline(o: &ProbeOutcome) -> String {
             Seen::ServerClose { code, reason } => format!("client sees close {code} ({reason})"),
             Seen::Dropped { error } => format!("connection dropped: {error}"),
             Seen::ClientClose => "client close".to_string(),
+            Seen::ClientDrop => "client drop: no close frame".to_string(),
             Seen::CloseAnswered { code: Some(code) } => format!("close answered {code}"),
             Seen::CloseAnswered { code: None } => "close answered".to_string(),
             Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
@@ -143,6 +153,9 @@ struct JsonScenario<'a> {
     timeout_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     records: Option<&'a [crate::Record]>,
+    /// The scenario's part of the table, as a person reads it (with `--trace`, its timeline):
+    /// what a test runner shows for a failure.
+    text: String,
 }
 
 /// Counts over a probe: `passed + failed + inconclusive == scenarios`.
@@ -236,6 +249,7 @@ pub fn json(
                 own_ms: o.own_ms,
                 timeout_ms: o.timeout_ms,
                 records: trace.then_some(o.records.as_slice()),
+                text: scenario_text(o, o.scenario.chars().count(), o.verdict.name().len(), trace),
             })
             .collect(),
         summary: Summary::of(outcomes),
