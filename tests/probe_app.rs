@@ -345,3 +345,29 @@ fn bad_input_is_exit_2_with_one_clear_line(#[case] args: &[&str], #[case] phrase
     assert!(!err.contains("Traceback"), "{}", run.context());
     assert!(started.elapsed().as_secs() < 10, "{}", run.context());
 }
+
+#[test]
+fn under_log_format_json_every_line_on_standard_error_is_json() {
+    for args in [
+        &[
+            "--app",
+            "examples.chat_backend.app:app",
+            "--path",
+            "/ws",
+            "--scenario",
+            STAGING_USER,
+        ][..],
+        &["--app", "nosuch:app", "--scenario", STAGING_USER][..],
+    ] {
+        let mut all = vec!["--log-format", "json", "probe"];
+        all.extend_from_slice(args);
+        let run = racegate_env(&all, &[("RACEGATE_PYTHON", python().as_os_str())]);
+        let err = run.stderr();
+        assert!(!err.trim().is_empty(), "{}", run.context());
+        for line in err.lines() {
+            let entry: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{e}: {line:?}\n{}", run.context()));
+            assert!(entry["severity"].is_string(), "{line}");
+        }
+    }
+}

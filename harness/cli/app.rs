@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::logging::note;
 use clap::{Args, ValueEnum};
 use racegate_probe::app::{AppTarget, Hooks, Load, driver};
 use racegate_probe::config::{Config, Place, Setting};
@@ -509,8 +510,8 @@ pub(crate) fn check_fail_at(app: &AppTarget, scenarios: &[Scenario]) -> anyhow::
         }
     }
     if !unhooked.is_empty() {
-        eprintln!(
-            "note: scenarios fail users at {}, but no hook names the app's awaitable for it \
+        note!(
+            "scenarios fail users at {}, but no hook names the app's awaitable for it \
              (--hooks): there the app's own code decides",
             unhooked.join(", ")
         );

@@ -58,6 +58,40 @@ pub(crate) fn notice(message: &str) {
     }
 }
 
+/// A line of a command's own output on standard error, in the format the rest of standard error
+/// has: `note: …` (or `warning: …`, or the bare line) as text, or a log entry like every other
+/// line with `--log-format json`, so a tool reading standard error reads one format.
+pub(crate) fn stderr_line(kind: Line, message: &str) {
+    match (FORMAT.get().copied().unwrap_or_default(), kind) {
+        (LogFormat::Text, Line::Note) => eprintln!("note: {message}"),
+        (LogFormat::Text, Line::Warning) => eprintln!("warning: {message}"),
+        (LogFormat::Text, Line::Plain) => eprintln!("{message}"),
+        (LogFormat::Json, Line::Warning) => tracing::warn!(target: "racegate", "{message}"),
+        (LogFormat::Json, Line::Note | Line::Plain) => {
+            tracing::info!(target: "racegate", "{message}")
+        }
+    }
+}
+
+/// The error that ends a command: `racegate: …`, or a log entry with `--log-format json`.
+pub(crate) fn error(message: &str) {
+    match FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Text => eprintln!("racegate: {message}"),
+        LogFormat::Json => tracing::error!(target: "racegate", "{message}"),
+    }
+}
+
+/// What kind of line [`stderr_line`] writes.
+#[derive(Clone, Copy)]
+pub(crate) enum Line {
+    /// Something worth knowing.
+    Note,
+    /// Something that may be wrong.
+    Warning,
+    /// A result line (a verdict, a summary).
+    Plain,
+}
+
 pub(crate) fn init(format: LogFormat) {
     let _ = FORMAT.set(format);
     let mut filter = EnvFilter::try_from_default_env()
@@ -362,3 +396,27 @@ mod tests {
         assert_eq!(lines[1]["severity"], "ERROR");
     }
 }
+
+/// `note: …` on standard error, or a log entry with `--log-format json` ([`stderr_line`]).
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Note, &format!($($arg)*))
+    };
+}
+
+/// `warning: …` on standard error, or a log entry with `--log-format json`.
+macro_rules! warning {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Warning, &format!($($arg)*))
+    };
+}
+
+/// A result line on standard error (a verdict, a summary), or a log entry with
+/// `--log-format json`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Plain, &format!($($arg)*))
+    };
+}
+
+pub(crate) use {note, say, warning};

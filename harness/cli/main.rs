@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Pass) => ExitCode::SUCCESS,
         Ok(Outcome::Fail) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("racegate: {e:#}");
+            logging::error(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }

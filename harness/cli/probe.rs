@@ -13,6 +13,7 @@ use racegate_probe::{
 };
 
 use crate::app::{AppArgs, Flags};
+use crate::logging::{note, say, warning};
 use crate::{Outcome, emit};
 
 #[derive(Parser)]
@@ -103,8 +104,8 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     }
     let scenarios = settings.load_scenarios()?;
     if let (true, Server::Url(target)) = (args.insecure, &server) {
-        eprintln!(
-            "warning: --insecure: TLS certificates are NOT verified; anyone between here and {} \
+        warning!(
+            "--insecure: TLS certificates are NOT verified; anyone between here and {} \
              can read and change this probe's traffic, credentials included",
             target.url()
         );
@@ -119,7 +120,7 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         Some(Tls::new(&tls_options)?)
     } else {
         if args.ca_cert.is_some() {
-            eprintln!("note: --ca-cert has no effect on a ws:// URL");
+            note!("--ca-cert has no effect on a ws:// URL");
         }
         None
     };
@@ -149,15 +150,15 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     for s in &scenarios {
         let pushes: usize = s.users.iter().map(|u| u.pushes.len()).sum();
         if pushes > 0 {
-            eprintln!(
-                "note: {}: {pushes} push(es) ignored (pushes are server-side; probe drives clients)",
+            note!(
+                "{}: {pushes} push(es) ignored (pushes are server-side; probe drives clients)",
                 s.name
             );
         }
         let own = racegate_probe::probe::own_ms(s);
         if options.timeout_for(s) <= own {
-            eprintln!(
-                "warning: {}: --timeout-ms {} is not longer than the scenario's own {own} ms; its \
+            warning!(
+                "{}: --timeout-ms {} is not longer than the scenario's own {own} ms; its \
                  connections will be reported stuck",
                 s.name,
                 options.timeout_for(s)
@@ -168,8 +169,8 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         && matches!(server, Server::Url(_))
         && let Some(longest) = scenarios.iter().map(|s| options.timeout_for(s)).max()
     {
-        eprintln!(
-            "note: waiting up to {longest} ms per scenario for answers (the scenario's own time \
+        note!(
+            "waiting up to {longest} ms per scenario for answers (the scenario's own time \
              plus {} ms; --timeout-ms sets it)",
             racegate_probe::probe::DEFAULT_GRACE_MS
         );
@@ -185,8 +186,8 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     if let Server::App(_) = server {
         let total = started.elapsed().as_secs_f64();
         let cases: f64 = outcomes.iter().map(|o| o.wall_ms).sum::<f64>() / 1000.0;
-        eprintln!(
-            "note: {} scenario(s) against the app in {total:.2} s of real time: {:.2} s to start \
+        note!(
+            "{} scenario(s) against the app in {total:.2} s of real time: {:.2} s to start \
              Python and the app, then {:.1} ms a scenario on the virtual clock",
             outcomes.len(),
             (total - cases).max(0.0),
@@ -206,17 +207,17 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
     if args.out.is_some() || !matches!(args.format, Format::Table) {
         for o in outcomes.iter().filter(|o| o.verdict != ProbeVerdict::Pass) {
             match &o.inconclusive {
-                Some(why) => eprintln!("{}: inconclusive: {why}", o.scenario),
+                Some(why) => say!("{}: inconclusive: {why}", o.scenario),
                 None => {
                     let mut names: Vec<&str> =
                         o.violations.iter().map(|v| v.invariant.name()).collect();
                     names.sort_unstable();
                     names.dedup();
-                    eprintln!("{}: fail: {}", o.scenario, names.join(", "));
+                    say!("{}: fail: {}", o.scenario, names.join(", "));
                 }
             }
         }
-        eprintln!("{}", summary.line(allow));
+        say!("{}", summary.line(allow));
     }
     Ok(if summary.passes(allow) {
         Outcome::Pass

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use racegate_replay::scenario::{self, Scenario};
 
 use crate::Outcome;
+use crate::logging::note;
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
@@ -66,8 +67,8 @@ pub(crate) fn resolve(paths: &[PathBuf]) -> anyhow::Result<Vec<Scenario>> {
         return Ok(found);
     }
     let all = bundled()?;
-    eprintln!(
-        "note: no scenarios/ folder here; using the {} scenarios built into racegate \
+    note!(
+        "no scenarios/ folder here; using the {} scenarios built into racegate \
          (`racegate scenarios export DIR` writes them out)",
         all.len()
     );
