@@ -314,6 +314,30 @@ where
     }
 }
 
+/// `note: …` on standard error, or a log entry with `--log-format json` ([`stderr_line`]).
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Note, &format!($($arg)*))
+    };
+}
+
+/// `warning: …` on standard error, or a log entry with `--log-format json`.
+macro_rules! warning {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Warning, &format!($($arg)*))
+    };
+}
+
+/// A result line on standard error (a verdict, a summary), or a log entry with
+/// `--log-format json`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::logging::stderr_line($crate::logging::Line::Plain, &format!($($arg)*))
+    };
+}
+
+pub(crate) use {note, say, warning};
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -397,26 +421,3 @@ mod tests {
     }
 }
 
-/// `note: …` on standard error, or a log entry with `--log-format json` ([`stderr_line`]).
-macro_rules! note {
-    ($($arg:tt)*) => {
-        $crate::logging::stderr_line($crate::logging::Line::Note, &format!($($arg)*))
-    };
-}
-
-/// `warning: …` on standard error, or a log entry with `--log-format json`.
-macro_rules! warning {
-    ($($arg:tt)*) => {
-        $crate::logging::stderr_line($crate::logging::Line::Warning, &format!($($arg)*))
-    };
-}
-
-/// A result line on standard error (a verdict, a summary), or a log entry with
-/// `--log-format json`.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        $crate::logging::stderr_line($crate::logging::Line::Plain, &format!($($arg)*))
-    };
-}
-
-pub(crate) use {note, say, warning};
