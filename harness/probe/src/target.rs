@@ -5,7 +5,6 @@
 use racegate_replay::scenario::{Protocol, template};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
-use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::http::header::{HeaderName, HeaderValue};
 
 use crate::ProbeError;
@@ -28,45 +27,43 @@ impl Target {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| bad(&format!("{e}; expected ws://HOST:PORT/PATH")))?;
-        let tls = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            Some(other) => {
-                return Err(bad(&format!("scheme {other}:// is not ws:// or wss://")));
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(url::ParseError::RelativeUrlWithoutBase) => {
+                return Err(bad("no scheme; expected ws://HOST:PORT/PATH"));
             }
-            None => return Err(bad("no scheme; expected ws://HOST:PORT/PATH")),
+            Err(url::ParseError::InvalidPort) => {
+                return Err(bad(&format!(
+                    "invalid port `{}`; expected a number from 1 to 65535",
+                    written_port(url).unwrap_or_default()
+                )));
+            }
+            Err(e) => return Err(bad(&format!("{e}; expected ws://HOST:PORT/PATH"))),
         };
-        if url.contains('#') {
+        let tls = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => return Err(bad(&format!("scheme {other}:// is not ws:// or wss://"))),
+        };
+        if parsed.fragment().is_some() {
             return Err(bad("a WebSocket URL has no #fragment"));
         }
-        let host = uri
-            .host()
+        let host = parsed
+            .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no host; expected ws://HOST:PORT/PATH"))?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        // `port_u16` is `None` both for "no port" and for a port that is no u16 (`:99999`,
-        // `:abc`, a bare `:`), and the second must not quietly become port 80.
-        let given = uri
-            .authority()
-            .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
-            .and_then(|host_port| host_port.rsplit_once(':'))
-            .filter(|(_, after)| !after.ends_with(']'))
-            .map(|(_, port)| port);
-        let port = match given {
-            None if tls => 443,
-            None => 80,
-            Some(text) => text.parse::<u16>().map_err(|_| {
-                bad(&format!(
-                    "invalid port `{text}`; expected a number from 1 to 65535"
-                ))
-            })?,
-        };
+        // The URL standard reads a bare `:` as the default port; a server's address written with
+        // a colon and no number is a typo, not port 80.
+        if written_port(url).is_some_and(str::is_empty) {
+            return Err(bad("invalid port ``; expected a number from 1 to 65535"));
+        }
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
         if port == 0 {
             return Err(bad("port 0 is not a server's port"));
         }
@@ -148,17 +145,26 @@ impl Target {
     }
 }
 
-/// RFC 3986 unreserved characters kept, every other byte `%XX`.
+/// What the URL writes after its host's last `:`, if it writes a port at all (an IPv6
+/// literal's colons are inside its brackets).
+fn written_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let (_, port) = host_port.rsplit_once(':')?;
+    (!port.ends_with(']')).then_some(port)
+}
+
+/// Every byte but RFC 3986's unreserved characters is `%XX`-encoded.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// RFC 3986 unreserved characters kept, every other byte `%XX` (a query value, a credential).
 pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
