@@ -27,6 +27,11 @@ impl Target {
             url: url.to_string(),
             reason: reason.to_string(),
         };
+        // The URL standard skips the slashes of `ws:///path` and reads `path` as the host; a
+        // server's address with three slashes has lost its host.
+        if url.split_once("://").is_some_and(|(_, rest)| rest.starts_with('/')) {
+            return Err(bad("no host; expected ws://HOST:PORT/PATH"));
+        }
         let parsed = match url::Url::parse(url) {
             Ok(parsed) => parsed,
             Err(url::ParseError::RelativeUrlWithoutBase) => {
@@ -199,6 +204,7 @@ mod tests {
             ("http://127.0.0.1:1/", "is not ws:// or wss://"),
             ("127.0.0.1:9000", "scheme"),
             ("ws://", "expected ws://HOST:PORT/PATH"),
+            ("ws:///path", "no host"),
             ("ws://host:0/", "port 0"),
             ("ws://exa mple/", "expected ws://HOST:PORT/PATH"),
             ("ws://127.0.0.1:99999/ws", "invalid port `99999`"),
