@@ -371,3 +371,42 @@ fn under_log_format_json_every_line_on_standard_error_is_json() {
         }
     }
 }
+
+#[test]
+fn probe_report_draws_a_timeline_per_scenario_the_same_bytes_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = |name: &str| {
+        let path = dir.path().join(name);
+        let file = path.display().to_string();
+        let run = probe(&[
+            "--app",
+            "examples.chat_backend.app:app",
+            "--path",
+            "/ws",
+            "--scenario",
+            STAGING_USER,
+            "--scenario",
+            STAGING_E2E,
+            "--report",
+            &file,
+        ]);
+        run.expect_code(1);
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let html = report("one.html");
+    assert_eq!(
+        html.matches("<svg").count(),
+        3,
+        "a legend and two timelines"
+    );
+    for needle in [
+        "staging-user-101463487227881885914",
+        "staging-e2e-staging_pipeline",
+        "<span class=\"inv\">accept-first</span>",
+        "app receive_text: WebSocket is not connected",
+        "client send e2e-staging_pipeline/m1",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from the report");
+    }
+    assert_eq!(report("two.html"), html);
+}

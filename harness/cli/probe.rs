@@ -68,6 +68,10 @@ pub(crate) struct ProbeArgs {
     /// Write the output here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write one self-contained HTML file with a timeline per scenario: what each client
+    /// sent and saw, and (with an app) what the app's side showed.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// Where the scenarios' clients go.
@@ -201,6 +205,12 @@ pub(crate) fn probe(args: ProbeArgs) -> anyhow::Result<Outcome> {
         Format::Junit => report::junit(&name, &outcomes, allow).context("writing JUnit XML")?,
     };
     emit(args.out.as_ref(), &text)?;
+    if let Some(path) = &args.report {
+        let protocols: Vec<&racegate_replay::scenario::Protocol> =
+            scenarios.iter().map(|s| &s.protocol).collect();
+        std::fs::write(path, report::html(&name, &outcomes, &protocols))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let summary = report::Summary::of(&outcomes);
     // The table ends with this line already; any other output goes to a tool, so the person
     // watching the CI log still gets the verdict on standard error.

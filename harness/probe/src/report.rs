@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
 
+use racegate_replay::scenario::Protocol;
+
 use crate::probe::{Clock, ProbeOutcome, ProbeVerdict};
 
 /// One line per scenario (verdict, wall time against its own time), then each violation
@@ -84,42 +86,55 @@ pub fn scenario_text(o: &ProbeOutcome, width: usize, verdict_width: usize, trace
 /// user, and what the client saw in words.
 /// A frame that matched no chat is marked on its line, with why.
 pub fn timeline(o: &ProbeOutcome) -> String {
-    use crate::Seen;
     let mut out = String::new();
-    let marks = crate::check::unmatched_marks(&o.records, &o.unmatched);
-    for (r, unmatched) in o.records.iter().zip(marks) {
-        let what = match &r.seen {
-            Seen::Connect => "client connect".to_string(),
-            Seen::Open => "client open".to_string(),
-            Seen::Refused { status, close_code } => match close_code {
-                Some(code) => format!("upgrade refused: HTTP {status}, close code {code}"),
-                None => format!("upgrade refused: HTTP {status}"),
-            },
-            Seen::Send { id } => format!("client send {id}"),
-            Seen::Unsent { id, reason } => format!("client unsent {id}: {reason}"),
-            Seen::Recv { text } => format!("client recv {text}"),
-            Seen::RecvBinary { bytes } => format!("client recv binary ({bytes} bytes)"),
-            Seen::ServerClose { code, reason } if reason.is_empty() => {
-                format!("client sees close {code}")
-            }
-            Seen::ServerClose { code, reason } => format!("client sees close {code} ({reason})"),
-            Seen::Dropped { error } => format!("connection dropped: {error}"),
-            Seen::ClientClose => "client close".to_string(),
-            Seen::ClientDrop => "client drop: no close frame".to_string(),
-            Seen::CloseAnswered { code: Some(code) } => format!("close answered {code}"),
-            Seen::CloseAnswered { code: None } => "close answered".to_string(),
-            Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
-            Seen::AppMisuse { op, error } => format!("app {op}: {error}"),
-            Seen::AppRaised { error } => format!("app raised {error}"),
-            Seen::AppHandlerPending { name } => format!("app handler {name} still running"),
-            Seen::AppTaskPending { name } => format!("app task {name} still pending"),
-        };
-        let mark = unmatched.map_or(String::new(), |u| {
-            format!("  <- matches no chat: {}", u.reason)
-        });
-        let _ = writeln!(out, "{:>9.1} ms  {:<24} {what}{mark}", r.at_ms, r.user);
+    for (r, what) in o.records.iter().zip(timeline_lines(o)) {
+        let _ = writeln!(out, "{:>9.1} ms  {:<24} {what}", r.at_ms, r.user);
     }
     out
+}
+
+/// Each record in words, as the timeline prints it (a frame that matched no chat says so).
+fn timeline_lines(o: &ProbeOutcome) -> Vec<String> {
+    use crate::Seen;
+    let marks = crate::check::unmatched_marks(&o.records, &o.unmatched);
+    o.records
+        .iter()
+        .zip(marks)
+        .map(|(r, unmatched)| {
+            let what = match &r.seen {
+                Seen::Connect => "client connect".to_string(),
+                Seen::Open => "client open".to_string(),
+                Seen::Refused { status, close_code } => match close_code {
+                    Some(code) => format!("upgrade refused: HTTP {status}, close code {code}"),
+                    None => format!("upgrade refused: HTTP {status}"),
+                },
+                Seen::Send { id } => format!("client send {id}"),
+                Seen::Unsent { id, reason } => format!("client unsent {id}: {reason}"),
+                Seen::Recv { text } => format!("client recv {text}"),
+                Seen::RecvBinary { bytes } => format!("client recv binary ({bytes} bytes)"),
+                Seen::ServerClose { code, reason } if reason.is_empty() => {
+                    format!("client sees close {code}")
+                }
+                Seen::ServerClose { code, reason } => {
+                    format!("client sees close {code} ({reason})")
+                }
+                Seen::Dropped { error } => format!("connection dropped: {error}"),
+                Seen::ClientClose => "client close".to_string(),
+                Seen::ClientDrop => "client drop: no close frame".to_string(),
+                Seen::CloseAnswered { code: Some(code) } => format!("close answered {code}"),
+                Seen::CloseAnswered { code: None } => "close answered".to_string(),
+                Seen::Timeout { waiting_for } => format!("timeout waiting for {waiting_for}"),
+                Seen::AppMisuse { op, error } => format!("app {op}: {error}"),
+                Seen::AppRaised { error } => format!("app raised {error}"),
+                Seen::AppHandlerPending { name } => format!("app handler {name} still running"),
+                Seen::AppTaskPending { name } => format!("app task {name} still pending"),
+            };
+            let mark = unmatched.map_or(String::new(), |u| {
+                format!("  <- matches no chat: {}", u.reason)
+            });
+            format!("{what}{mark}")
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -316,4 +331,73 @@ pub fn junit(
     }
     report.add_test_suite(suite);
     report.to_string()
+}
+
+/// The HTML report (`--report FILE`): the same timelines `run --report` draws, of what each
+/// client of the probed server sent and saw, and what the app's side showed (`--app`).
+pub fn html(name: &str, outcomes: &[ProbeOutcome], protocols: &[&Protocol]) -> String {
+    use racegate_replay::history::{Got, parse_frame};
+    use racegate_replay::report::{ClientAct, ClientMark, ClientRun, client_report};
+
+    use crate::Seen;
+    let default = Protocol::default();
+    let runs: Vec<ClientRun> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let protocol = protocols.get(i).copied().unwrap_or(&default);
+            let lines = timeline_lines(o);
+            let marks = o
+                .records
+                .iter()
+                .zip(lines)
+                .map(|(r, line)| {
+                    let act = match &r.seen {
+                        Seen::Connect => ClientAct::Connect,
+                        Seen::Open => ClientAct::Open,
+                        Seen::Refused { status, .. } => ClientAct::Refused(*status),
+                        Seen::Send { id } => ClientAct::Send(id.clone()),
+                        Seen::Unsent { id, .. } => ClientAct::Unsent(id.clone()),
+                        Seen::Recv { text } => match parse_frame(protocol, text) {
+                            Got::Ack { id, .. } => ClientAct::Ack(id.into_owned()),
+                            Got::Event { .. } => ClientAct::Event,
+                            Got::Push { .. } => ClientAct::Push,
+                            Got::Error { .. } => ClientAct::Error,
+                            Got::Text(_) | Got::Other => ClientAct::Other,
+                        },
+                        Seen::RecvBinary { .. } => ClientAct::Other,
+                        Seen::ServerClose { code, .. } => ClientAct::ServerClose(*code),
+                        Seen::Dropped { .. } => ClientAct::Dropped,
+                        Seen::ClientClose | Seen::ClientDrop => ClientAct::ClientClose,
+                        Seen::CloseAnswered { .. } => ClientAct::CloseAnswered,
+                        Seen::Timeout { .. } => ClientAct::GaveUp,
+                        Seen::AppMisuse { .. } => ClientAct::AppMisuse,
+                        Seen::AppRaised { .. } => ClientAct::AppRaised,
+                        Seen::AppHandlerPending { .. } | Seen::AppTaskPending { .. } => {
+                            ClientAct::AppPending
+                        }
+                    };
+                    ClientMark {
+                        at_ms: r.at_ms.max(0.0) as u64,
+                        user: r.user.clone(),
+                        act,
+                        line,
+                    }
+                })
+                .collect();
+            ClientRun {
+                scenario: o.scenario.clone(),
+                file: o.file.display().to_string(),
+                verdict: o.verdict.name().to_string(),
+                inconclusive: o.inconclusive.clone(),
+                violations: o.violations.clone(),
+                marks,
+                took: match o.clock {
+                    Clock::Virtual => format!("{:.0} ms virtual", o.elapsed_ms),
+                    Clock::Real => format!("{:.0} ms", o.elapsed_ms),
+                },
+            }
+        })
+        .collect();
+    client_report(&format!("probe {name}"), &runs)
 }

@@ -20,6 +20,7 @@ use crate::runner::{ProductionCheck, RunOutcome};
 use crate::scenario::{InvariantMatch, Verdict};
 use crate::trace::TraceEvent;
 
+pub use html::client::{ClientAct, ClientMark, ClientRun, client_report};
 pub use html::html;
 pub use mermaid::mermaid;
 

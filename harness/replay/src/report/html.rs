@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+pub(crate) mod client;
 mod fold;
 
 use html_escape::encode_text as text;
@@ -438,7 +439,9 @@ fn lanes(trace: &[TraceEvent]) -> IndexMap<&str, Lane> {
                 CLIENT,
                 Some(short_id(id).to_string()),
             ),
-            EventKind::ClientClose => mark(Row::Client, Glyph::Square, CLIENT, None),
+            EventKind::ClientClose | EventKind::ClientDrop => {
+                mark(Row::Client, Glyph::Square, CLIENT, None)
+            }
             EventKind::ClientGaveUp => mark(Row::Client, Glyph::Cross, REJECT, None),
             EventKind::ClientClosed { .. } => mark(Row::Client, Glyph::Bar, CLIENT, None),
             EventKind::ClientRefused { .. } => mark(Row::Client, Glyph::Bar, REJECT, None),
@@ -624,7 +627,19 @@ fn titled(out: &mut String, title: &str, inner: impl FnOnce(&mut String)) {
 
 fn timeline_svg(out: &mut String, title: &str, trace: &[TraceEvent], violations: &[Violation]) {
     let lanes = lanes(trace);
-    let mut times: BTreeSet<u64> = trace.iter().map(|e| e.at_ms).collect();
+    let times: BTreeSet<u64> = trace.iter().map(|e| e.at_ms).collect();
+    draw_timeline(out, title, &lanes, times, violations);
+}
+
+/// Draws `lanes` on a time axis through `times` (every instant something happened), with the
+/// violations: a trace's lanes, or a probe's ([`client`]).
+fn draw_timeline(
+    out: &mut String,
+    title: &str,
+    lanes: &IndexMap<&str, Lane>,
+    mut times: BTreeSet<u64>,
+    violations: &[Violation],
+) {
     times.extend(violations.iter().map(|v| v.at_ms));
     times.insert(0);
     let scale = Scale::new(&times, PLOT_W - TAIL_W);
