@@ -420,4 +420,3 @@ mod tests {
         assert_eq!(lines[1]["severity"], "ERROR");
     }
 }
-

@@ -13,14 +13,19 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use racegate_replay::EndpointKind;
 use racegate_replay::backend::Backend;
-use racegate_replay::runner::{Connector, ReplayClient};
+use racegate_replay::runner::{Connector, Opening, ReplayClient};
 use racegate_replay::scenario::User;
 use racegate_replay::trace::Frame;
 use racegate_replay::transport::fake::{ClientEvent, ClientSendError};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::server::serve_stream;
@@ -38,6 +43,8 @@ struct Flags {
 enum Cmd {
     Chat(String),
     Close,
+    /// End the TCP connection without a close frame.
+    Drop,
 }
 
 /// A replay client over a real WebSocket.
@@ -57,8 +64,23 @@ fn lock(flags: &Mutex<Flags>) -> MutexGuard<'_, Flags> {
 
 /// `?token=` with the user id percent-encoded.
 pub fn token_query(user: &str) -> String {
-    let mut out = String::from("?token=");
-    for b in user.bytes() {
+    format!("?token={}", percent_encode(user))
+}
+
+/// `?token=USER&conn=LABEL`: a user's second connection and later tell racegate's server the
+/// label its trace records them under (a first connection's label is its user id).
+pub fn conn_query(user: &str, label: &str) -> String {
+    let mut out = token_query(user);
+    if label != user {
+        out.push_str("&conn=");
+        out.push_str(&percent_encode(label));
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(char::from(b));
         } else {
@@ -68,18 +90,140 @@ pub fn token_query(user: &str) -> String {
     out
 }
 
+/// One client text frame, masked with `mask` (RFC 6455 §5.3), as it goes on the wire: what a
+/// pipelining client writes after its upgrade request.
+pub fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = WireFrame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().mask = Some(mask);
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out
+}
+
+/// A mask for the `n`-th pipelined frame: the protocol asks for one per frame, and nothing
+/// here is a secret worth an unpredictable one.
+fn mask_for(n: usize) -> [u8; 4] {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    (0x9e37_79b9_u32.wrapping_mul(n.wrapping_add(1))).to_be_bytes()
+}
+
+/// A stream whose first write carries `extra` bytes after what it was asked to write: the
+/// upgrade request and a pipelining client's first frames go out in one write (one segment on
+/// loopback), before the `101` is read. tungstenite hands its whole request to one write, and
+/// after a `Pending` writes the same bytes again, which this answers by finishing its own.
+pub struct Pipelined<S> {
+    inner: S,
+    /// The frames, until the first write takes them.
+    extra: Option<Vec<u8>>,
+    /// The first write's bytes not yet written, and how many of them the caller gave.
+    pending: Vec<u8>,
+    claimed: usize,
+}
+
+impl<S> Pipelined<S> {
+    /// `inner`, whose first write will carry `extra` after it (nothing when it is empty).
+    pub fn new(inner: S, extra: Vec<u8>) -> Self {
+        Pipelined {
+            inner,
+            extra: (!extra.is_empty()).then_some(extra),
+            pending: Vec::new(),
+            claimed: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Pipelined<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Pipelined<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(extra) = this.extra.take() {
+            this.pending = [buf, &extra].concat();
+            this.claimed = buf.len();
+        }
+        if this.claimed == 0 {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        while !this.pending.is_empty() {
+            match Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    this.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(std::mem::take(&mut this.claimed)))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 impl WsClient {
     /// Starts connecting to `ws://addr{target}`; returns at once.
     pub fn connect(addr: SocketAddr, target: String, limits: Limits) -> WsClient {
+        Self::connect_pipelined(addr, target, limits, Vec::new())
+    }
+
+    /// Starts connecting to `ws://addr{target}` with `pipelined` (already framed) written in
+    /// the same write as the upgrade request; returns at once.
+    pub fn connect_pipelined(
+        addr: SocketAddr,
+        target: String,
+        limits: Limits,
+        pipelined: Vec<u8>,
+    ) -> WsClient {
         let flags = Arc::new(Mutex::new(Flags::default()));
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(run(addr, target, limits, flags.clone(), cmd_rx, event_tx));
+        let run = run(
+            addr,
+            target,
+            limits,
+            pipelined,
+            flags.clone(),
+            cmd_rx,
+            event_tx,
+        );
+        tokio::spawn(run);
         WsClient {
             flags,
             cmds,
             events,
         }
+    }
+}
+
+impl WsClient {
+    fn leave(&self, how: Cmd) -> bool {
+        let mut flags = lock(&self.flags);
+        if flags.closed_by_us || flags.closed_by_server {
+            return false;
+        }
+        flags.closed_by_us = true;
+        self.cmds.send(how).is_ok()
     }
 }
 
@@ -98,12 +242,11 @@ impl ReplayClient for WsClient {
     }
 
     fn close(&self) -> bool {
-        let mut flags = lock(&self.flags);
-        if flags.closed_by_us || flags.closed_by_server {
-            return false;
-        }
-        flags.closed_by_us = true;
-        self.cmds.send(Cmd::Close).is_ok()
+        self.leave(Cmd::Close)
+    }
+
+    fn drop_connection(&self) -> bool {
+        self.leave(Cmd::Drop)
     }
 
     async fn next_event(&mut self) -> Option<ClientEvent> {
@@ -124,6 +267,7 @@ async fn run(
     addr: SocketAddr,
     target: String,
     limits: Limits,
+    pipelined: Vec<u8>,
     flags: Arc<Mutex<Flags>>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<ClientEvent>,
@@ -133,6 +277,7 @@ async fn run(
     };
     let _ = stream.set_nodelay(true);
     let url = format!("ws://{addr}{target}");
+    let stream = Pipelined::new(stream, pipelined);
     let handshake =
         tokio_tungstenite::client_async_with_config(url, stream, Some(limits.ws_config()));
     // A client that leaves before the handshake completes closes its TCP connection (dropping
@@ -140,7 +285,8 @@ async fn run(
     // raises ClientDisconnected.
     let handshake = tokio::select! {
         done = handshake => done,
-        // Only a close can come now: `send_chat` refuses a connection that is not open.
+        // Only a close or a drop can come now (`send_chat` refuses a connection that is not
+        // open): either way the TCP connection ends.
         _ = cmds.recv() => return,
     };
     let mut ws = match handshake {
@@ -218,8 +364,8 @@ async fn run(
                     let _ = tokio::time::timeout(limits.close_timeout, closing).await;
                     return;
                 }
-                // The client was dropped: the TCP connection goes with it.
-                None => return,
+                // `drop_ms`, or the client was dropped: the TCP connection goes, no close frame.
+                Some(Cmd::Drop) | None => return,
             },
         }
     }
@@ -264,6 +410,20 @@ impl Connector for WsConnector {
     }
 
     fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> WsClient {
+        let opening = Opening {
+            label: &user.id,
+            pipelined: &[],
+        };
+        self.connect_as(backend, endpoint, user, opening)
+    }
+
+    fn connect_as(
+        &self,
+        backend: &Arc<Backend>,
+        endpoint: EndpointKind,
+        user: &User,
+        opening: Opening<'_>,
+    ) -> WsClient {
         let listener = self.listener.clone();
         let ctx = SocketCtx {
             limits: self.limits,
@@ -277,10 +437,17 @@ impl Connector for WsConnector {
                 serve_stream(stream, ctx, endpoint, accept_delay, move || backend).await;
             }
         });
-        WsClient::connect(
+        let pipelined: Vec<u8> = opening
+            .pipelined
+            .iter()
+            .enumerate()
+            .flat_map(|(n, (id, text))| masked_text(&wire::chat_text(id, text), mask_for(n)))
+            .collect();
+        WsClient::connect_pipelined(
             self.addr,
-            format!("/ws{}", token_query(&user.id)),
+            format!("/ws{}", conn_query(&user.id, opening.label)),
             self.limits,
+            pipelined,
         )
     }
 }

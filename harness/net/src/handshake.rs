@@ -21,6 +21,10 @@ pub struct Upgrade {
     pub path: String,
     /// `?token=`, percent-decoded; `None` when absent or empty.
     pub token: Option<String>,
+    /// `?conn=`, percent-decoded: the label the trace records this connection under (a user's
+    /// second connection and later, `id#k`, in `run --transport ws`); `None` when absent or
+    /// empty, and then the label is the token.
+    pub conn: Option<String>,
     /// `Sec-WebSocket-Key`, for the accept hash.
     pub key: String,
     /// Bytes the client sent after the request (a pipelining client's first frames).
@@ -135,18 +139,22 @@ fn parse(buf: &[u8]) -> Result<Option<Upgrade>, HandshakeError> {
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut token = None;
+    let mut conn = None;
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "token" {
-            let value = percent_decode(value)
-                .ok_or_else(|| bad("`token` is not valid percent-encoded UTF-8"))?;
-            token = Some(value).filter(|t| !t.is_empty());
-            break;
-        }
+        let slot = match name {
+            "token" if token.is_none() => &mut token,
+            "conn" if conn.is_none() => &mut conn,
+            _ => continue,
+        };
+        let value = percent_decode(value)
+            .ok_or_else(|| bad(&format!("`{name}` is not valid percent-encoded UTF-8")))?;
+        *slot = Some(Some(value).filter(|t| !t.is_empty()));
     }
     Ok(Some(Upgrade {
         path: path.to_string(),
-        token,
+        token: token.flatten(),
+        conn: conn.flatten(),
         key,
         leftover: buf[len..].to_vec(),
     }))
@@ -223,6 +231,22 @@ mod tests {
         assert_eq!(up.token.as_deref(), Some("user-1"));
         assert_eq!(up.key, "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(up.leftover, b"\x81");
+    }
+
+    #[test]
+    fn a_conn_parameter_names_the_connection_and_the_first_token_wins() {
+        assert_eq!(parse(REQ.as_bytes()).unwrap().unwrap().conn, None);
+        let second = REQ.replace("token=user%2D1", "token=u&conn=u%232&token=v&conn=x");
+        let up = parse(second.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            (up.token.as_deref(), up.conn.as_deref()),
+            (Some("u"), Some("u#2"))
+        );
+        let broken = REQ.replace("token=user%2D1", "token=u&conn=%zz");
+        assert!(matches!(
+            parse(broken.as_bytes()),
+            Err(HandshakeError::BadRequest(m)) if m.contains("`conn`")
+        ));
     }
 
     #[test]

@@ -343,8 +343,12 @@ pub(crate) async fn serve_stream<L: BackendLease>(
     };
     let session = SessionGuard::new(ctx.counters.clone());
     let lease = lease();
+    // `?conn=` names a user's later connection in the trace (`run --transport ws`).
+    let label = upgrade.conn.clone().unwrap_or_else(|| user.clone());
     let socket = Arc::new(WsSocket::new(stream, upgrade, accept_delay, ctx, guard));
-    endpoint.serve(lease.backend(), socket.clone(), user).await;
+    endpoint
+        .serve_as(lease.backend(), socket.clone(), user, label)
+        .await;
     // The endpoint function returned: uvicorn ends the connection, whoever still holds it.
     socket.app_finished();
     drop(lease);

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use indexmap::IndexMap;
 use racegate_replay::checker::{self, Judgement};
 use racegate_replay::history::{Act, Got, History, read_frame};
-use racegate_replay::scenario::Scenario;
+use racegate_replay::scenario::{Scenario, User};
 use racegate_replay::{Unmatched, Violation};
 
 use crate::session::{Record, Seen};
@@ -64,6 +64,9 @@ pub struct Reading<'a> {
     records: &'a [Record],
     /// Per record: its frame, for a text frame.
     frames: Vec<Option<Frame>>,
+    /// Each connection's label, with its `[[user]]`, in the scenario's order: records name
+    /// connections.
+    conns: Vec<(String, &'a User)>,
 }
 
 impl<'a> Reading<'a> {
@@ -79,11 +82,28 @@ impl<'a> Reading<'a> {
                 _ => None,
             })
             .collect();
+        let conns = scenario
+            .connections()
+            .into_iter()
+            .map(|c| c.label)
+            .zip(&scenario.users)
+            .collect();
         Reading {
             scenario,
             records,
             frames,
+            conns,
         }
+    }
+
+    /// The `[[user]]` of the connection labelled `conn`, if the scenario has one.
+    fn user(&self, conn: &str) -> Option<&'a User> {
+        self.conns.iter().find(|(c, _)| c == conn).map(|(_, u)| *u)
+    }
+
+    /// True when connection `conn` is one the scenario expects served (no `fail_at`).
+    fn served(&self, conn: &str) -> bool {
+        self.user(conn).is_some_and(|u| u.fail_at.is_none())
     }
 
     /// Every client-observable invariant over the history.
@@ -91,20 +111,21 @@ impl<'a> Reading<'a> {
         checker::check(&self.history())
     }
 
-    /// The client history: each record one step of its user's connection.
+    /// The client history: each record one step of its connection.
     pub fn history(&self) -> History<'a> {
         let scenario = self.scenario;
         let mut h = History::new(&scenario.protocol);
-        // Every user has a connection, in the scenario's order, even one that recorded nothing.
-        for user in &scenario.users {
-            h.conns.entry(Cow::Borrowed(user.id.as_str())).or_default();
+        // Every connection has a history, in the scenario's order, even one that recorded
+        // nothing; a user's later connections are that user's.
+        for (label, user) in &self.conns {
+            if *label != user.id {
+                h.set_user(Cow::Owned(label.clone()), Cow::Borrowed(user.id.as_str()));
+            }
+            h.conns.entry(Cow::Owned(label.clone())).or_default();
         }
         for (r, frame) in self.records.iter().zip(&self.frames) {
             let user = r.user.as_str();
-            let scheduled = scenario
-                .users
-                .iter()
-                .any(|u| u.id == user && u.close_ms.is_some());
+            let scheduled = self.user(user).is_some_and(|u| u.close_ms.is_some());
             let b = |s: &'a String| Cow::Borrowed(s.as_str());
             let act = match &r.seen {
                 Seen::Connect => Act::Connect,
@@ -128,6 +149,7 @@ impl<'a> Reading<'a> {
                 },
                 Seen::Dropped { error } => Act::Dropped { error: b(error) },
                 Seen::ClientClose => Act::ClientClose { scheduled },
+                Seen::ClientDrop => Act::ClientDrop,
                 Seen::CloseAnswered { code } => Act::CloseAnswered { code: *code },
                 Seen::Timeout { waiting_for } => Act::GaveUp {
                     detail: Cow::Owned(format!(
@@ -154,15 +176,9 @@ impl<'a> Reading<'a> {
         if !judgement.violations.is_empty() {
             return None;
         }
-        let served = |user: &str| {
-            self.scenario
-                .users
-                .iter()
-                .any(|u| u.id == user && u.fail_at.is_none())
-        };
         let mut sent = 0;
         for (r, frame) in self.records.iter().zip(&self.frames) {
-            if !served(&r.user) {
+            if !self.served(&r.user) {
                 continue;
             }
             match (&r.seen, frame) {
@@ -212,11 +228,11 @@ impl<'a> Reading<'a> {
         let scenario = self.scenario;
         let records = self.records;
         let protocol = &scenario.protocol;
-        let served: Vec<&str> = scenario
-            .users
+        let served: Vec<&str> = self
+            .conns
             .iter()
-            .filter(|u| u.fail_at.is_none())
-            .map(|u| u.id.as_str())
+            .filter(|(_, u)| u.fail_at.is_none())
+            .map(|(c, _)| c.as_str())
             .collect();
         if served.is_empty() {
             return None;
@@ -250,7 +266,7 @@ impl<'a> Reading<'a> {
                     refused_after_send.insert(&r.user, false);
                     left_first.entry(&r.user).or_insert(false);
                 }
-                Seen::ClientClose => {
+                Seen::ClientClose | Seen::ClientDrop => {
                     left_first.entry(&r.user).or_insert(true);
                 }
                 Seen::Refused { status, close_code } => {
@@ -301,6 +317,15 @@ impl<'a> Reading<'a> {
         let auth_hint = "check the scenario's [protocol] credentials (`user_query`, `user_header`): \
                          a server that refuses them refuses everyone";
         if opened == 0 {
+            // Every client left during its handshake on its own schedule, and the server had
+            // answered none of them: the scenario asked for nothing to be exercised.
+            if endings.is_empty() && served.iter().all(|c| left_first.get(c) == Some(&true)) {
+                return Some(
+                    "every client left during its handshake on its own schedule (`close_ms`, \
+                     `drop_ms`) before the server opened its connection: nothing was exercised"
+                        .into(),
+                );
+            }
             // Starlette answers an upgrade to a path no WebSocket route serves with 403 (a
             // route that closes before accept too), FastAPI's 404s likewise: the path first.
             if statuses.iter().any(|s| matches!(s, 403 | 404)) {
@@ -755,5 +780,165 @@ mod tests {
         want[6] = Some("nobody/m9");
         want[8] = Some("ghost/m2");
         assert_eq!(marks, want);
+    }
+
+    /// `tab` twice (a reconnect), `v` once; each with one chat.
+    fn reconnect() -> Scenario {
+        scenario(
+            r#"
+            name = "reconnect"
+            [[user]]
+            id = "tab"
+            close_ms = 100
+            send = [{ at_ms = 5, text = "one" }]
+            [[user]]
+            id = "tab"
+            connect_ms = 50
+            drop_ms = 300
+            send = [{ at_ms = 5, text = "two" }]
+            [[user]]
+            id = "v"
+            "#,
+        )
+    }
+
+    #[test]
+    fn records_name_connections_and_a_users_later_connection_is_that_users() {
+        let s = reconnect();
+        let ack = |id: &str, user: &str| format!(r#"{{"type":"ack","id":"{id}","user":"{user}"}}"#);
+        let records = [
+            rec(0.0, "tab", Seen::Open),
+            rec(
+                5.0,
+                "tab",
+                Seen::Send {
+                    id: "tab/m1".into(),
+                },
+            ),
+            rec(50.0, "tab#2", Seen::Open),
+            rec(
+                55.0,
+                "tab#2",
+                Seen::Send {
+                    id: "tab/m2".into(),
+                },
+            ),
+            // The first chat's answer reaches the reconnect: the user's own.
+            recv(60.0, "tab#2", &ack("tab/m1", "tab")),
+            recv(61.0, "tab#2", &ack("tab/m2", "tab")),
+            rec(100.0, "tab", Seen::ClientClose),
+            rec(300.0, "tab#2", Seen::ClientDrop),
+        ];
+        let h = history(&s, &records);
+        let labels: Vec<&str> = h.conns.keys().map(|k| k.as_ref()).collect();
+        assert_eq!(labels, ["tab", "tab#2", "v"]);
+        assert_eq!(h.user_of("tab#2"), "tab");
+        assert_eq!(
+            h.conns["tab#2"].last().map(|o| &o.act),
+            Some(&Act::ClientDrop)
+        );
+        assert_eq!(
+            h.conns["tab"].last().map(|o| &o.act),
+            Some(&Act::ClientClose { scheduled: true }),
+            "the first connection's close_ms is its own"
+        );
+        let j = judge(&s, &records);
+        assert_eq!(j.violations, [], "{j:?}");
+        // The same frame on `v`'s connection is another user's.
+        let crossed = [
+            rec(0.0, "tab", Seen::Open),
+            rec(
+                5.0,
+                "tab",
+                Seen::Send {
+                    id: "tab/m1".into(),
+                },
+            ),
+            rec(6.0, "v", Seen::Open),
+            recv(7.0, "v", &ack("tab/m1", "tab")),
+        ];
+        let found: Vec<(racegate_replay::Invariant, String)> = check(&s, &crossed)
+            .into_iter()
+            .map(|v| (v.invariant, v.user))
+            .collect();
+        assert!(
+            found.contains(&(racegate_replay::Invariant::CrossUser, "v".to_string())),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_chat_cut_off_by_the_clients_own_drop_is_indeterminate_and_no_abnormal_close() {
+        let s = reconnect();
+        let records = [
+            rec(50.0, "tab#2", Seen::Open),
+            rec(
+                55.0,
+                "tab#2",
+                Seen::Send {
+                    id: "tab/m2".into(),
+                },
+            ),
+            rec(300.0, "tab#2", Seen::ClientDrop),
+        ];
+        let j = judge(&s, &records);
+        assert_eq!(j.violations, []);
+        assert_eq!(j.indeterminate.len(), 1);
+        assert_eq!(j.indeterminate[0].user, "tab#2");
+    }
+
+    #[test]
+    fn clients_that_all_left_during_their_handshake_exercised_nothing() {
+        let s = scenario(
+            r#"
+            name = "leavers"
+            [[user]]
+            id = "a"
+            close_ms = 50
+            [[user]]
+            id = "a"
+            drop_ms = 50
+            "#,
+        );
+        let left = [
+            rec(0.0, "a", Seen::Connect),
+            rec(0.0, "a#2", Seen::Connect),
+            rec(50.0, "a", Seen::ClientClose),
+            rec(50.0, "a#2", Seen::ClientDrop),
+        ];
+        assert!(
+            inconclusive(&s, &left)
+                .unwrap()
+                .starts_with("every client left during its handshake on its own schedule"),
+        );
+        // One of them never left: the server answered nothing to it.
+        assert!(
+            inconclusive(&s, &left[..3])
+                .unwrap()
+                .starts_with("no connection opened")
+        );
+        // The server refused one: that is an answer, and the usual hint follows.
+        let refused = [
+            left[0].clone(),
+            left[2].clone(),
+            rec(
+                1.0,
+                "a#2",
+                Seen::Refused {
+                    status: 403,
+                    close_code: None,
+                },
+            ),
+        ];
+        assert!(
+            inconclusive(&s, &refused)
+                .unwrap()
+                .starts_with("no connection opened (the server answered: HTTP 403")
+        );
+        assert_eq!(
+            check(&s, &left),
+            [],
+            "leaving during the handshake is neither stuck nor a loss"
+        );
     }
 }

@@ -154,6 +154,7 @@ impl ProbeOutcome {
                 | Seen::Refused { .. }
                 | Seen::RecvBinary { .. }
                 | Seen::ClientClose
+                | Seen::ClientDrop
                 | Seen::CloseAnswered { .. } => {}
             }
         }
@@ -243,9 +244,10 @@ pub async fn probe_scenario(
         scenario.protocol.events.len(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, (user, request)) in scenario.users.iter().zip(requests).enumerate() {
+    let conns = scenario.connections();
+    for (i, ((user, request), conn)) in scenario.users.iter().zip(requests).zip(conns).enumerate() {
         let close_at = origin
-            + Duration::from_millis(match user.close_ms {
+            + Duration::from_millis(match user.leave_ms() {
                 Some(ms) => user.connect_ms + ms,
                 None => own,
             });
@@ -264,7 +266,7 @@ pub async fn probe_scenario(
             };
             (
                 i,
-                session::run(dial, request, &protocol, &user, schedule).await,
+                session::run(dial, request, &protocol, &user, &conn, schedule).await,
             )
         });
     }

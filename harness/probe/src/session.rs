@@ -1,23 +1,29 @@
-//! One user's connection on a real clock: connect at its time, send its chats on schedule after
-//! open, close at its time, and record everything seen, with milliseconds since the scenario
-//! began. Judging is [`check`](crate::check)'s job; a session only records.
+//! One user's connection on a real clock: connect at its time (writing its pipelined chats with
+//! the upgrade request), send its chats on schedule after open, close or drop at its time (a
+//! close or drop due while the handshake is still waiting ends the TCP connection there), and
+//! record everything seen, with milliseconds since the scenario began, under the connection's
+//! label. Judging is [`check`](crate::check)'s job; a session only records.
 //!
 //! Every wait is bounded by the scenario's deadline. What the deadline cut short is recorded as
 //! [`Seen::Timeout`], which is `stuck`. A refused TCP connect is not a record but an error: the
 //! server is not there, and nothing about the scenario can be judged.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use racegate_replay::history::{Got, parse_frame};
-use racegate_replay::scenario::{Protocol, User};
+use racegate_replay::scenario::{Connection, Protocol, User};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::target::Target;
@@ -72,8 +78,11 @@ pub enum Seen {
         /// What the client library said.
         error: String,
     },
-    /// The client closed its side with 1000.
+    /// The client closed its side with 1000 (before open: it gave up on the handshake and
+    /// ended its TCP connection, as it had no WebSocket to close).
     ClientClose,
+    /// The client ended its TCP connection without a close frame (`drop_ms`).
+    ClientDrop,
     /// The server answered the client's close.
     CloseAnswered {
         /// The code it answered with, if a frame came.
@@ -116,7 +125,7 @@ pub enum Seen {
 pub struct Record {
     /// Wall-clock milliseconds since the scenario began.
     pub at_ms: f64,
-    /// The user.
+    /// The connection: its user's id, or `id#k` for the user's `k`-th connection.
     pub user: String,
     /// What happened.
     #[serde(flatten)]
@@ -128,7 +137,7 @@ pub struct Record {
 pub struct Schedule {
     /// The scenario's start.
     pub origin: Instant,
-    /// When the client closes unless the server closed first.
+    /// When the client closes (or, with `drop_ms`, drops) unless the server closed first.
     pub close_at: Instant,
     /// Past this, nothing is waited for.
     pub deadline: Instant,
@@ -149,7 +158,7 @@ pub enum Failure {
 /// How long the client keeps driving a connection the server closed, so its answer goes out.
 const CLOSE_REPLY_GRACE: Duration = Duration::from_millis(500);
 
-type Ws = WebSocketStream<Conn>;
+type Ws = WebSocketStream<Pipelined<Conn>>;
 
 /// Where and how one user's client connects.
 #[derive(Debug, Clone, Copy)]
@@ -160,20 +169,24 @@ pub struct Dial<'a> {
     pub tls: Option<&'a Tls>,
 }
 
-/// Runs `user`'s client against `dial.target` with its upgrade `request` (built and checked by
-/// the caller, credentials filled in) and returns what it saw.
+/// Runs connection `conn` of `user` against `dial.target` with its upgrade `request` (built and
+/// checked by the caller, credentials filled in) and returns what it saw.
 pub async fn run(
     dial: Dial<'_>,
     request: Request,
     protocol: &Protocol,
     user: &User,
+    conn: &Connection,
     schedule: Schedule,
 ) -> Result<Vec<Record>, Failure> {
     let mut log = Log {
         origin: schedule.origin,
-        user: user.id.clone(),
+        user: conn.label.clone(),
         records: Vec::new(),
     };
+    // This connection's `n`-th chat (1-based): a user's chats are numbered across its
+    // connections.
+    let chat_id = |n: usize| protocol.chat_id(&user.id, conn.chats_before + n);
     let deadline = schedule.deadline;
     sleep_until(schedule.origin + Duration::from_millis(user.connect_ms)).await;
     log.push(Seen::Connect);
@@ -205,10 +218,47 @@ pub async fn run(
             }
         },
     };
+    // Pipelined chats go out in the upgrade request's write, before the `101` is read.
+    let mut pending = Pending::default();
+    let mut frames = Vec::new();
+    let mut pipelined = Vec::new();
+    for (k, send) in user.sends[..user.pipelined].iter().enumerate() {
+        let id = chat_id(k + 1);
+        let text = protocol.render_chat(&id, &send.text, &user.id);
+        frames.extend(masked_text(&text, mask_for(k)));
+        pipelined.push(id);
+    }
+    let stream = Pipelined::new(stream, frames);
+    for id in pipelined {
+        pending.sent(&id);
+        log.push(Seen::Send { id });
+    }
     let handshake = tokio_tungstenite::client_async(request, stream);
+    // A close or drop due during the handshake ends it there: the client leaves (dropping the
+    // handshake ends its TCP connection; there is no WebSocket to close), as the replay's client
+    // does, and as a browser's `ws.close()` in CONNECTING does.
+    let leave = sleep_until(
+        user.leave_ms()
+            .map_or(deadline, |_| schedule.close_at.min(deadline)),
+    );
+    let handshake = async {
+        tokio::select! {
+            biased;
+            done = handshake => Some(done),
+            () = leave, if user.leave_ms().is_some() && schedule.close_at < deadline => None,
+        }
+    };
     let mut ws = match timeout_at(deadline, handshake).await {
-        Ok(Ok((ws, _response))) => ws,
-        Ok(Err(WsError::Http(response))) => {
+        Ok(None) => {
+            log.push(if user.drop_ms.is_some() {
+                Seen::ClientDrop
+            } else {
+                Seen::ClientClose
+            });
+            return Ok(log.records);
+        }
+        Ok(Some(Ok((ws, _response)))) => ws,
+        Ok(Some(Err(WsError::Http(response)))) => {
             let close_code = response
                 .headers()
                 .get("x-websocket-close-code")
@@ -220,7 +270,7 @@ pub async fn run(
             });
             return Ok(log.records);
         }
-        Ok(Err(e)) => {
+        Ok(Some(Err(e))) => {
             log.push(Seen::Dropped {
                 error: format!("during the handshake: {e}"),
             });
@@ -230,9 +280,9 @@ pub async fn run(
             log.push(Seen::Timeout {
                 waiting_for: "the WebSocket handshake (101) to complete".into(),
             });
-            for n in 1..=user.sends.len() {
+            for n in user.pipelined + 1..=user.sends.len() {
                 log.push(Seen::Unsent {
-                    id: protocol.chat_id(&user.id, n),
+                    id: chat_id(n),
                     reason: "the connection never opened".into(),
                 });
             }
@@ -242,14 +292,13 @@ pub async fn run(
     log.push(Seen::Open);
     let opened = Instant::now();
     let last_send = user.sends.iter().map(|s| s.at_ms).max().unwrap_or(0);
-    let close_at = match user.close_ms {
+    let close_at = match user.leave_ms() {
         Some(_) => schedule.close_at,
         None => schedule
             .close_at
             .max(opened + Duration::from_millis(last_send) + schedule.after_last_send),
     };
-    let mut next = 0;
-    let mut pending = Pending::default();
+    let mut next = user.pipelined;
     loop {
         let send_at = user
             .sends
@@ -260,7 +309,7 @@ pub async fn run(
         // Missing answers are judged only after that.
         // It stops waiting a little before the deadline, so the server's answer to its close
         // still fits.
-        let awaiting = user.close_ms.is_none() && !pending.is_empty();
+        let awaiting = user.leave_ms().is_none() && !pending.is_empty();
         let answers_until = deadline
             .checked_sub(CLOSE_REPLY_GRACE)
             .unwrap_or(deadline)
@@ -289,7 +338,7 @@ pub async fn run(
                     return Ok(log.records);
                 }
                 if Some(wake) == send_at && wake < close_at {
-                    let id = protocol.chat_id(&user.id, next + 1);
+                    let id = chat_id(next + 1);
                     let text = protocol.render_chat(&id, &user.sends[next].text, &user.id);
                     next += 1;
                     match ws.send(Message::text(text)).await {
@@ -302,6 +351,11 @@ pub async fn run(
                             return Ok(log.records);
                         }
                     }
+                } else if user.drop_ms.is_some() {
+                    // The TCP connection ends with the stream: no close frame.
+                    log.push(Seen::ClientDrop);
+                    drop(ws);
+                    return Ok(log.records);
                 } else {
                     close(&mut ws, &mut log, deadline).await;
                     return Ok(log.records);
@@ -480,5 +534,163 @@ impl Log {
             }
         }
         true
+    }
+}
+
+/// One client text frame, masked with `mask` (RFC 6455 §5.3), as it goes on the wire: what a
+/// pipelining client writes after its upgrade request.
+pub(crate) fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().mask = Some(mask);
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out
+}
+
+/// A mask for a connection's `k`-th pipelined frame: the protocol asks for one per frame, and
+/// nothing here is a secret worth an unpredictable one.
+pub(crate) fn mask_for(k: usize) -> [u8; 4] {
+    let k = u32::try_from(k).unwrap_or(u32::MAX);
+    (0x9e37_79b9_u32.wrapping_mul(k.wrapping_add(1))).to_be_bytes()
+}
+
+/// A stream whose first write carries `extra` bytes after what it was asked to write: the
+/// upgrade request and a pipelining client's first frames go out in one write, before the
+/// `101` is read (tokio-tungstenite's handshake writes its request alone). tungstenite hands
+/// its whole request to one write, and after a `Pending` writes the same bytes again, which
+/// this answers by finishing its own.
+pub struct Pipelined<S> {
+    inner: S,
+    /// The frames, until the first write takes them.
+    extra: Option<Vec<u8>>,
+    /// The first write's bytes not yet written, and how many of them the caller gave.
+    pending: Vec<u8>,
+    claimed: usize,
+}
+
+impl<S> Pipelined<S> {
+    /// `inner`, whose first write will carry `extra` after it (nothing when it is empty).
+    pub fn new(inner: S, extra: Vec<u8>) -> Self {
+        Pipelined {
+            inner,
+            extra: (!extra.is_empty()).then_some(extra),
+            pending: Vec::new(),
+            claimed: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Pipelined<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Pipelined<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(extra) = this.extra.take() {
+            this.pending = [buf, &extra].concat();
+            this.claimed = buf.len();
+        }
+        if this.claimed == 0 {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        while !this.pending.is_empty() {
+            match Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    this.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(std::mem::take(&mut this.claimed)))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    /// `frame` unmasked: its text, if it is one masked text frame of under 126 bytes.
+    pub(crate) fn unmasked(frame: &[u8]) -> Option<String> {
+        let (&[op, len], rest) = frame.split_first_chunk::<2>()? else {
+            return None;
+        };
+        let (mask, payload) = rest.split_first_chunk::<4>()?;
+        (op == 0x81 && len & 0x80 != 0 && usize::from(len & 0x7f) == payload.len()).then(|| {
+            let bytes: Vec<u8> = payload
+                .iter()
+                .zip(mask.iter().cycle())
+                .map(|(b, m)| b ^ m)
+                .collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+
+    #[test]
+    fn a_masked_text_frame_reads_back_as_its_text() {
+        let frame = masked_text(r#"{"id":"u/m1"}"#, mask_for(0));
+        assert_eq!(unmasked(&frame).as_deref(), Some(r#"{"id":"u/m1"}"#));
+        assert_ne!(mask_for(0), mask_for(1), "a mask per frame");
+    }
+
+    #[test]
+    fn pipelined_frames_go_out_in_the_upgrade_requests_own_write() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let frame = masked_text("early", mask_for(0));
+            let client = {
+                let frame = frame.clone();
+                tokio::spawn(async move {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let request = format!("ws://{addr}/ws").into_client_request().unwrap();
+                    // Never answered: the handshake waits until the test ends.
+                    let _ =
+                        tokio_tungstenite::client_async(request, Pipelined::new(tcp, frame)).await;
+                })
+            };
+            let (mut server, _) = listener.accept().await.unwrap();
+            // The first read holds the whole write: the request head, then the frame.
+            let mut buf = vec![0u8; 4096];
+            let n = server.read(&mut buf).await.unwrap();
+            let got = &buf[..n];
+            let head = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4)
+                .expect("the request head");
+            assert!(got.starts_with(b"GET /ws HTTP/1.1\r\n"));
+            assert_eq!(&got[head..], &frame[..]);
+            client.abort();
+        });
     }
 }

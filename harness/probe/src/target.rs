@@ -29,7 +29,10 @@ impl Target {
         };
         // The URL standard skips the slashes of `ws:///path` and reads `path` as the host; a
         // server's address with three slashes has lost its host.
-        if url.split_once("://").is_some_and(|(_, rest)| rest.starts_with('/')) {
+        if url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.starts_with('/'))
+        {
             return Err(bad("no host; expected ws://HOST:PORT/PATH"));
         }
         let parsed = match url::Url::parse(url) {

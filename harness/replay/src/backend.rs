@@ -30,10 +30,15 @@ pub async fn pause(ms: u64) {
     }
 }
 
+/// One registered connection: its label (what the trace records it under) and how to reach it.
+type Entry = (String, Pusher);
+
 #[derive(Default)]
 struct Shared {
-    /// user → how to reach the connection. Ordered: iteration order is determinism.
-    manager: IndexMap<String, Pusher>,
+    /// user → its registered connections, oldest first, each with how to reach it. Ordered:
+    /// iteration order is determinism. The legacy endpoints keep one connection a user (the
+    /// production manager's dict); the fixed one every connection of the user (two tabs).
+    manager: IndexMap<String, Vec<Entry>>,
     /// Handlers registered in the global router (the production router is per message type,
     /// not per connection, so the first registration serves everyone).
     router_handlers: usize,
@@ -52,7 +57,8 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend with these timings; `failures` says which user fails at which phase.
+    /// A backend with these timings; `failures` says which connection (by label) fails at
+    /// which phase.
     pub fn new(
         config: ServerConfig,
         failures: IndexMap<String, Phase>,
@@ -78,51 +84,99 @@ impl Backend {
         self.recorder.record(user, kind);
     }
 
-    /// Runs one setup phase for `user`: waits its duration, then succeeds or fails as injected.
-    pub async fn phase(&self, user: &str, phase: Phase) -> Result<(), Phase> {
+    /// Runs one setup phase for connection `conn`: waits its duration, then succeeds or fails
+    /// as injected.
+    pub async fn phase(&self, conn: &str, phase: Phase) -> Result<(), Phase> {
         let ms = match phase {
             Phase::Auth => self.config.auth_ms,
             Phase::Services => self.config.services_ms,
             Phase::Register => self.config.register_ms,
         };
         pause(ms).await;
-        match self.failures.get(user) {
+        match self.failures.get(conn) {
             Some(failing) if *failing == phase => Err(phase),
             Some(_) | None => Ok(()),
         }
     }
 
-    /// Makes `user`'s connection reachable by the notifier.
-    pub fn register(&self, user: &str, pusher: Pusher) {
-        self.lock().manager.insert(user.to_string(), pusher);
-        self.record(user, EventKind::Registered);
+    /// Makes connection `conn` the one the notifier reaches `user` by (the production
+    /// manager's `connections[user] = ws`): a connection of the user registered before is
+    /// replaced, and no longer reachable.
+    pub fn register(&self, user: &str, conn: &str, pusher: Pusher) {
+        let replaced = self
+            .lock()
+            .manager
+            .insert(user.to_string(), vec![(conn.to_string(), pusher)]);
+        for (old, _) in replaced.unwrap_or_default() {
+            self.record(&old, EventKind::Unregistered);
+        }
+        self.record(conn, EventKind::Registered);
     }
 
-    /// Removes `user`'s connection from the manager.
+    /// Makes connection `conn` reachable by the notifier as one more of `user`'s connections
+    /// (the fix: a user's tabs each get its pushes).
+    pub fn register_also(&self, user: &str, conn: &str, pusher: Pusher) {
+        self.lock()
+            .manager
+            .entry(user.to_string())
+            .or_default()
+            .push((conn.to_string(), pusher));
+        self.record(conn, EventKind::Registered);
+    }
+
+    /// Removes whatever is registered for `user` (the production manager's
+    /// `del connections[user]`): when that is a newer connection of the user, the one that
+    /// asked removes it.
     pub fn unregister(&self, user: &str) {
         // Nothing iterates the manager, so the O(1) removal cannot change an order anyone sees
         // (`shift_remove` made a run of thousands of users quadratic).
-        if self.lock().manager.swap_remove(user).is_some() {
-            self.record(user, EventKind::Unregistered);
+        let removed = self.lock().manager.swap_remove(user);
+        for (conn, _) in removed.unwrap_or_default() {
+            self.record(&conn, EventKind::Unregistered);
         }
     }
 
-    /// Sends `frame` to whatever connection is registered for `user`. `Err` when none is.
-    pub async fn send_to_user(&self, user: &str, frame: Frame) -> Result<(), Frame> {
-        let pusher = self.lock().manager.get(user).cloned();
-        match pusher {
-            Some(push) => {
-                push(frame).await;
-                Ok(())
+    /// Removes connection `conn` of `user` from the manager, and only that one.
+    pub fn unregister_own(&self, user: &str, conn: &str) {
+        let removed = {
+            let mut shared = self.lock();
+            let Some(conns) = shared.manager.get_mut(user) else {
+                return;
+            };
+            let found = conns.iter().position(|(c, _)| c == conn);
+            let removed = found.map(|k| conns.remove(k));
+            if conns.is_empty() {
+                shared.manager.swap_remove(user);
             }
-            None => Err(frame),
+            removed
+        };
+        if removed.is_some() {
+            self.record(conn, EventKind::Unregistered);
         }
     }
 
-    /// The notifier: issues push `id` for `user` through the manager. A user with no registered
-    /// connection gets an explicit rejection, the same in every endpoint.
-    pub async fn notify(&self, user: &str, id: String, text: String) {
-        self.record(user, EventKind::PushIssued { id: id.clone() });
+    /// Sends `frame` to every connection registered for `user`, oldest first. `Err` when none
+    /// is.
+    pub async fn send_to_user(&self, user: &str, frame: Frame) -> Result<(), Frame> {
+        let pushers: Vec<Pusher> = match self.lock().manager.get(user) {
+            Some(conns) => conns.iter().map(|(_, p)| p.clone()).collect(),
+            None => Vec::new(),
+        };
+        let Some((last, others)) = pushers.split_last() else {
+            return Err(frame);
+        };
+        for push in others {
+            push(frame.clone()).await;
+        }
+        last(frame).await;
+        Ok(())
+    }
+
+    /// The notifier: issues push `id` for `user` through the manager, recorded for connection
+    /// `conn` (the `[[user]]` that declares it). A user with no registered connection gets an
+    /// explicit rejection, the same in every endpoint.
+    pub async fn notify(&self, user: &str, conn: &str, id: String, text: String) {
+        self.record(conn, EventKind::PushIssued { id: id.clone() });
         let frame = Frame::Push {
             id: id.clone(),
             text,
@@ -130,7 +184,7 @@ impl Backend {
         };
         if self.send_to_user(user, frame).await.is_err() {
             self.record(
-                user,
+                conn,
                 EventKind::Rejected {
                     id,
                     reason: "no connection registered for this user".into(),

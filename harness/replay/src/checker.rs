@@ -18,7 +18,7 @@ use crate::invariant::{Invariant, Violation};
 /// A chat whose fate the history cannot tell (Jepsen's `:info`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Indeterminate {
-    /// Whose chat.
+    /// The connection that sent it (its user's id, or `id#k` for its `k`-th connection).
     pub user: String,
     /// The chat id.
     pub id: String,
@@ -34,7 +34,7 @@ pub struct Indeterminate {
 /// `cross-user`'s instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unmatched {
-    /// Whose connection received it.
+    /// The connection that received it.
     pub user: String,
     /// When (milliseconds since the run began).
     pub at_ms: u64,
@@ -63,22 +63,64 @@ pub struct Judgement {
 /// Checks every client-observable invariant over `history`.
 pub fn check(history: &History<'_>) -> Judgement {
     let ctx = Context::of(history);
+    let facts = all_facts(history, &ctx);
+    let reached = Reached::of(&facts);
     let mut j = Judgement::default();
-    for (user, ops) in &history.conns {
-        let f = Facts::of(user, ops, &ctx);
-        message_lost(&f, &mut j);
+    for f in &facts {
+        message_lost(f, &reached, &mut j);
         j.violations
-            .extend(out_of_order(&f).into_iter().map(|(v, _)| v));
-        event_order(&f, history, &mut j);
-        unmatched(&f, history, &mut j);
-        cross_user(&f, &ctx, &mut j.violations);
-        accept_first(&f, history, &mut j.violations);
-        abnormal_close(&f, history, &mut j.violations);
-        stuck(&f, &mut j.violations);
-        leak(&f, &mut j.violations);
+            .extend(out_of_order(f).into_iter().map(|(v, _)| v));
+        event_order(f, &ctx, history, &mut j);
+        unmatched(f, history, &mut j);
+        cross_user(f, &ctx, &mut j.violations);
+        accept_first(f, history, &mut j.violations);
+        abnormal_close(f, history, &mut j.violations);
+        stuck(f, &mut j.violations);
+        leak(f, &mut j.violations);
     }
     sort(&mut j.violations);
     j
+}
+
+/// Every connection's [`Facts`], in history order.
+fn all_facts<'h>(history: &'h History<'_>, ctx: &Context<'h>) -> Vec<Facts<'h>> {
+    history
+        .conns
+        .iter()
+        .map(|(conn, ops)| Facts::of(conn, history.user_of(conn), ops, ctx))
+        .collect()
+}
+
+/// What reached each user, on whichever of its connections: a chat is answered by its ack and
+/// a push delivered on any connection of its user (a reconnect, a second tab), and refused or
+/// dropped likewise. With one connection per user this is each connection's own.
+#[derive(Default)]
+struct Reached<'h> {
+    /// (user, chat id) of every ack received.
+    acked: BTreeSet<(&'h str, &'h str)>,
+    /// (user, push id) of every push received.
+    delivered: BTreeSet<(&'h str, &'h str)>,
+    /// (user, id) of every visible refusal.
+    refused: BTreeSet<(&'h str, &'h str)>,
+    /// (user, id) → the server's log line, for every chat or push it read and dropped.
+    dropped: BTreeMap<(&'h str, &'h str), &'h str>,
+}
+
+impl<'h> Reached<'h> {
+    fn of(facts: &[Facts<'h>]) -> Self {
+        let mut r = Reached::default();
+        for f in facts {
+            let u = f.user;
+            r.acked.extend(f.acks.iter().map(|(id, _, _)| (u, *id)));
+            r.delivered
+                .extend(f.pushes_got.iter().map(|(id, _)| (u, *id)));
+            r.refused.extend(f.refused.iter().map(|id| (u, *id)));
+            for (id, reason) in &f.dropped {
+                r.dropped.entry((u, id)).or_insert(reason);
+            }
+        }
+        r
+    }
 }
 
 /// Sorts violations by time, then invariant, then user, then detail.
@@ -110,30 +152,45 @@ pub struct Tally {
 /// Counts `history` with the same rule functions [`check`] uses.
 pub fn tally(history: &History<'_>) -> Tally {
     let ctx = Context::of(history);
+    let facts = all_facts(history, &ctx);
+    let reached = Reached::of(&facts);
+    // (user, chat) of every run that came whole and in order on another connection of its user.
+    let complete: BTreeSet<(&str, &str)> = facts
+        .iter()
+        .flat_map(|f| {
+            f.runs
+                .iter()
+                .filter(|(run, _)| run_complete(f, history, run))
+                .map(|(run, _)| (f.user, *run))
+        })
+        .collect();
     let mut t = Tally::default();
-    for (user, ops) in &history.conns {
-        let f = Facts::of(user, ops, &ctx);
+    for f in &facts {
         let mut j = Judgement::default();
-        for (id, _, fate) in fates(&f) {
+        for (id, _, fate) in fates(f, &reached) {
             match fate {
-                Fate::Answered if run_complete(&f, history, id) => t.answered += 1,
+                Fate::Answered
+                    if run_complete(f, history, id) || complete.contains(&(f.user, id)) =>
+                {
+                    t.answered += 1
+                }
                 Fate::Answered => {}
                 Fate::Refused => t.refused += 1,
                 Fate::Lost(_) => {}
                 Fate::Indeterminate(_) => {}
             }
         }
-        message_lost(&f, &mut j);
-        for (_, twice) in out_of_order(&f) {
+        message_lost(f, &reached, &mut j);
+        for (_, twice) in out_of_order(f) {
             if twice {
                 t.duplicated += 1;
             } else {
                 t.out_of_order += 1;
             }
         }
-        event_order(&f, history, &mut j);
-        unmatched(&f, history, &mut j);
-        cross_user(&f, &ctx, &mut j.violations);
+        event_order(f, &ctx, history, &mut j);
+        unmatched(f, history, &mut j);
+        cross_user(f, &ctx, &mut j.violations);
         for v in &j.violations {
             match v.invariant {
                 Invariant::MessageLost => t.lost += 1,
@@ -161,6 +218,9 @@ enum Ending {
     ServerNormal,
     /// The client closed, as the scenario asked (`close_ms`).
     OwnScheduled,
+    /// The client ended its TCP connection without a close frame, as the scenario asked
+    /// (`drop_ms`): for a chat's fate, the same as [`OwnScheduled`](Ending::OwnScheduled).
+    OwnDrop,
     /// The client closed at the end of the run, after waiting for its answers.
     OwnAfterWaiting,
 }
@@ -184,6 +244,9 @@ struct StrayEvent<'h> {
 
 /// What the rules read about one connection, gathered in one pass.
 struct Facts<'h> {
+    /// The connection's label: what its violations and indeterminate chats name.
+    conn: &'h str,
+    /// Its user: what frames' user fields and other connections' owners are compared with.
     user: &'h str,
     ops: &'h [Op<'h>],
     /// The server's trace covers this connection (the replay).
@@ -215,8 +278,9 @@ struct Facts<'h> {
 }
 
 impl<'h> Facts<'h> {
-    fn of(user: &'h str, ops: &'h [Op<'h>], ctx: &Context<'h>) -> Self {
+    fn of(conn: &'h str, user: &'h str, ops: &'h [Op<'h>], ctx: &Context<'h>) -> Self {
         let mut f = Facts {
+            conn,
             user,
             ops,
             served: false,
@@ -273,7 +337,7 @@ impl<'h> Facts<'h> {
                             f.pushes_got.push((id, at));
                         }
                     }
-                    Got::Event { index, run, user } => match ctx.chat_of(f.user, run.as_deref()) {
+                    Got::Event { index, run, user } => match ctx.chat_of(f.conn, run.as_deref()) {
                         // Runs come one after another: look at the latest first.
                         Some(chat) => match f.runs.iter_mut().rev().find(|(r, _)| *r == chat) {
                             Some((_, events)) => events.push((*index, at, pos)),
@@ -315,6 +379,10 @@ impl<'h> Facts<'h> {
                         Ending::OwnAfterWaiting
                     };
                     f.endings.push((pos, e));
+                }
+                Act::ClientDrop => {
+                    ended = true;
+                    f.endings.push((pos, Ending::OwnDrop));
                 }
                 Act::Rejected { id, reason } => {
                     // A push can only be refused by a connection that is over, or one the
@@ -369,7 +437,7 @@ impl<'h> Facts<'h> {
     fn violation(&self, invariant: Invariant, at_ms: u64, detail: String) -> Violation {
         Violation {
             invariant,
-            user: self.user.to_string(),
+            user: self.conn.to_string(),
             at_ms,
             detail,
         }
@@ -391,28 +459,28 @@ pub enum Fate {
 
 /// Each sent chat's fate, in send order. The rule:
 ///
-/// 1. acknowledged → answered;
+/// 1. acknowledged (on any connection of its user) → answered;
 /// 2. refused visibly (an error frame naming it; in the replay, a refusal the server recorded)
 ///    → refused;
 /// 3. the server's trace says it read the chat and dropped it → lost;
 /// 4. the connection ended after the send, before an answer, by a server close other than
-///    1000, a drop without a close frame, or the client's own scheduled close (`close_ms`):
+///    1000, a drop without a close frame, or the client's own scheduled end (`close_ms`, or
+///    `drop_ms`):
 ///    - with the server's trace (the replay), a server-ended connection refused what it had not
 ///      answered (the client saw the error close); a client that closed on its own leaves the
 ///      server owing an account (handled-and-answered or refused), so it is lost;
 ///    - without it (probe, load), indeterminate: only the server knows;
 /// 5. otherwise (no ending, a 1000 close, or the client's close after waiting) → lost.
-fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, u64, Fate)> {
-    let mut acked: Vec<&str> = f.acks.iter().map(|(id, _, _)| *id).collect();
-    acked.sort_unstable();
+fn fates<'h>(f: &Facts<'h>, reached: &Reached<'h>) -> Vec<(&'h str, u64, Fate)> {
     f.sends
         .iter()
         .map(|&(id, at, pos)| {
-            let fate = if acked.binary_search(&id).is_ok() {
+            let key = (f.user, id);
+            let fate = if reached.acked.contains(&key) {
                 Fate::Answered
-            } else if f.refused.contains(id) {
+            } else if reached.refused.contains(&key) {
                 Fate::Refused
-            } else if let Some(reason) = f.dropped.get(id) {
+            } else if let Some(reason) = reached.dropped.get(&key) {
                 Fate::Lost(format!("{id} dropped: {reason}"))
             } else {
                 match (f.ending_after(pos), f.served) {
@@ -431,6 +499,10 @@ fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, u64, Fate)> {
                     (Some(Ending::OwnScheduled), false) => Fate::Indeterminate(
                         "the client closed on schedule before the answer came".into(),
                     ),
+                    (Some(Ending::OwnDrop), false) => Fate::Indeterminate(
+                        "the client dropped its connection on schedule before the answer came"
+                            .into(),
+                    ),
                     _ => Fate::Lost(format!("{id} was never delivered and never rejected")),
                 }
             };
@@ -443,8 +515,8 @@ fn fates<'h>(f: &Facts<'h>) -> Vec<(&'h str, u64, Fate)> {
 /// to send and could not (its connection never opened); a push issued for the user that was
 /// neither delivered nor refused (a refusal while the user's connection was still opening does
 /// not count). Indeterminate chats are recorded in `j.indeterminate`, not here.
-fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
-    for (id, at, fate) in fates(f) {
+fn message_lost<'h>(f: &Facts<'h>, reached: &Reached<'h>, j: &mut Judgement) {
+    for (id, at, fate) in fates(f, reached) {
         match fate {
             Fate::Answered | Fate::Refused => {}
             Fate::Lost(detail) => {
@@ -452,7 +524,7 @@ fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
                     .push(f.violation(Invariant::MessageLost, at, detail))
             }
             Fate::Indeterminate(reason) => j.indeterminate.push(Indeterminate {
-                user: f.user.to_string(),
+                user: f.conn.to_string(),
                 id: id.to_string(),
                 at_ms: at,
                 reason,
@@ -466,11 +538,12 @@ fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
             format!("{id} never sent: {reason}"),
         ));
     }
-    for (id, at) in &f.pushes {
-        if f.pushes_got.iter().any(|(got, _)| got == id) || f.refused.contains(id) {
+    for &(id, at) in &f.pushes {
+        let key = (f.user, id);
+        if reached.delivered.contains(&key) || reached.refused.contains(&key) {
             continue;
         }
-        let detail = match (f.dropped.get(id), f.refused_early.get(id)) {
+        let detail = match (reached.dropped.get(&key), f.refused_early.get(id)) {
             (Some(reason), _) => format!("{id} dropped: {reason}"),
             (None, Some(reason)) => {
                 format!("{id} refused while the connection was still opening: {reason}")
@@ -478,7 +551,7 @@ fn message_lost(f: &Facts<'_>, j: &mut Judgement) {
             (None, None) => format!("{id} was never delivered and never rejected"),
         };
         j.violations
-            .push(f.violation(Invariant::MessageLost, *at, detail));
+            .push(f.violation(Invariant::MessageLost, at, detail));
     }
 }
 
@@ -545,15 +618,22 @@ fn run_complete(f: &Facts<'_>, history: &History<'_>, run: &str) -> bool {
         .eq(0..history.protocol.events.len())
 }
 
-/// `event-order`: every own chat that was acknowledged or produced events must get the
-/// protocol's whole event list, each once, in order. A run cut short (the events that came are
-/// the list's first ones, in order) is excused when the chat was refused visibly; when the
-/// connection ended after its last event by a server error close, a drop or the client's own
-/// scheduled close, it is excused as indeterminate without a server trace, and a violation with
-/// one (the server must say it refused the rest).
-fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
+/// `event-order`: every own chat (one this connection's user sent, on this connection or
+/// another of the user's) that was acknowledged or produced events on this connection must get
+/// the protocol's whole event list there, each once, in order. A run cut short (the events that
+/// came are the list's first ones, in order) is excused when the chat was refused visibly; when
+/// the connection ended after its last event by a server error close, a drop or the client's
+/// own scheduled end, it is excused as indeterminate without a server trace, and a violation
+/// with one (the server must say it refused the rest).
+fn event_order(f: &Facts<'_>, ctx: &Context<'_>, history: &History<'_>, j: &mut Judgement) {
     let names = &history.protocol.events;
-    let own = |id: &str| f.sends.iter().any(|(s, _, _)| *s == id);
+    let own = |id: &str| {
+        f.sends.iter().any(|(s, _, _)| *s == id)
+            || ctx
+                .owners
+                .chat(id)
+                .is_some_and(|c| ctx.user_of(c) == f.user)
+    };
     // Each own run, from its first ack or event: time and position.
     let mut runs: Vec<(&str, u64, usize)> = Vec::new();
     for (id, at, pos) in &f.acks {
@@ -590,11 +670,13 @@ fn event_order(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
                 .map_or(last_pos, |(_, _, p)| *p);
             let cut = matches!(
                 f.ending_after(sent_at),
-                Some(Ending::ServerError | Ending::Dropped | Ending::OwnScheduled)
+                Some(
+                    Ending::ServerError | Ending::Dropped | Ending::OwnScheduled | Ending::OwnDrop
+                )
             );
             if cut && !f.served {
                 j.indeterminate.push(Indeterminate {
-                    user: f.user.to_string(),
+                    user: f.conn.to_string(),
                     id: run.to_string(),
                     at_ms: last_at,
                     reason: format!(
@@ -649,7 +731,7 @@ fn unmatched(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
         j.violations
             .push(f.violation(Invariant::OutOfOrder, at, reason.clone()));
         j.unmatched.push(Unmatched {
-            user: f.user.to_string(),
+            user: f.conn.to_string(),
             at_ms: at,
             op: pos,
             frame: p.ack_type.clone(),
@@ -679,7 +761,7 @@ fn unmatched(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
             (Some(r), None) => format!("{name} of run {r}, a chat no client sent"),
         };
         j.unmatched.push(Unmatched {
-            user: f.user.to_string(),
+            user: f.conn.to_string(),
             at_ms: at,
             op: pos,
             frame: name.to_string(),
@@ -711,6 +793,8 @@ fn unmatched(f: &Facts<'_>, history: &History<'_>, j: &mut Judgement) {
 /// What the rules need to know across connections: who invoked each id, and which chat each
 /// run id an ack announced belongs to.
 struct Context<'h> {
+    /// The history: whose connection each label is.
+    history: &'h History<'h>,
     owners: Owners<'h>,
     /// The protocol's `run_from_ack` is set: events are matched to chats only through the run
     /// ids acks announced, never by taking their run id for a chat id.
@@ -721,7 +805,7 @@ struct Context<'h> {
 }
 
 impl<'h> Context<'h> {
-    fn of(history: &'h History<'_>) -> Self {
+    fn of(history: &'h History<'h>) -> Self {
         let owners = owners(history);
         let by_announced_run = history.protocol.run_from_ack.is_some();
         let mut announced = Vec::new();
@@ -740,17 +824,23 @@ impl<'h> Context<'h> {
             announced.sort_by(|a, b| a.0.cmp(b.0));
         }
         Context {
+            history,
             owners,
             by_announced_run,
             announced,
         }
     }
 
-    /// The chat an event naming `run` belongs to, on `user`'s connection, if any: the invoked
+    /// The user whose connection `conn` is.
+    fn user_of(&self, conn: &'h str) -> &'h str {
+        self.history.user_of(conn)
+    }
+
+    /// The chat an event naming `run` belongs to, on connection `conn`, if any: the invoked
     /// chat of that id; or, with `run_from_ack`, the chat an ack announced `run` for, on this
     /// connection first (servers may count run ids per connection), else on another (a leak
-    /// `cross-user` names). The first announcement wins.
-    fn chat_of(&self, user: &str, run: Option<&'h str>) -> Option<&'h str> {
+    /// `cross-user` names, unless it is the same user's). The first announcement wins.
+    fn chat_of(&self, conn: &str, run: Option<&'h str>) -> Option<&'h str> {
         let run = run?;
         if !self.by_announced_run {
             return self.owners.get(run).map(|_| run);
@@ -759,30 +849,44 @@ impl<'h> Context<'h> {
         let same = self.announced[start..]
             .iter()
             .take_while(|(r, _, _)| *r == run);
-        let mine = same.clone().find(|(_, u, _)| *u == user);
+        let mine = same.clone().find(|(_, c, _)| *c == conn);
         mine.or_else(|| same.clone().next())
             .map(|(_, _, chat)| *chat)
     }
 }
 
-/// Which user sent or was issued each chat or push id (a chat never sent owns none), by id.
-struct Owners<'h>(Vec<(&'h str, &'h str)>);
+/// Which connection sent or was issued each chat or push id (a chat never sent owns none), by
+/// id, and whether that was a chat.
+struct Owners<'h>(Vec<(&'h str, &'h str, bool)>);
 
 impl<'h> Owners<'h> {
     fn get(&self, id: &str) -> Option<&'h str> {
+        self.find(id).map(|(conn, _)| conn)
+    }
+
+    /// The connection that sent chat `id`, if a connection sent a chat of that id.
+    fn chat(&self, id: &str) -> Option<&'h str> {
+        self.find(id)
+            .filter(|(_, chat)| *chat)
+            .map(|(conn, _)| conn)
+    }
+
+    fn find(&self, id: &str) -> Option<(&'h str, bool)> {
         self.0
-            .binary_search_by(|(i, _)| (*i).cmp(id))
+            .binary_search_by(|(i, _, _)| (*i).cmp(id))
             .ok()
-            .map(|k| self.0[k].1)
+            .map(|k| (self.0[k].1, self.0[k].2))
     }
 }
 
 fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
     let mut owner = Vec::new();
-    for (user, ops) in &history.conns {
+    for (conn, ops) in &history.conns {
         for op in ops {
-            if let Act::Send { id } | Act::PushIssued { id } = &op.act {
-                owner.push((id.as_ref(), user.as_ref()));
+            match &op.act {
+                Act::Send { id } => owner.push((id.as_ref(), conn.as_ref(), true)),
+                Act::PushIssued { id } => owner.push((id.as_ref(), conn.as_ref(), false)),
+                _ => {}
             }
         }
     }
@@ -794,8 +898,9 @@ fn owners<'h>(history: &'h History<'_>) -> Owners<'h> {
 }
 
 /// `cross-user`: a client received an ack, event or push that names another user, or is about
-/// a chat or push another user invoked (an event through the chat its run belongs to). One
-/// violation per frame.
+/// a chat or push another user invoked (an event through the chat its run belongs to). Users are
+/// compared, not connections: a frame about a chat its user sent on another connection is its
+/// own. One violation per frame.
 fn cross_user(f: &Facts<'_>, ctx: &Context<'_>, out: &mut Vec<Violation>) {
     for op in f.ops {
         let Act::Recv(got) = &op.act else { continue };
@@ -803,7 +908,7 @@ fn cross_user(f: &Facts<'_>, ctx: &Context<'_>, out: &mut Vec<Violation>) {
             Got::Ack { id, user, .. } => ("ack", Some(id.as_ref()), Some(id.as_ref()), user),
             Got::Event { run, user, .. } => {
                 let run = run.as_deref();
-                ("event", run, ctx.chat_of(f.user, run), user)
+                ("event", run, ctx.chat_of(f.conn, run), user)
             }
             Got::Push { id, user } => ("push", id.as_deref(), id.as_deref(), user),
             Got::Error { .. } | Got::Text(_) | Got::Other => continue,
@@ -820,8 +925,11 @@ fn cross_user(f: &Facts<'_>, ctx: &Context<'_>, out: &mut Vec<Violation>) {
             (Some(c), _) if c != f.user => {
                 format!("client received {frame} addressed to user {c}")
             }
-            (_, Some(o)) if o != f.user => {
-                format!("client received {frame}, produced for user {o}")
+            (_, Some(o)) if ctx.user_of(o) != f.user => {
+                format!(
+                    "client received {frame}, produced for user {}",
+                    ctx.user_of(o)
+                )
             }
             _ => continue,
         };
@@ -1630,5 +1738,262 @@ mod tests {
                 "client received ack v/m1, produced for user v".to_string()
             )]
         );
+    }
+
+    /// Connection `u` and `u#2`, both the user `u`'s (unless `same_user` is false: then `u#2`
+    /// is a user of its own), 10 ms apart within each.
+    fn tabs(
+        same_user: bool,
+        first: Vec<Act<'static>>,
+        second: Vec<Act<'static>>,
+    ) -> History<'static> {
+        let mut h = conns(&DEFAULT_PROTOCOL, vec![("u", first), ("u#2", second)]);
+        if same_user {
+            h.set_user("u#2", "u");
+        }
+        h
+    }
+
+    fn ack_for(id: &'static str, user: &'static str) -> Act<'static> {
+        Act::Recv(Got::Ack {
+            id: b(id),
+            user: Some(b(user)),
+            run: None,
+        })
+    }
+
+    fn violations_of(h: &History<'_>) -> Vec<(Invariant, String, String)> {
+        check(h)
+            .violations
+            .into_iter()
+            .map(|v| (v.invariant, v.user, v.detail))
+            .collect()
+    }
+
+    #[test]
+    fn a_users_answer_on_its_other_connection_is_its_own_not_cross_user_and_answers_the_chat() {
+        // u sends u/m1 and leaves on schedule; its reconnect u#2 gets the ack and the whole run.
+        let mut second = vec![Act::Open, ack_for("u/m1", "u")];
+        second.extend((0..5).map(|i| event(i, Some("u/m1"), Some("u"))));
+        let first = vec![
+            Act::Open,
+            send("u/m1"),
+            Act::ClientClose { scheduled: true },
+        ];
+        let same = tabs(true, first.clone(), second.clone());
+        let j = check(&same);
+        assert_eq!(violations_of(&same), [], "{j:?}");
+        assert_eq!(
+            j.indeterminate,
+            [],
+            "answered on the reconnect: not indeterminate"
+        );
+        assert_eq!(tally(&same).answered, 1);
+        // The same frames on another user's connection: each one is cross-user, and u's chat
+        // is left indeterminate by its own close.
+        let other = tabs(false, first, second);
+        let j = check(&other);
+        let crossed: Vec<(String, String)> = j
+            .violations
+            .iter()
+            .map(|v| (v.user.clone(), v.detail.clone()))
+            .collect();
+        assert_eq!(crossed.len(), 6, "{crossed:?}");
+        assert_eq!(
+            crossed[0],
+            (
+                "u#2".to_string(),
+                "client received ack u/m1 addressed to user u".to_string()
+            )
+        );
+        assert_eq!(j.indeterminate.len(), 1);
+        assert_eq!(j.indeterminate[0].user, "u");
+    }
+
+    #[test]
+    fn a_frame_about_another_users_chat_is_cross_user_on_any_connection_of_the_receiver() {
+        // v sent v/m1; the ack (naming no user) reaches u's second connection.
+        let mut h = conns(
+            &DEFAULT_PROTOCOL,
+            vec![
+                ("v", vec![Act::Open, send("v/m1")]),
+                ("u", vec![Act::Open]),
+                ("u#2", vec![Act::Open, ack("v/m1", None)]),
+            ],
+        );
+        h.set_user("u#2", "u");
+        assert_eq!(
+            details(&h, Invariant::CrossUser),
+            [(
+                10,
+                "client received ack v/m1, produced for user v".to_string()
+            )]
+        );
+        // Produced for the user of a relabelled connection: named by its user, not its label.
+        let mut h = conns(
+            &DEFAULT_PROTOCOL,
+            vec![
+                ("v", vec![Act::Open]),
+                ("v#2", vec![Act::Open, send("v/m2")]),
+                ("u", vec![Act::Open, ack("v/m2", None)]),
+            ],
+        );
+        h.set_user("v#2", "v");
+        assert_eq!(
+            details(&h, Invariant::CrossUser),
+            [(
+                10,
+                "client received ack v/m2, produced for user v".to_string()
+            )]
+        );
+        assert_eq!(h.user_of("v#2"), "v");
+        assert_eq!(
+            h.user_of("u"),
+            "u",
+            "a first connection's label is its user"
+        );
+    }
+
+    #[test]
+    fn a_run_is_judged_for_event_order_on_the_connection_its_ack_reached() {
+        // The ack and two events reach the reconnect, which then closes after waiting.
+        let second = vec![
+            Act::Open,
+            ack_for("u/m1", "u"),
+            event(0, Some("u/m1"), Some("u")),
+            event(1, Some("u/m1"), Some("u")),
+            Act::ClientClose { scheduled: false },
+        ];
+        let h = tabs(true, vec![Act::Open, send("u/m1")], second);
+        let j = check(&h);
+        let found: Vec<(Invariant, String)> = j
+            .violations
+            .iter()
+            .map(|v| (v.invariant, v.user.clone()))
+            .collect();
+        assert_eq!(found, [(Invariant::EventOrder, "u#2".to_string())], "{j:?}");
+        assert!(
+            j.violations[0]
+                .detail
+                .starts_with("run u/m1 got [agent_started, agent_thinking]")
+        );
+    }
+
+    #[test]
+    fn an_ack_for_a_push_id_on_another_connection_of_its_user_starts_no_run() {
+        // u#2 gets an ack naming the push u/p1 issued for u: a push is no chat, so no run of it
+        // is expected (as on the push's own connection).
+        let h = tabs(
+            true,
+            vec![
+                Act::Open,
+                Act::PushIssued { id: b("u/p1") },
+                Act::Recv(Got::Push {
+                    id: Some(b("u/p1")),
+                    user: Some(b("u")),
+                }),
+            ],
+            vec![Act::Open, ack_for("u/p1", "u")],
+        );
+        assert_eq!(violations_of(&h), []);
+    }
+
+    #[test]
+    fn a_push_delivered_to_another_connection_of_its_user_is_delivered() {
+        let issued = vec![Act::Open, Act::PushIssued { id: b("u/p1") }];
+        let got = vec![
+            Act::Open,
+            Act::Recv(Got::Push {
+                id: Some(b("u/p1")),
+                user: Some(b("u")),
+            }),
+        ];
+        assert_eq!(violations_of(&tabs(true, issued.clone(), got)), []);
+        // Delivered nowhere: lost.
+        assert_eq!(
+            violations_of(&tabs(true, issued, vec![Act::Open])),
+            [(
+                Invariant::MessageLost,
+                "u".to_string(),
+                "u/p1 was never delivered and never rejected".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_refusal_or_a_drop_on_another_connection_of_its_user_is_its_fate() {
+        let sent = vec![Act::Open, send("u/m1")];
+        let refused = tabs(
+            true,
+            sent.clone(),
+            vec![Act::Recv(Got::Error {
+                message: b("message u/m1 rejected: closed"),
+                about: Some(b("u/m1")),
+            })],
+        );
+        assert_eq!(violations_of(&refused), []);
+        assert_eq!(tally(&refused).refused, 1);
+        let dropped = tabs(
+            true,
+            sent,
+            vec![Act::ServerDropped {
+                id: b("u/m1"),
+                reason: b("no handler"),
+            }],
+        );
+        assert_eq!(
+            violations_of(&dropped),
+            [(
+                Invariant::MessageLost,
+                "u".to_string(),
+                "u/m1 dropped: no handler".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_clients_own_drop_cuts_a_chat_off_as_its_scheduled_close_does_and_is_not_abnormal() {
+        // Without a server trace: indeterminate, and a drop of the client's own is no
+        // abnormal close.
+        let h = one(vec![Act::Open, send("u/m1"), Act::ClientDrop]);
+        let j = check(&h);
+        assert_eq!(j.violations, []);
+        assert_eq!(
+            j.indeterminate[0].reason,
+            "the client dropped its connection on schedule before the answer came"
+        );
+        // With one (the replay): the server owes an account of it, as after a close.
+        let h = one(vec![Act::Served, Act::Open, send("u/m1"), Act::ClientDrop]);
+        assert_eq!(
+            details(&h, Invariant::MessageLost),
+            [(
+                20,
+                "u/m1 was never delivered and never rejected".to_string()
+            )]
+        );
+        // Its run's events cut short by it: indeterminate too.
+        let h = one(vec![
+            Act::Open,
+            send("u/m1"),
+            ack("u/m1", None),
+            event(0, Some("u/m1"), None),
+            Act::ClientDrop,
+        ]);
+        let j = check(&h);
+        assert_eq!(j.violations, []);
+        assert!(j.indeterminate[0].reason.contains("cut short after 1 of 5"));
+    }
+
+    #[test]
+    fn with_no_run_events_an_acknowledged_chat_counts_as_answered() {
+        let p = Protocol {
+            events: vec![],
+            ..Protocol::default()
+        };
+        let h = conns(
+            &p,
+            vec![("u", vec![Act::Open, send("u/m1"), ack("u/m1", None)])],
+        );
+        assert_eq!(tally(&h).answered, 1);
     }
 }

@@ -111,6 +111,9 @@ pub enum Act<'a> {
         /// waiting for answers.
         scheduled: bool,
     },
+    /// The client ended its TCP connection without a close frame, as the scenario asked
+    /// (`drop_ms`): for a chat's fate, the client's own scheduled end, like its `close_ms`.
+    ClientDrop,
     /// The server answered the client's close.
     CloseAnswered {
         /// The code it answered with, if a frame came.
@@ -181,15 +184,21 @@ pub struct Op<'a> {
     pub act: Act<'a>,
 }
 
-/// Every connection's history (one per user), and how to read its frames.
+/// Every connection's history, and how to read its frames.
+///
+/// Connections are named by their label: a user's first connection by the user id, its later
+/// ones `id#2`, `id#3`, … ([`Connection`](crate::scenario::Connection)). Rules about *whom* a
+/// frame is for compare users, not connections: [`user_of`](History::user_of).
 #[derive(Debug, Clone)]
 pub struct History<'a> {
-    /// Per user, in order of first appearance; each connection's steps in the order they
+    /// Per connection, in order of first appearance; each connection's steps in the order they
     /// happened.
     pub conns: IndexMap<Cow<'a, str>, Vec<Op<'a>>>,
     /// The run's event list (names, for the messages), the error patterns and the close codes
     /// a server may use.
     pub protocol: &'a Protocol,
+    /// Connection label → user id, for the connections whose label is not their user's id.
+    users: IndexMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 /// racegate's own wire protocol: the replay's, and the default of every `[protocol]`.
@@ -201,7 +210,19 @@ impl<'a> History<'a> {
         History {
             conns: IndexMap::new(),
             protocol,
+            users: IndexMap::new(),
         }
+    }
+
+    /// Says that connection `conn` is one of `user`'s (a user's second connection and later;
+    /// every other connection's label is its user's id).
+    pub fn set_user(&mut self, conn: impl Into<Cow<'a, str>>, user: impl Into<Cow<'a, str>>) {
+        self.users.insert(conn.into(), user.into());
+    }
+
+    /// The user whose connection `conn` is.
+    pub fn user_of<'s>(&'s self, conn: &'s str) -> &'s str {
+        self.users.get(conn).map_or(conn, |u| u.as_ref())
     }
 
     /// Appends `act` to `user`'s connection.
@@ -261,6 +282,7 @@ impl<'a> History<'a> {
                 EventKind::ClientClose => Act::ClientClose {
                     scheduled: scheduled(user),
                 },
+                EventKind::ClientDrop => Act::ClientDrop,
                 EventKind::ClientGaveUp => Act::GaveUp {
                     detail: Cow::Borrowed("the connection never opened and was never refused"),
                 },

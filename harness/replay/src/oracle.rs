@@ -15,7 +15,7 @@ use crate::history::History;
 use crate::invariant::{Invariant, Violation};
 use crate::trace::{EventKind, TraceEvent};
 
-/// What the oracle tracks about the server's side of one user's connection.
+/// What the oracle tracks about the server's side of one connection.
 #[derive(Default)]
 struct ServerConn {
     server_seen: bool,
@@ -31,13 +31,22 @@ struct ServerConn {
 /// [`checker`](crate::checker) over the trace's [`History`], the server-side ones here.
 /// Violations come sorted by time, then invariant, then user.
 pub fn check(trace: &[TraceEvent]) -> Vec<Violation> {
-    judge(trace, &|_| false).violations
+    judge(trace, &|_| false, &[]).violations
 }
 
-/// [`check`], keeping the chats whose fate is unknowable apart; `scheduled` says which users'
-/// closes the scenario asked for (`close_ms`).
-pub fn judge(trace: &[TraceEvent], scheduled: &dyn Fn(&str) -> bool) -> Judgement {
-    let history = History::from_trace(trace, scheduled);
+/// [`check`], keeping the chats whose fate is unknowable apart; `scheduled` says which
+/// connections' closes the scenario asked for (`close_ms`), `relabelled` which user each
+/// connection whose label is not a user id belongs to
+/// ([`Scenario::relabelled`](crate::scenario::Scenario::relabelled)).
+pub fn judge(
+    trace: &[TraceEvent],
+    scheduled: &dyn Fn(&str) -> bool,
+    relabelled: &[(String, String)],
+) -> Judgement {
+    let mut history = History::from_trace(trace, scheduled);
+    for (conn, user) in relabelled {
+        history.set_user(conn.as_str(), user.as_str());
+    }
     let mut j = checker::check(&history);
     server_side(trace, &mut j.violations);
     checker::sort(&mut j.violations);

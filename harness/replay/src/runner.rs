@@ -21,7 +21,7 @@ use crate::checker::{Indeterminate, Judgement};
 use crate::endpoint::EndpointKind;
 use crate::invariant::{Invariant, Violation};
 use crate::oracle;
-use crate::scenario::{InvariantMatch, PRODUCTION, Scenario, Symptom, User, Verdict};
+use crate::scenario::{Connection, InvariantMatch, PRODUCTION, Scenario, Symptom, User, Verdict};
 use crate::schedule::{self, Pushes};
 use crate::trace::{AgentEvent, EventKind, Frame, Recorder, TraceEvent};
 use crate::transport::fake::{self, ClientEvent, ClientSendError, FakeClient};
@@ -60,7 +60,8 @@ pub struct RunOutcome {
 }
 
 /// A production symptom held against the replay: reproduced when the replay violated the same
-/// invariant for the same user (at any time: the replay's clock is a model of production's).
+/// invariant for the same user, on any of its connections (at any time: the replay's clock is a
+/// model of production's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProductionCheck {
     /// What production showed.
@@ -86,9 +87,28 @@ pub struct Seen {
 }
 
 impl ProductionCheck {
-    /// Holds `symptom` against a run's violations.
+    /// Holds `symptom` against a run's violations, each user having one connection.
     pub fn new(symptom: &Symptom, violations: &[Violation]) -> ProductionCheck {
-        let mine = violations.iter().filter(|v| v.user == symptom.user);
+        Self::across(symptom, violations, &[])
+    }
+
+    /// Holds `symptom` against a run's violations, which name connections: `relabelled` says
+    /// whose each connection is whose label is not a user id
+    /// ([`Scenario::relabelled`](crate::scenario::Scenario::relabelled)).
+    pub fn across(
+        symptom: &Symptom,
+        violations: &[Violation],
+        relabelled: &[(String, String)],
+    ) -> ProductionCheck {
+        let user_of = |conn: &str| {
+            relabelled
+                .iter()
+                .find(|(c, _)| c == conn)
+                .map_or(conn.to_string(), |(_, u)| u.clone())
+        };
+        let mine = violations
+            .iter()
+            .filter(|v| user_of(&v.user) == symptom.user);
         let replay_at_ms = mine
             .clone()
             .filter(|v| v.invariant == symptom.invariant)
@@ -246,21 +266,24 @@ pub fn judge(
     trace: Vec<TraceEvent>,
     simulated_ms: u64,
 ) -> RunOutcome {
+    let conns = scenario.connections();
     // A set, not a scan of the users per question: a run of thousands asks thousands of times.
     let closing: HashSet<&str> = scenario
         .users
         .iter()
-        .filter(|u| u.close_ms.is_some())
-        .map(|u| u.id.as_str())
+        .zip(&conns)
+        .filter(|(u, _)| u.close_ms.is_some())
+        .map(|(_, c)| c.label.as_str())
         .collect();
-    let scheduled = |user: &str| closing.contains(user);
+    let scheduled = |conn: &str| closing.contains(conn);
+    let relabelled = scenario.relabelled();
     // The replay's own endpoints answer only the chats its clients sent: anything unmatched is
     // among the violations too.
     let Judgement {
         violations,
         indeterminate,
         ..
-    } = oracle::judge(&trace, &scheduled);
+    } = oracle::judge(&trace, &scheduled, &relabelled);
     let verdict = if violations.is_empty() {
         Verdict::Pass
     } else {
@@ -270,7 +293,7 @@ pub fn judge(
         scenario
             .production
             .iter()
-            .map(|s| ProductionCheck::new(s, &violations))
+            .map(|s| ProductionCheck::across(s, &violations, &relabelled))
             .collect()
     } else {
         Vec::new()
@@ -298,6 +321,11 @@ pub trait ReplayClient: Send + 'static {
     fn send_chat(&self, id: &str, text: &str) -> Result<(), ClientSendError>;
     /// Closes the client's side with 1000. Returns false if it was already closed.
     fn close(&self) -> bool;
+    /// Ends the client's TCP connection without a close frame (`drop_ms`). Returns false if it
+    /// was already over. A client that cannot drop closes instead (the default).
+    fn drop_connection(&self) -> bool {
+        self.close()
+    }
     /// The next thing the client sees; `None` once the server side is gone.
     fn next_event(&mut self) -> impl Future<Output = Option<ClientEvent>> + Send;
 }
@@ -311,9 +339,23 @@ impl ReplayClient for FakeClient {
         FakeClient::close(self)
     }
 
+    fn drop_connection(&self) -> bool {
+        FakeClient::drop_connection(self)
+    }
+
     fn next_event(&mut self) -> impl Future<Output = Option<ClientEvent>> + Send {
         FakeClient::next_event(self)
     }
+}
+
+/// One connection as a replay opens it: the label its events are recorded under, and the chats
+/// written in the same write as its upgrade request.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening<'a> {
+    /// The user's id for its first connection, `id#k` for its `k`-th.
+    pub label: &'a str,
+    /// `(chat id, text)` of each chat pipelined with the upgrade request, in order.
+    pub pipelined: &'a [(String, String)],
 }
 
 /// How a replay opens one user's connection to the endpoint. `connect` starts the upgrade and
@@ -321,8 +363,22 @@ impl ReplayClient for FakeClient {
 pub trait Connector: Send + Sync + 'static {
     /// The client half it hands back.
     type Client: ReplayClient;
-    /// Opens `user`'s connection to `endpoint`, served with `backend`.
+    /// Opens `user`'s connection to `endpoint`, served with `backend`, recorded under the
+    /// user's id.
     fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> Self::Client;
+    /// Opens one connection of `user` as `opening` says: recorded under its label, with its
+    /// pipelined chats in the upgrade's write. By default [`connect`](Self::connect), for a
+    /// connector whose scenarios give each user one connection and pipeline nothing.
+    fn connect_as(
+        &self,
+        backend: &Arc<Backend>,
+        endpoint: EndpointKind,
+        user: &User,
+        opening: Opening<'_>,
+    ) -> Self::Client {
+        let _ = opening;
+        self.connect(backend, endpoint, user)
+    }
     /// How long past `accept_ms` an open may take before a client that closes on schedule is
     /// judged to have waited for it in vain: nothing in virtual time, a loaded machine's
     /// scheduling and loopback handshake over real sockets.
@@ -338,10 +394,30 @@ impl Connector for FakeConnector {
     type Client = FakeClient;
 
     fn connect(&self, backend: &Arc<Backend>, endpoint: EndpointKind, user: &User) -> FakeClient {
+        let opening = Opening {
+            label: &user.id,
+            pipelined: &[],
+        };
+        self.connect_as(backend, endpoint, user, opening)
+    }
+
+    fn connect_as(
+        &self,
+        backend: &Arc<Backend>,
+        endpoint: EndpointKind,
+        user: &User,
+        opening: Opening<'_>,
+    ) -> FakeClient {
         let (socket, client) = fake::pair(Duration::from_millis(backend.config.accept_ms));
-        let (backend, user) = (backend.clone(), user.id.clone());
+        for (id, text) in opening.pipelined {
+            // Lost, as under uvicorn: see `FakeClient::send_pipelined`.
+            client.send_pipelined(id, text);
+        }
+        let (backend, user, label) = (backend.clone(), user.id.clone(), opening.label.to_string());
         tokio::spawn(async move {
-            endpoint.serve(backend, socket.clone(), user).await;
+            endpoint
+                .serve_as(backend, socket.clone(), user, label)
+                .await;
             // The endpoint function returned: uvicorn ends the connection (docs/conformance.md).
             socket.app_finished();
         });
@@ -360,12 +436,12 @@ pub fn horizon_ms(scenario: &Scenario) -> u64 {
 /// scenario with no settle time must still give its servers time to see the close.
 pub const SERVER_GRACE_MS: u64 = 1000;
 
-/// The id of a user's `n`th chat (1-based).
+/// The id of a user's `n`th chat (1-based, counted across its connections).
 pub fn chat_id(user: &str, n: usize) -> String {
     format!("{user}/m{n}")
 }
 
-/// The id of a user's `n`th push (1-based).
+/// The id of a user's `n`th push (1-based, counted across its connections).
 pub fn push_id(user: &str, n: usize) -> String {
     format!("{user}/p{n}")
 }
@@ -379,10 +455,13 @@ pub async fn drive<K: Connector>(
 ) -> (Vec<TraceEvent>, u64) {
     let recorder = Recorder::new();
     let origin = Instant::now();
+    let conns = scenario.connections();
+    // Each connection fails as its own `[[user]]` says.
     let failures: IndexMap<String, _> = scenario
         .users
         .iter()
-        .filter_map(|u| u.fail_at.map(|p| (u.id.clone(), p)))
+        .zip(&conns)
+        .filter_map(|(u, c)| u.fail_at.map(|p| (c.label.clone(), p)))
         .collect();
     let backend = Arc::new(Backend::new(scenario.server, failures, recorder.clone()));
     let horizon = origin + Duration::from_millis(horizon_ms(scenario));
@@ -390,22 +469,31 @@ pub async fn drive<K: Connector>(
     let deadline = horizon + Duration::from_millis(SERVER_GRACE_MS);
 
     let mut tasks = Vec::new();
-    for user in &scenario.users {
+    for (user, conn) in scenario.users.iter().zip(conns) {
+        let pushes: Vec<(String, String, String, u64)> = user
+            .pushes
+            .iter()
+            .enumerate()
+            .map(|(n, push)| {
+                let id = push_id(&user.id, conn.pushes_before + n + 1);
+                (id, push.text.clone(), conn.label.clone(), push.at_ms)
+            })
+            .collect();
         tasks.push(tokio::spawn(client(
             connector.clone(),
             backend.clone(),
             endpoint,
             user.clone(),
+            conn,
             origin,
             horizon,
         )));
-        for (n, push) in user.pushes.iter().enumerate() {
+        for (id, text, label, at_ms) in pushes {
             let backend = backend.clone();
-            let (id, text) = (push_id(&user.id, n + 1), push.text.clone());
-            let (user_id, at) = (user.id.clone(), user.connect_ms + push.at_ms);
+            let (user_id, at) = (user.id.clone(), user.connect_ms + at_ms);
             tasks.push(tokio::spawn(async move {
                 sleep_until(origin + Duration::from_millis(at)).await;
-                backend.notify(&user_id, id, text).await;
+                backend.notify(&user_id, &label, id, text).await;
             }));
         }
     }
@@ -420,28 +508,47 @@ pub async fn drive<K: Connector>(
     (recorder.take(), recorder.now_ms())
 }
 
-/// One user's client: connect, wait for open, send on schedule, record what arrives, close.
+/// One user's connection: connect (writing its pipelined chats with the upgrade request), wait
+/// for open, send on schedule, record what arrives, close or drop. Everything is recorded under
+/// the connection's label; chat ids count on from the user's earlier connections.
 async fn client<K: Connector>(
     connector: Arc<K>,
     backend: Arc<Backend>,
     endpoint: EndpointKind,
     user: User,
+    conn: Connection,
     origin: Instant,
     horizon: Instant,
 ) {
     let at = |ms: u64| origin + Duration::from_millis(ms);
     sleep_until(at(user.connect_ms)).await;
     let rec = backend.recorder.clone();
-    let id = user.id.as_str();
+    let id = conn.label.as_str();
+    // This connection's `n`-th chat (1-based).
+    let chat_n = |n: usize| chat_id(&user.id, conn.chats_before + n);
     rec.record(id, EventKind::ClientConnect);
-    let mut client = connector.connect(&backend, endpoint, &user);
+    let pipelined: Vec<(String, String)> = user.sends[..user.pipelined]
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (chat_n(k + 1), s.text.clone()))
+        .collect();
+    let opening = Opening {
+        label: id,
+        pipelined: &pipelined,
+    };
+    let mut client = connector.connect_as(&backend, endpoint, &user, opening);
+    for (chat, _) in pipelined {
+        rec.record(id, EventKind::ClientSend { id: chat });
+    }
 
-    let close_at = user.close_ms.map(|ms| at(user.connect_ms + ms));
+    // The client's own end: a close (with a close frame once open) or a drop (without one).
+    let leave_at = user.leave_ms().map(|ms| at(user.connect_ms + ms));
+    let drops = user.drop_ms.is_some();
     // Measured from when the connect really happened: on a real clock a late wake-up must not
     // make the open look overdue.
     let open_due =
         Instant::now() + Duration::from_millis(backend.config.accept_ms) + connector.open_slack();
-    let mut next_send = 0;
+    let mut next_send = user.pipelined;
     let mut opened: Option<Instant> = None;
     let end = loop {
         let next_send_at = opened.and_then(|o| {
@@ -449,7 +556,7 @@ async fn client<K: Connector>(
                 .get(next_send)
                 .map(|s| o + Duration::from_millis(s.at_ms))
         });
-        let wake = [next_send_at, close_at, Some(horizon)]
+        let wake = [next_send_at, leave_at, Some(horizon)]
             .into_iter()
             .flatten()
             .min()
@@ -480,8 +587,7 @@ async fn client<K: Connector>(
             },
             () = sleep_until(wake) => {
                 if Some(wake) == next_send_at {
-                    let n = next_send + 1;
-                    let chat = chat_id(id, n);
+                    let chat = chat_n(next_send + 1);
                     match client.send_chat(&chat, &user.sends[next_send].text) {
                         Ok(()) => rec.record(id, EventKind::ClientSend { id: chat }),
                         Err(ClientSendError::NotOpen | ClientSendError::Closed) => {
@@ -490,16 +596,21 @@ async fn client<K: Connector>(
                     }
                     next_send += 1;
                 } else {
-                    // The scenario's own close, or the end of the run. A client whose
+                    // The scenario's own close or drop, or the end of the run. A client whose
                     // connection was due to open (the handshake takes `accept_ms`) and neither
                     // opened nor was refused gave up waiting: that is the server's failure to
                     // serve, not the client's choice. Only a close before the handshake could
-                    // complete is one the scenario asked for.
-                    let own = Some(wake) == close_at;
+                    // complete is one the scenario asked for. Before open, a close or a drop
+                    // both end the TCP connection: there is no WebSocket to close.
+                    let own = Some(wake) == leave_at;
                     if opened.is_none() && (!own || wake > open_due) {
                         rec.record(id, EventKind::ClientGaveUp);
                     }
-                    if client.close() {
+                    if own && drops {
+                        if client.drop_connection() {
+                            rec.record(id, EventKind::ClientDrop);
+                        }
+                    } else if client.close() {
                         rec.record(id, EventKind::ClientClose);
                     }
                     break if own { ClientEnd::OwnClose } else { ClientEnd::Horizon };
@@ -521,7 +632,7 @@ async fn client<K: Connector>(
         (_, Some(_)) => Some("the connection ended without a close frame"),
     };
     for n in next_send..user.sends.len() {
-        let chat = chat_id(id, n + 1);
+        let chat = chat_n(n + 1);
         match (end, unsent_reason) {
             (ClientEnd::Refused(code), _) => rec.record(
                 id,
@@ -556,7 +667,7 @@ enum ClientEnd {
     Refused(u16),
     /// The server answered the upgrade with this HTTP status.
     HttpRefused(u16),
-    /// The client closed at its scenario's `close_ms`.
+    /// The client closed (or dropped its connection) at its scenario's `close_ms` (`drop_ms`).
     OwnClose,
     /// The run's horizon came first.
     Horizon,

@@ -22,8 +22,8 @@ pub fn run_ms(scenario: &Scenario, events: usize) -> u64 {
     scenario.server.event_gap_ms * events as u64
 }
 
-/// A user's latest scheduled action (a chat, a push, its own close), relative to its connect
-/// and after the server's setup would have finished: chats are timed from open.
+/// A user's latest scheduled action (a chat, a push, its own close or drop), relative to its
+/// connect and after the server's setup would have finished: chats are timed from open.
 pub fn latest_action_ms(scenario: &Scenario, user: &User, pushes: Pushes) -> u64 {
     let pushed = match pushes {
         Pushes::Included => &user.pushes[..],
@@ -34,7 +34,7 @@ pub fn latest_action_ms(scenario: &Scenario, user: &User, pushes: Pushes) -> u64
         .iter()
         .chain(pushed)
         .map(|t| t.at_ms)
-        .chain(user.close_ms)
+        .chain(user.leave_ms())
         .max()
         .unwrap_or(0);
     user.connect_ms + scenario.server.setup_ms() + latest

@@ -157,6 +157,9 @@ pub enum EventKind {
     },
     /// The client closed its side.
     ClientClose,
+    /// The client ended its TCP connection without a close frame, as its scenario asked
+    /// (`drop_ms`).
+    ClientDrop,
     /// The client waited until the end of the run and its connection neither opened nor was
     /// refused: the server never served it.
     ClientGaveUp,
@@ -237,6 +240,7 @@ impl fmt::Display for EventKind {
             EventKind::ClientClosed { code } => write!(f, "client sees close {code}"),
             EventKind::ClientRefused { status } => write!(f, "client sees HTTP {status}"),
             EventKind::ClientClose => f.write_str("client close"),
+            EventKind::ClientDrop => f.write_str("client drop: no close frame"),
             EventKind::ClientGaveUp => f.write_str("client gave up: the connection never opened"),
             EventKind::PushIssued { id } => write!(f, "push issued {id}"),
             EventKind::State { state } => write!(f, "state {state}"),
@@ -380,6 +384,7 @@ fn event_name(kind: &EventKind) -> &'static str {
         EventKind::ClientClosed { .. } => "client_closed",
         EventKind::ClientRefused { .. } => "client_refused",
         EventKind::ClientClose => "client_close",
+        EventKind::ClientDrop => "client_drop",
         EventKind::ClientGaveUp => "client_gave_up",
         EventKind::PushIssued { .. } => "push_issued",
         EventKind::State { .. } => "state",

@@ -4,16 +4,18 @@
 //! [`Input`]s at the next step and arrive as the driver's [`Output`]s.
 //!
 //! Times are virtual microseconds since the case began, exact integers, so a schedule means the
-//! same thing at every step. The rules are session's, step for step: chats at `at_ms` after
-//! open while before the close; a client without `close_ms` waits for its chats' answers until
-//! [`CLOSE_REPLY_GRACE_US`] before the deadline; frames first, then whatever is due.
+//! same thing at every step. The rules are session's, step for step: pipelined chats in the
+//! upgrade request's write; chats at `at_ms` after open while before the close; a close or drop
+//! due during the handshake leaves there; a client without `close_ms` or `drop_ms` waits for its
+//! chats' answers until [`CLOSE_REPLY_GRACE_US`] before the deadline; frames first, then
+//! whatever is due.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
-use racegate_replay::scenario::{Protocol, User};
+use racegate_replay::scenario::{Connection, Protocol, User};
 use tokio_tungstenite::tungstenite::handshake::client::{ClientHandshake, Request};
 use tokio_tungstenite::tungstenite::handshake::{HandshakeError, MidHandshake};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, WebSocket};
 
 use super::driver::{Input, Output};
-use crate::session::{Pending, Record, Seen};
+use crate::session::{Pending, Record, Seen, mask_for, masked_text};
 
 /// session's `CLOSE_REPLY_GRACE`, in microseconds: a waiting client stops this long before the
 /// deadline so the answer to its close still fits.
@@ -88,8 +90,8 @@ enum State {
 pub struct Times {
     /// When it connects.
     pub connect: u64,
-    /// When it closes unless the server closed first (its `close_ms`, or the scenario's own
-    /// time).
+    /// When it closes (or drops) unless the server closed first (its `close_ms` or `drop_ms`,
+    /// or the scenario's own time).
     pub close: u64,
     /// Past this nothing is waited for.
     pub deadline: u64,
@@ -101,6 +103,8 @@ pub struct Times {
 pub struct Client<'s> {
     conn: usize,
     user: &'s User,
+    /// Its label and where its chat numbers start.
+    connection: Connection,
     protocol: &'s Protocol,
     request: Option<Request>,
     times: Times,
@@ -118,10 +122,12 @@ pub struct Client<'s> {
 }
 
 impl<'s> Client<'s> {
-    /// A client for connection `conn`, which sends `request` as its upgrade.
+    /// A client for connection `conn` (the scenario's `conn`-th `[[user]]`, `connection`),
+    /// which sends `request` as its upgrade.
     pub fn new(
         conn: usize,
         user: &'s User,
+        connection: Connection,
         protocol: &'s Protocol,
         request: Request,
         times: Times,
@@ -129,6 +135,7 @@ impl<'s> Client<'s> {
         Client {
             conn,
             user,
+            connection,
             protocol,
             request: Some(request),
             times,
@@ -136,7 +143,7 @@ impl<'s> Client<'s> {
             state: State::Idle,
             opened: 0,
             close_at: times.close,
-            next: 0,
+            next: user.pipelined,
             pending: Pending::default(),
             ended: false,
             records: Vec::new(),
@@ -148,6 +155,21 @@ impl<'s> Client<'s> {
         self.user
     }
 
+    /// This connection's `n`-th chat id (1-based): a user's chats are numbered across its
+    /// connections.
+    fn chat_id(&self, n: usize) -> String {
+        self.protocol
+            .chat_id(&self.user.id, self.connection.chats_before + n)
+    }
+
+    /// When the client leaves of its own accord (`close_ms`, `drop_ms`), if before the deadline.
+    fn leave_at(&self) -> Option<u64> {
+        self.user
+            .leave_ms()
+            .map(|_| self.times.close)
+            .filter(|at| *at < self.times.deadline)
+    }
+
     /// True once the client has nothing left to do.
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
@@ -156,7 +178,7 @@ impl<'s> Client<'s> {
     fn log(&mut self, now: u64, seen: Seen) {
         self.records.push(Record {
             at_ms: now as f64 / 1000.0,
-            user: self.user.id.clone(),
+            user: self.connection.label.clone(),
             seen,
         });
     }
@@ -165,7 +187,8 @@ impl<'s> Client<'s> {
     pub fn wake(&self) -> Option<u64> {
         match &self.state {
             State::Idle => Some(self.times.connect),
-            State::Handshake(_) | State::Closing(_) => Some(self.times.deadline),
+            State::Handshake(_) => Some(self.leave_at().unwrap_or(self.times.deadline)),
+            State::Closing(_) => Some(self.times.deadline),
             State::Draining { until } => Some(*until),
             State::Open(_) => Some(self.open_wake().0),
             State::Done => None,
@@ -180,7 +203,7 @@ impl<'s> Client<'s> {
             .sends
             .get(self.next)
             .map(|s| self.opened + s.at_ms * 1000);
-        let awaiting = self.user.close_ms.is_none() && !self.pending.is_empty();
+        let awaiting = self.user.leave_ms().is_none() && !self.pending.is_empty();
         let answers_until = self
             .times
             .deadline
@@ -206,6 +229,16 @@ impl<'s> Client<'s> {
             }
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Idle => self.connect(now, inputs),
+                // Its close or drop came during the handshake: it leaves (session's rule).
+                State::Handshake(_) if self.leave_at().is_some_and(|at| at <= now) => {
+                    let seen = if self.user.drop_ms.is_some() {
+                        Seen::ClientDrop
+                    } else {
+                        Seen::ClientClose
+                    };
+                    self.log(now, seen);
+                    self.leave(inputs);
+                }
                 State::Handshake(_) => {
                     self.log(
                         now,
@@ -213,8 +246,8 @@ impl<'s> Client<'s> {
                             waiting_for: "the WebSocket handshake (101) to complete".into(),
                         },
                     );
-                    for n in 1..=self.user.sends.len() {
-                        let id = self.protocol.chat_id(&self.user.id, n);
+                    for n in self.user.pipelined + 1..=self.user.sends.len() {
+                        let id = self.chat_id(n);
                         self.log(
                             now,
                             Seen::Unsent {
@@ -249,7 +282,10 @@ impl<'s> Client<'s> {
             return;
         };
         match ClientHandshake::start(self.pipe.clone(), request, None) {
-            Ok(mid) => self.handshake(now, mid, inputs),
+            Ok(mid) => {
+                self.handshake(now, mid, inputs);
+                self.pipeline(now);
+            }
             Err(e) => {
                 self.log(
                     now,
@@ -259,6 +295,24 @@ impl<'s> Client<'s> {
                 );
                 self.leave(inputs);
             }
+        }
+    }
+
+    /// Writes the pipelined chats after the upgrade request, in the same bytes the driver gets
+    /// as one `Input::Data` (one write, one read on the app's side).
+    fn pipeline(&mut self, now: u64) {
+        if !matches!(self.state, State::Handshake(_)) {
+            return;
+        }
+        for k in 0..self.user.pipelined {
+            let id = self.chat_id(k + 1);
+            let text = self
+                .protocol
+                .render_chat(&id, &self.user.sends[k].text, &self.user.id);
+            let frame = masked_text(&text, mask_for(k));
+            self.pipe.0.borrow_mut().outbox.extend(frame);
+            self.pending.sent(&id);
+            self.log(now, Seen::Send { id });
         }
     }
 
@@ -274,7 +328,7 @@ impl<'s> Client<'s> {
                 self.log(now, Seen::Open);
                 self.opened = now;
                 let last_send = self.user.sends.iter().map(|s| s.at_ms).max().unwrap_or(0);
-                self.close_at = match self.user.close_ms {
+                self.close_at = match self.user.leave_ms() {
                     Some(_) => self.times.close,
                     None => self
                         .times
@@ -398,7 +452,7 @@ impl<'s> Client<'s> {
             return;
         }
         if Some(wake) == send_at && wake < self.close_at {
-            let id = self.protocol.chat_id(&self.user.id, self.next + 1);
+            let id = self.chat_id(self.next + 1);
             let text =
                 self.protocol
                     .render_chat(&id, &self.user.sends[self.next].text, &self.user.id);
@@ -419,6 +473,12 @@ impl<'s> Client<'s> {
                     self.leave(inputs);
                 }
             }
+            return;
+        }
+        if self.user.drop_ms.is_some() {
+            // The TCP connection ends without a close frame.
+            self.log(now, Seen::ClientDrop);
+            self.leave(inputs);
             return;
         }
         self.log(now, Seen::ClientClose);
@@ -498,5 +558,51 @@ impl<'s> Client<'s> {
         if !bytes.is_empty() {
             inputs.push(Input::Data(self.conn, bytes));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use racegate_replay::scenario;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    #[test]
+    fn pipelined_chats_are_handed_over_with_the_upgrade_request_in_one_input() {
+        let s = scenario::parse(
+            r#"
+            name = "p"
+            [[user]]
+            id = "u"
+            send = [{ at_ms = 0, text = "early", pipelined = true }, { at_ms = 0, text = "x" }]
+            "#,
+            "p.toml".as_ref(),
+        )
+        .unwrap();
+        let connection = s.connections().remove(0);
+        let request = "ws://127.0.0.1:8000/ws".into_client_request().unwrap();
+        let times = Times {
+            connect: 0,
+            close: 1_000_000,
+            deadline: 2_000_000,
+            after_last_send: 0,
+        };
+        let mut client = Client::new(3, &s.users[0], connection, &s.protocol, request, times);
+        let mut inputs = Vec::new();
+        client.act(0, &mut inputs);
+        let [Input::Connect(3), Input::Data(3, bytes)] = inputs.as_slice() else {
+            panic!("expected a connect and one write, got {inputs:?}");
+        };
+        let head = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4)
+            .expect("the request head");
+        assert_eq!(
+            crate::session::tests::unmasked(&bytes[head..]).as_deref(),
+            Some(r#"{"type":"chat","id":"u/m1","text":"early"}"#)
+        );
+        let seen: Vec<&Seen> = client.records.iter().map(|r| &r.seen).collect();
+        assert_eq!(seen, [&Seen::Connect, &Seen::Send { id: "u/m1".into() }]);
     }
 }

@@ -252,11 +252,14 @@ pub fn run_case(
     let deadline = options.timeout_for(scenario) * 1000;
     let after_last_send =
         racegate_replay::schedule::after_open_ms(scenario, scenario.protocol.events.len()) * 1000;
+    // One per `[[user]]`, named by its label (a user's later connections are `id#k`).
+    let connections = scenario.connections();
     let conns: Vec<CaseConn> = scenario
         .users
         .iter()
-        .map(|u| CaseConn {
-            user: u.id.clone(),
+        .zip(&connections)
+        .map(|(u, c)| CaseConn {
+            user: c.label.clone(),
             fail_at: u.fail_at.map(|p| p.name()),
         })
         .collect();
@@ -272,16 +275,18 @@ pub fn run_case(
         .users
         .iter()
         .zip(requests)
+        .zip(connections.iter().cloned())
         .enumerate()
-        .map(|(i, (user, request))| {
+        .map(|(i, ((user, request), connection))| {
             let connect = user.connect_ms * 1000;
-            let close = match user.close_ms {
+            let close = match user.leave_ms() {
                 Some(ms) => connect + ms * 1000,
                 None => own,
             };
             Client::new(
                 i,
                 user,
+                connection,
                 &scenario.protocol,
                 request,
                 Times {
@@ -320,7 +325,7 @@ pub fn run_case(
     facts.extend(step.facts.into_iter().map(|f| (f.conn, f.at_us, f.kind)));
     let mut records: Vec<Record> = clients.into_iter().flat_map(|c| c.records).collect();
     for (conn, at_us, kind) in facts {
-        let Some(user) = scenario.users.get(conn) else {
+        let Some(connection) = connections.get(conn) else {
             continue;
         };
         let seen = match kind {
@@ -337,7 +342,7 @@ pub fn run_case(
         };
         records.push(Record {
             at_ms: at_us as f64 / 1000.0,
-            user: user.id.clone(),
+            user: connection.label.clone(),
             seen,
         });
     }

@@ -28,7 +28,8 @@ pub(super) trait Lifecycle: Send + Sync + Sized + 'static {
 
     fn backend(&self) -> &Backend;
     fn socket(&self) -> &Self::Socket;
-    fn user(&self) -> &str;
+    /// What the trace records the connection under.
+    fn label(&self) -> &str;
 
     /// At the upgrade, before `accept()`: make the connection reachable by the manager.
     fn on_upgrade(self: &Arc<Self>);
@@ -57,7 +58,7 @@ pub(super) trait Lifecycle: Send + Sync + Sized + 'static {
 
 /// Serves one connection from upgrade to end.
 pub(super) async fn serve<C: Lifecycle>(conn: Arc<C>) {
-    state(conn.backend(), conn.user(), ConnectionState::Connecting);
+    state(conn.backend(), conn.label(), ConnectionState::Connecting);
     conn.on_upgrade();
     conn.before_accept();
 
@@ -71,7 +72,7 @@ pub(super) async fn serve<C: Lifecycle>(conn: Arc<C>) {
     conn.after_accept();
 
     for (phase, reached) in SETUP {
-        if conn.backend().phase(conn.user(), phase).await.is_err() {
+        if conn.backend().phase(conn.label(), phase).await.is_err() {
             conn.on_failure(phase).await;
             return;
         }

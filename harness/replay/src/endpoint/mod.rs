@@ -28,32 +28,48 @@ use crate::transport::{ServerSocket, TransportError};
 
 /// One endpoint implementation: serves a connection from upgrade to end.
 pub trait Endpoint {
-    /// Serves `socket`, whose upgrade carried `user` as its token.
+    /// Serves `socket`, whose upgrade carried `user` as its token, recording what it does
+    /// under `label` (the user's id for its first connection, `id#k` for its `k`-th).
     fn serve<S: ServerSocket>(
         backend: Arc<Backend>,
         socket: Arc<S>,
         user: String,
+        label: String,
     ) -> impl Future<Output = ()> + Send;
 }
 
 impl EndpointKind {
-    /// Serves one connection with this endpoint.
+    /// Serves one connection of `user` with this endpoint, recorded under the user's id.
     pub async fn serve<S: ServerSocket>(self, backend: Arc<Backend>, socket: Arc<S>, user: String) {
+        let label = user.clone();
+        self.serve_as(backend, socket, user, label).await;
+    }
+
+    /// Serves one connection of `user` with this endpoint, recorded under `label`: one of
+    /// several connections of the user.
+    pub async fn serve_as<S: ServerSocket>(
+        self,
+        backend: Arc<Backend>,
+        socket: Arc<S>,
+        user: String,
+        label: String,
+    ) {
         match self {
-            EndpointKind::Unfixed => unfixed::Unfixed::serve(backend, socket, user).await,
-            EndpointKind::Partial => partial::Partial::serve(backend, socket, user).await,
+            EndpointKind::Unfixed => unfixed::Unfixed::serve(backend, socket, user, label).await,
+            EndpointKind::Partial => partial::Partial::serve(backend, socket, user, label).await,
             EndpointKind::StateMachine => {
-                state_machine::StateMachine::serve(backend, socket, user).await
+                state_machine::StateMachine::serve(backend, socket, user, label).await
             }
         }
     }
 }
 
-/// Records a transport error if it is a lifecycle violation (a plain disconnect is not).
-fn transport_error(backend: &Backend, user: &str, op: &'static str, err: &TransportError) {
+/// Records a transport error on connection `conn` if it is a lifecycle violation (a plain
+/// disconnect is not). Every helper here records under the connection's label.
+fn transport_error(backend: &Backend, conn: &str, op: &'static str, err: &TransportError) {
     if err.is_lifecycle_violation() {
         backend.record(
-            user,
+            conn,
             EventKind::TransportError {
                 op,
                 error: err.message.clone(),

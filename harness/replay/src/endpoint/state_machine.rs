@@ -26,8 +26,13 @@ use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 pub struct StateMachine;
 
 impl Endpoint for StateMachine {
-    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
-        lifecycle::serve(Conn::new(backend, socket, user)).await;
+    async fn serve<S: ServerSocket>(
+        backend: Arc<Backend>,
+        socket: Arc<S>,
+        user: String,
+        label: String,
+    ) {
+        lifecycle::serve(Conn::new(backend, socket, user, label)).await;
     }
 }
 
@@ -57,7 +62,10 @@ type Machine = ConnectionStateMachine<Item, Sink>;
 struct Conn<S> {
     backend: Arc<Backend>,
     socket: Arc<S>,
+    /// The user its upgrade named: whom it serves, and its key in the manager.
     user: String,
+    /// What the trace records it under (the user's id, or `id#k` for its `k`-th connection).
+    label: String,
     machine: Machine,
     /// The handler's channel. Dropped when the connection ends, so the handler drains what was
     /// delivered and stops, and the connection can be freed.
@@ -71,10 +79,15 @@ struct Conn<S> {
 type Chats = Arc<Mutex<Option<mpsc::UnboundedSender<(String, String)>>>>;
 
 impl<S: ServerSocket> Conn<S> {
-    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Arc<Self> {
+    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String, label: String) -> Arc<Self> {
         let (chat_tx, chat_rx) = mpsc::unbounded_channel();
         let chats = Arc::new(Mutex::new(Some(chat_tx)));
-        let sink = sink(backend.clone(), socket.clone(), user.clone(), chats.clone());
+        let sink = sink(
+            backend.clone(),
+            socket.clone(),
+            label.clone(),
+            chats.clone(),
+        );
         let limits = QueueLimits {
             max_messages: backend.config.queue_capacity,
             max_bytes: backend.config.queue_bytes,
@@ -83,6 +96,7 @@ impl<S: ServerSocket> Conn<S> {
             backend,
             socket,
             user,
+            label,
             machine: ConnectionStateMachine::new(limits, sink),
             chats,
             handler: Mutex::new(Some(chat_rx)),
@@ -102,16 +116,18 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
         &self.socket
     }
 
-    fn user(&self) -> &str {
-        &self.user
+    fn label(&self) -> &str {
+        &self.label
     }
 
     fn on_upgrade(self: &Arc<Self>) {
-        // FIX: reachable from the upgrade on, but only through the machine.
-        self.backend.register(&self.user, pusher(self.clone()));
+        // FIX: reachable from the upgrade on, but only through the machine; one of its user's
+        // connections, never in another's place, and it removes only itself.
+        self.backend
+            .register_also(&self.user, &self.label, pusher(self.clone()));
         self.cleanup("unregister", {
-            let (b, u) = (self.backend.clone(), self.user.clone());
-            move || b.unregister(&u)
+            let (b, u, c) = (self.backend.clone(), self.user.clone(), self.label.clone());
+            move || b.unregister_own(&u, &c)
         });
     }
 
@@ -124,7 +140,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
         if self.machine.state().is_terminal() {
             return;
         }
-        transport_error(&self.backend, &self.user, "accept", &e);
+        transport_error(&self.backend, &self.label, "accept", &e);
         // A handshake that failed leaves nothing to close.
         self.fail(None, "handshake failed").await;
     }
@@ -133,7 +149,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     fn advance(&self, to: ConnectionState) -> bool {
         match self.machine.advance(to) {
             Ok(_) => {
-                state(&self.backend, &self.user, to);
+                state(&self.backend, &self.label, to);
                 true
             }
             Err(_) => false,
@@ -193,9 +209,9 @@ impl<S: ServerSocket> Conn<S> {
 
     /// Registers a setup rollback action, recording it and, when it runs, that it ran.
     fn cleanup(&self, name: &'static str, undo: impl FnOnce() + Send + 'static) {
-        let (b, u) = (self.backend.clone(), self.user.clone());
+        let (b, u) = (self.backend.clone(), self.label.clone());
         self.backend
-            .record(&self.user, EventKind::CleanupRegistered { name });
+            .record(&self.label, EventKind::CleanupRegistered { name });
         let _ = self.machine.register_cleanup(move || {
             undo();
             b.record(&u, EventKind::CleanupRan { name });
@@ -223,7 +239,7 @@ impl<S: ServerSocket> Conn<S> {
             }
             return;
         };
-        state(&self.backend, &self.user, ConnectionState::Failed);
+        state(&self.backend, &self.label, ConnectionState::Failed);
         lock(&self.chats).take();
         self.reject_all(ended.undelivered, reason).await;
         if let Some(item) = newest {
@@ -240,12 +256,12 @@ impl<S: ServerSocket> Conn<S> {
             match self.socket.close(code).await {
                 Ok(()) => self
                     .backend
-                    .record(&self.user, EventKind::ServerClose { code }),
-                Err(e) => transport_error(&self.backend, &self.user, "close", &e),
+                    .record(&self.label, EventKind::ServerClose { code }),
+                Err(e) => transport_error(&self.backend, &self.label, "close", &e),
             }
         }
         self.backend.record(
-            &self.user,
+            &self.label,
             EventKind::Terminal {
                 state: ConnectionState::Failed,
             },
@@ -257,15 +273,15 @@ impl<S: ServerSocket> Conn<S> {
         let Ok(ended) = self.machine.close() else {
             return;
         };
-        state(&self.backend, &self.user, ConnectionState::Closed);
+        state(&self.backend, &self.label, ConnectionState::Closed);
         lock(&self.chats).take();
         if ended.from.is_ready() {
-            self.backend.unregister(&self.user);
+            self.backend.unregister_own(&self.user, &self.label);
         }
         self.reject_all(ended.undelivered, "client closed during setup")
             .await;
         self.backend.record(
-            &self.user,
+            &self.label,
             EventKind::Terminal {
                 state: ConnectionState::Closed,
             },
@@ -288,7 +304,7 @@ impl<S: ServerSocket> Conn<S> {
             },
         };
         self.backend.record(
-            &self.user,
+            &self.label,
             EventKind::Rejected {
                 id: id.clone(),
                 reason: reason.to_string(),
@@ -299,7 +315,7 @@ impl<S: ServerSocket> Conn<S> {
                 message: format!("message {id} rejected: {reason}"),
             };
             if let Err(e) = self.socket.send(&frame) {
-                transport_error(&self.backend, &self.user, "send", &e);
+                transport_error(&self.backend, &self.label, "send", &e);
             }
         }
     }
@@ -345,7 +361,7 @@ async fn read_loop<S: ServerSocket>(conn: Arc<Conn<S>>) {
             Ok(Inbound::Disconnect(_)) => break,
             Err(e) if matches!(e.kind, ErrorKind::Disconnected(_)) => break,
             Err(e) => {
-                transport_error(&conn.backend, &conn.user, "receive", &e);
+                transport_error(&conn.backend, &conn.label, "receive", &e);
                 break;
             }
         }
@@ -371,7 +387,7 @@ async fn handle_loop<S: ServerSocket>(
         }
         let b = &conn.backend;
         b.record(
-            &conn.user,
+            &conn.label,
             EventKind::Handled {
                 id: id.clone(),
                 as_user: conn.user.clone(),
@@ -410,7 +426,7 @@ async fn heartbeat<S: ServerSocket>(conn: Arc<Conn<S>>, every: NonZeroU64) {
 fn sink<S: ServerSocket>(
     backend: Arc<Backend>,
     socket: Arc<S>,
-    user: String,
+    label: String,
     chats: Chats,
 ) -> Sink {
     // Once a send fails the socket is gone (Starlette marks it closed): every later frame is
@@ -430,7 +446,7 @@ fn sink<S: ServerSocket>(
                 match socket.send(&frame) {
                     Ok(()) => return,
                     Err(e) => {
-                        transport_error(&backend, &user, "send", &e);
+                        transport_error(&backend, &label, "send", &e);
                         broken = true;
                         "send failed"
                     }
@@ -438,7 +454,7 @@ fn sink<S: ServerSocket>(
             };
             if let Some(id) = tracked_id(&frame) {
                 backend.record(
-                    &user,
+                    &label,
                     EventKind::Rejected {
                         id: id.to_string(),
                         reason: failed.to_string(),

@@ -28,8 +28,13 @@ use crate::transport::{ErrorKind, Inbound, ServerSocket, TransportError};
 pub struct Unfixed;
 
 impl Endpoint for Unfixed {
-    async fn serve<S: ServerSocket>(backend: Arc<Backend>, socket: Arc<S>, user: String) {
-        lifecycle::serve(Conn::new(backend, socket, user)).await;
+    async fn serve<S: ServerSocket>(
+        backend: Arc<Backend>,
+        socket: Arc<S>,
+        user: String,
+        label: String,
+    ) {
+        lifecycle::serve(Conn::new(backend, socket, user, label)).await;
     }
 }
 
@@ -42,7 +47,10 @@ const READER_BACKOFF_MS: u64 = 50;
 struct Conn<S> {
     backend: Arc<Backend>,
     socket: Arc<S>,
+    /// The user its upgrade named: the manager's key, the shared context's value.
     user: String,
+    /// What the trace records it under (the user's id, or `id#k` for its `k`-th connection).
+    label: String,
     /// Cleared when the connection ends; the heartbeat stops on it.
     live: Arc<AtomicBool>,
     /// The user context, copied from shared state during setup.
@@ -51,11 +59,12 @@ struct Conn<S> {
 }
 
 impl<S: ServerSocket> Conn<S> {
-    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String) -> Arc<Self> {
+    fn new(backend: Arc<Backend>, socket: Arc<S>, user: String, label: String) -> Arc<Self> {
         Arc::new(Conn {
             backend,
             socket,
             user,
+            label,
             live: Arc::new(AtomicBool::new(true)),
             context: Mutex::default(),
             reader: Mutex::default(),
@@ -74,13 +83,14 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
         &self.socket
     }
 
-    fn user(&self) -> &str {
-        &self.user
+    fn label(&self) -> &str {
+        &self.label
     }
 
     fn on_upgrade(self: &Arc<Self>) {
         // RACE: reachable by the notifier and the heartbeat before the handshake completes.
-        self.backend.register(&self.user, pusher(self.clone()));
+        self.backend
+            .register(&self.user, &self.label, pusher(self.clone()));
     }
 
     fn before_accept(self: &Arc<Self>) {
@@ -88,7 +98,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
             tokio::spawn(legacy_heartbeat(
                 self.backend.clone(),
                 self.socket.clone(),
-                self.user.clone(),
+                self.label.clone(),
                 self.live.clone(),
                 every,
                 false,
@@ -99,13 +109,13 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
     }
 
     async fn on_accept_failed(self: &Arc<Self>, e: TransportError) {
-        transport_error(&self.backend, &self.user, "accept", &e);
-        legacy_fail(&self.backend, &*self.socket, &self.user, 1011, &self.live).await;
+        transport_error(&self.backend, &self.label, "accept", &e);
+        legacy_fail(&self.backend, &*self.socket, &self.label, 1011, &self.live).await;
     }
 
     /// There is no machine: the state is a log line, and setup goes on whatever happened.
     fn advance(&self, to: ConnectionState) -> bool {
-        state(&self.backend, &self.user, to);
+        state(&self.backend, &self.label, to);
         true
     }
 
@@ -113,7 +123,7 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
 
     async fn on_failure(self: &Arc<Self>, phase: Phase) {
         let code = phase.close_code();
-        legacy_fail(&self.backend, &*self.socket, &self.user, code, &self.live).await;
+        legacy_fail(&self.backend, &*self.socket, &self.label, code, &self.live).await;
     }
 
     fn on_phase_done(self: &Arc<Self>, phase: Phase) {
@@ -144,9 +154,9 @@ impl<S: ServerSocket> Lifecycle for Conn<S> {
         self.live.store(false, Ordering::Release);
         match end {
             ReaderEnd::Disconnected => {
-                state(&self.backend, &self.user, ConnectionState::Closed);
+                state(&self.backend, &self.label, ConnectionState::Closed);
                 self.backend.record(
-                    &self.user,
+                    &self.label,
                     EventKind::Terminal {
                         state: ConnectionState::Closed,
                     },
@@ -166,13 +176,13 @@ impl<S: ServerSocket> Conn<S> {
     /// Records a setup cleanup as registered. Nothing ever runs it: there is no rollback.
     fn cleanup(&self, name: &'static str) {
         self.backend
-            .record(&self.user, EventKind::CleanupRegistered { name });
+            .record(&self.label, EventKind::CleanupRegistered { name });
     }
 
     /// Routes a chat at once, through the global router, as whichever user the context names.
     async fn deliver(&self, id: String, _text: String) {
         let context = lock(&self.context).clone();
-        legacy_route(&self.backend, &*self.socket, &self.user, context, id).await;
+        legacy_route(&self.backend, &*self.socket, &self.label, context, id).await;
     }
 }
 
@@ -181,7 +191,7 @@ fn pusher<S: ServerSocket>(conn: Arc<Conn<S>>) -> Pusher {
     Arc::new(move |frame| {
         let conn = conn.clone();
         Box::pin(async move {
-            send_or_drop(&conn.backend, &*conn.socket, &conn.user, &frame).await;
+            send_or_drop(&conn.backend, &*conn.socket, &conn.label, &frame).await;
         })
     })
 }
@@ -194,7 +204,7 @@ async fn read_loop<S: ServerSocket>(conn: Arc<Conn<S>>) -> ReaderEnd {
             Ok(Inbound::Disconnect(_)) => break,
             Err(e) if matches!(e.kind, ErrorKind::Disconnected(_)) => break,
             Err(e) => {
-                transport_error(&conn.backend, &conn.user, "receive", &e);
+                transport_error(&conn.backend, &conn.label, "receive", &e);
                 errors += 1;
                 if errors >= READER_RETRIES {
                     return ReaderEnd::GaveUp;

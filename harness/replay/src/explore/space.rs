@@ -227,7 +227,9 @@ impl Draft {
             connect_ms: spread_ms * self.connect_percent / 100,
             fail_at: self.fail_at,
             close_ms: self.close_ms,
+            drop_ms: None,
             sends: self.sends,
+            pipelined: 0,
             pushes: self.pushes,
         }
     }

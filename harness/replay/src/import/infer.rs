@@ -463,7 +463,9 @@ fn user(id: &str, c: &Conn, fail_at: Option<Phase>) -> User {
         connect_ms: connect,
         fail_at,
         close_ms: None,
+        drop_ms: None,
         sends,
+        pipelined: 0,
         pushes,
     }
 }

@@ -82,6 +82,7 @@ pub fn mermaid(outcome: &RunOutcome) -> String {
             }
             EventKind::ClientRefused { status } => (&s, "--x", &c, format!("HTTP {status}")),
             EventKind::ClientClose => (&c, "-x", &s, "close".to_string()),
+            EventKind::ClientDrop => (&c, "-x", &s, "drop (no close frame)".to_string()),
             EventKind::ClientGaveUp => (&c, "-x", &c, e.kind.to_string()),
             EventKind::PushIssued { id } => (&notifier_id, "->>", &s, format!("push {id}")),
             EventKind::Rejected { .. } => (&s, "--x", &c, e.kind.to_string()),

@@ -281,21 +281,127 @@ impl Protocol {
     }
 }
 
-/// One `[[user]]`: a client connection and the server-side pushes addressed to it.
+/// One `[[user]]`: one client connection of a user, and the server-side pushes addressed to
+/// the user from its connect on. A user id may repeat: each `[[user]]` with it is one more
+/// connection of that user (a reconnect, a second tab), labelled as [`Scenario::connections`]
+/// says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
-    /// Non-empty, unique in the scenario.
+    /// Non-empty; the same id on several `[[user]]`s is one user's several connections.
     pub id: String,
     /// When the client opens its connection.
     pub connect_ms: u64,
-    /// The setup phase that fails for this user, if any.
+    /// The setup phase that fails for this connection, if any.
     pub fail_at: Option<Phase>,
-    /// If set, the client closes its side this long after `connect_ms` (e.g. mid-setup).
+    /// If set, the client closes its side this long after `connect_ms` (e.g. mid-setup): with a
+    /// close frame once open; before open it gives up on the handshake and ends its TCP
+    /// connection.
     pub close_ms: Option<u64>,
-    /// Chats, each `at_ms` after the client sees the connection open.
+    /// If set, the client's TCP connection ends this long after `connect_ms` without a close
+    /// frame (a killed tab, a lost network). Never set together with `close_ms`.
+    pub drop_ms: Option<u64>,
+    /// Chats, each `at_ms` after the client sees the connection open; the first
+    /// [`pipelined`](Self::pipelined) of them go out with the upgrade request instead.
     pub sends: Vec<Timed>,
+    /// How many of `sends`, from the first, are written in the same write as the upgrade
+    /// request (`pipelined = true`, `at_ms = 0`), before the handshake completes.
+    pub pipelined: usize,
     /// Server notifications for this user, each `at_ms` after `connect_ms`.
     pub pushes: Vec<Timed>,
+}
+
+impl User {
+    /// A connection of `id` at `connect_ms` with nothing else scheduled.
+    pub fn new(id: impl Into<String>, connect_ms: u64) -> User {
+        User {
+            id: id.into(),
+            connect_ms,
+            fail_at: None,
+            close_ms: None,
+            drop_ms: None,
+            sends: Vec::new(),
+            pipelined: 0,
+            pushes: Vec::new(),
+        }
+    }
+
+    /// When the client ends the connection of its own accord, after `connect_ms`: its
+    /// `close_ms` or its `drop_ms`.
+    pub fn leave_ms(&self) -> Option<u64> {
+        self.close_ms.or(self.drop_ms)
+    }
+}
+
+/// One `[[user]]` as one connection of its user: how histories, traces, records and violations
+/// name it, and where its chat and push numbers start.
+///
+/// A user's first connection is labelled with its id, so a file whose ids are all different
+/// reads exactly as before; the `k`-th (`k` ≥ 2) is `id#k`. Chats and pushes are numbered per
+/// user across its connections in file order (`u/m1` on the first, `u/m2` on the second), so
+/// every id stays unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// `id` for the user's first connection, `id#k` for its `k`-th.
+    pub label: String,
+    /// Which of its user's connections this is, from 1.
+    pub nth: usize,
+    /// Chats the user's earlier connections send: this one's first chat is number
+    /// `chats_before + 1`.
+    pub chats_before: usize,
+    /// Pushes the user's earlier connections declare, likewise.
+    pub pushes_before: usize,
+}
+
+impl Connection {
+    /// The label of `user`'s `nth` connection (1-based).
+    pub fn label_of(user: &str, nth: usize) -> String {
+        if nth <= 1 {
+            user.to_string()
+        } else {
+            format!("{user}#{nth}")
+        }
+    }
+}
+
+/// Each of `users` as a connection of its user, in file order ([`Connection`]).
+pub fn connections(users: &[User]) -> Vec<Connection> {
+    // Per user id: connections, chats and pushes so far.
+    let mut seen: IndexMap<&str, (usize, usize, usize)> = IndexMap::new();
+    users
+        .iter()
+        .map(|u| {
+            let (n, chats, pushes) = seen.entry(u.id.as_str()).or_default();
+            *n += 1;
+            let c = Connection {
+                label: Connection::label_of(&u.id, *n),
+                nth: *n,
+                chats_before: *chats,
+                pushes_before: *pushes,
+            };
+            *chats += u.sends.len();
+            *pushes += u.pushes.len();
+            c
+        })
+        .collect()
+}
+
+impl Scenario {
+    /// Each `[[user]]` as a connection ([`connections`]).
+    pub fn connections(&self) -> Vec<Connection> {
+        connections(&self.users)
+    }
+
+    /// Connection label → user id, for the connections whose label is not their user's id
+    /// (a user's second connection and later): what a [`History`](crate::history::History)
+    /// needs to compare users rather than connections.
+    pub fn relabelled(&self) -> Vec<(String, String)> {
+        self.connections()
+            .into_iter()
+            .zip(&self.users)
+            .filter(|(c, _)| c.nth > 1)
+            .map(|(c, u)| (c.label, u.id.clone()))
+            .collect()
+    }
 }
 
 /// A text at a time.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::{
-    InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Symptom, Timed, User,
-    Verdict, template,
+    Connection, InvariantMatch, Phase, Protocol, Scenario, ScenarioError, ServerConfig, Symptom,
+    Timed, User, Verdict, template,
 };
 use crate::endpoint_kind::EndpointKind;
 use crate::invariant::Invariant;
@@ -131,13 +131,26 @@ struct RawUser {
     connect_ms: Option<Spanned<Value>>,
     fail_at: Option<Spanned<Value>>,
     close_ms: Option<Spanned<Value>>,
+    drop_ms: Option<Spanned<Value>>,
     #[serde(default)]
-    send: Vec<RawTimed>,
+    send: Vec<RawSend>,
     #[serde(default)]
     push: Vec<RawTimed>,
 }
 
-/// One `[[user.send]]` or `[[user.push]]`.
+/// One `[[user.send]]`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with `at_ms` and `text` (and maybe `pipelined`)"
+)]
+struct RawSend {
+    at_ms: Spanned<Value>,
+    text: String,
+    pipelined: Option<Spanned<bool>>,
+}
+
+/// One `[[user.push]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table with `at_ms` and `text`")]
 struct RawTimed {
@@ -653,8 +666,9 @@ fn chat_id_template(
         ..Protocol::default()
     };
     let mut seen: IndexMap<String, (&str, usize)> = IndexMap::new();
-    for user in users {
-        for n in 1..=user.sends.len() {
+    // A user's chats are numbered across its connections.
+    for (user, conn) in users.iter().zip(super::connections(users)) {
+        for n in conn.chats_before + 1..=conn.chats_before + user.sends.len() {
             let id = probe.chat_id(&user.id, n);
             if let Some((first, m)) = seen.insert(id.clone(), (&user.id, n)) {
                 return Err(at.at(
@@ -749,9 +763,12 @@ fn users(
     if raw.get_ref().is_empty() {
         return Err(at.at(raw, NONE.into()));
     }
-    // id → byte offset of its first occurrence; turned into a line only for the error, so
-    // thousands of users stay linear.
-    let mut seen: IndexMap<&str, usize> = IndexMap::new();
+    // Connection label → the byte offset of the id that gave it, that id, and which of its
+    // connections it is; turned into a line only for the error, so thousands of users stay
+    // linear.
+    let mut labels: IndexMap<String, (usize, &str, usize)> = IndexMap::new();
+    // User id → its connections so far.
+    let mut nth: IndexMap<&str, usize> = IndexMap::new();
     let mut out = Vec::with_capacity(raw.get_ref().len());
     for user in raw.get_ref() {
         let id = user.id.get_ref();
@@ -761,27 +778,87 @@ fn users(
                 "user `id` must not be empty; use the id the server would see for this user".into(),
             ));
         }
-        if let Some(&first) = seen.get(id.as_str()) {
+        let n = nth.entry(id.as_str()).or_default();
+        *n += 1;
+        let n = *n;
+        let label = Connection::label_of(id, n);
+        if let Some(&(first, other, other_n)) = labels.get(&label) {
             let first_line = at.line_col(first).0;
-            return Err(at.at(
-                &user.id,
+            const RULE: &str = "a repeated id is one more connection of that user, labelled \
+                                `id#2`, `id#3`, …";
+            let message = if n > 1 {
                 format!(
-                    "user id `{id}` is already used by the [[user]] on line {first_line}; \
-                     each user id must be unique in the file"
-                ),
+                    "user `{id}`'s connection {n} would be labelled `{label}`, which the [[user]] \
+                     on line {first_line} has as its id; {RULE}: rename the user `{other}`"
+                )
+            } else {
+                format!(
+                    "user id `{id}` is the label of user `{other}`'s connection {other_n} (the \
+                     [[user]] on line {first_line}); {RULE}: rename this user"
+                )
+            };
+            return Err(at.at(&user.id, message));
+        }
+        labels.insert(label, (user.id.span().start, id, n));
+        let close_ms = opt_millis(at, "close_ms", user.close_ms.as_ref())?;
+        let drop_ms = opt_millis(at, "drop_ms", user.drop_ms.as_ref())?;
+        if let (Some(_), Some(drop)) = (close_ms, &user.drop_ms) {
+            return Err(at.at(
+                drop,
+                "`drop_ms` and `close_ms` both end this connection (`close_ms` with a close \
+                 frame, `drop_ms` without one); give only one"
+                    .into(),
             ));
         }
-        seen.insert(id, user.id.span().start);
+        let (sends, pipelined) = sends(at, &user.send)?;
         out.push(User {
             id: id.clone(),
             connect_ms: opt_millis(at, "connect_ms", user.connect_ms.as_ref())?.unwrap_or(0),
             fail_at: user.fail_at.as_ref().map(|v| phase(at, v)).transpose()?,
-            close_ms: opt_millis(at, "close_ms", user.close_ms.as_ref())?,
-            sends: timed(at, &user.send)?,
+            close_ms,
+            drop_ms,
+            sends,
+            pipelined,
             pushes: timed(at, &user.push)?,
         });
     }
     Ok(out)
+}
+
+/// A user's `[[user.send]]`s, and how many of them, from the first, are pipelined. A pipelined
+/// chat goes out in the same write as the upgrade request, so its time is the connect's
+/// (`at_ms = 0`) and it comes before every chat sent after open.
+fn sends(at: &Locator<'_>, raw: &[RawSend]) -> Result<(Vec<Timed>, usize), ScenarioError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut pipelined = 0;
+    for s in raw {
+        let at_ms = millis(at, "at_ms", &s.at_ms)?;
+        if let Some(p) = s.pipelined.as_ref().filter(|p| *p.get_ref()) {
+            if out.len() > pipelined {
+                return Err(at.at(
+                    p,
+                    "a pipelined chat goes out with the upgrade request, before any chat sent \
+                     after open: list the user's pipelined chats first"
+                        .into(),
+                ));
+            }
+            if at_ms != 0 {
+                return Err(at.at(
+                    &s.at_ms,
+                    format!(
+                        "a pipelined chat goes out in the same write as the upgrade request, at \
+                         `connect_ms`: its `at_ms` must be 0, got {at_ms}"
+                    ),
+                ));
+            }
+            pipelined += 1;
+        }
+        out.push(Timed {
+            at_ms,
+            text: s.text.clone(),
+        });
+    }
+    Ok((out, pipelined))
 }
 
 fn timed(at: &Locator<'_>, raw: &[RawTimed]) -> Result<Vec<Timed>, ScenarioError> {
@@ -1105,6 +1182,7 @@ mod tests {
                     connect_ms: 10,
                     fail_at: Some(Phase::Auth),
                     close_ms: Some(150),
+                    drop_ms: None,
                     sends: vec![
                         Timed {
                             at_ms: 5,
@@ -1115,6 +1193,7 @@ mod tests {
                             text: "earlier, but second in the file".into(),
                         },
                     ],
+                    pipelined: 0,
                     pushes: vec![Timed {
                         at_ms: 20,
                         text: "report ready".into(),
@@ -1125,10 +1204,12 @@ mod tests {
                     connect_ms: 0,
                     fail_at: Some(Phase::Register),
                     close_ms: None,
+                    drop_ms: None,
                     sends: vec![Timed {
                         at_ms: 0,
                         text: "hi".into(),
                     }],
+                    pipelined: 0,
                     pushes: vec![],
                 },
             ],
@@ -1165,16 +1246,103 @@ mod tests {
         assert_eq!(scenario.server.queue_capacity, 64);
         assert_eq!(scenario.server.queue_bytes, 1 << 20);
         assert!(scenario.expect.is_empty());
+        assert_eq!(scenario.users, [User::new("a", 0)]);
+    }
+
+    #[test]
+    fn a_repeated_id_is_one_more_connection_of_that_user_with_its_chats_numbered_on() {
+        let scenario = parse(&[
+            HEAD,
+            "[protocol]",
+            "chat_id = \"m{n}\"", // one user: its ids differ only by `n`
+            "[[user]]",
+            "id = \"tab\"",
+            "drop_ms = 60",
+            "send = [{ at_ms = 0, text = \"early\", pipelined = true },",
+            "  { at_ms = 0, text = \"on open\", pipelined = false }]",
+            "push = [{ at_ms = 1, text = \"p\" }]",
+            "[[user]]",
+            "id = \"tab\"",
+            "connect_ms = 70",
+            "send = [{ at_ms = 5, text = \"again\" }]",
+            "push = [{ at_ms = 1, text = \"q\" }]",
+            "[[user]]",
+            "id = \"other\"",
+            "[[user]]",
+            "id = \"tab\"",
+            "[[production]]",
+            "invariant = \"message-lost\"",
+            "user = \"tab\"",
+            "at_ms = 3",
+        ])
+        .expect("valid scenario");
+        let conns: Vec<(String, usize, usize, usize)> = scenario
+            .connections()
+            .into_iter()
+            .map(|c| (c.label, c.nth, c.chats_before, c.pushes_before))
+            .collect();
         assert_eq!(
-            scenario.users,
-            [User {
-                id: "a".into(),
-                connect_ms: 0,
-                fail_at: None,
-                close_ms: None,
-                sends: vec![],
-                pushes: vec![],
-            }]
+            conns,
+            [
+                ("tab".to_string(), 1, 0, 0),
+                ("tab#2".to_string(), 2, 2, 1),
+                ("other".to_string(), 1, 0, 0),
+                ("tab#3".to_string(), 3, 3, 2),
+            ]
+        );
+        assert_eq!(
+            scenario.relabelled(),
+            [
+                ("tab#2".to_string(), "tab".to_string()),
+                ("tab#3".to_string(), "tab".to_string())
+            ]
+        );
+        let first = &scenario.users[0];
+        assert_eq!(
+            (first.drop_ms, first.close_ms, first.pipelined),
+            (Some(60), None, 1)
+        );
+        assert_eq!(first.leave_ms(), Some(60));
+        assert_eq!(scenario.users[1].pipelined, 0);
+        // `m{n}` gives one user's chats on different connections different ids.
+        assert_eq!(scenario.protocol.chat_id("tab", 3), "m3");
+        assert_eq!(scenario.production[0].user, "tab");
+    }
+
+    #[test]
+    fn a_chat_id_template_is_checked_across_a_users_connections() {
+        // Numbered per entry, `{user}` alone would give `tab`'s two chats one id; numbered per
+        // user it cannot, and a template without `{user}` still clashes across two users.
+        let ok = parse(&[
+            HEAD,
+            "[protocol]",
+            "chat_id = \"c{n}\"",
+            "[[user]]",
+            "id = \"tab\"",
+            "send = [{ at_ms = 0, text = \"x\" }]",
+            "[[user]]",
+            "id = \"tab\"",
+            "send = [{ at_ms = 0, text = \"y\" }]",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+        let (line, _, message) = invalid(&[
+            HEAD,
+            "[protocol]",
+            "chat_id = \"c{n}\"",
+            "[[user]]",
+            "id = \"tab\"",
+            "send = [{ at_ms = 0, text = \"x\" }]",
+            "[[user]]",
+            "id = \"tab\"",
+            "send = [{ at_ms = 0, text = \"y\" }]",
+            "[[user]]",
+            "id = \"b\"",
+            "send = [{ at_ms = 0, text = \"z\" }, { at_ms = 1, text = \"z\" }]",
+        ]);
+        assert_eq!(line, 3);
+        assert!(
+            message.contains("the same id \"c1\" (user \"tab\"'s chat 1 and user \"b\"'s chat 1)"),
+            "{message}"
         );
     }
 
@@ -1437,7 +1605,11 @@ mod tests {
     )]
     #[case::an_unknown_send_key_lists_the_send_keys(
         &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at = 5", "text = \"x\""], 5, 1,
-        "unknown key `at`, expected `at_ms` or `text`"
+        "unknown key `at`, expected one of `at_ms`, `text`, `pipelined`"
+    )]
+    #[case::an_unknown_push_key_lists_the_push_keys(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.push]]", "at_ms = 0", "text = \"x\"",
+          "pipelined = true"], 7, 1, "unknown key `pipelined`, expected `at_ms` or `text`"
     )]
     #[case::an_unknown_key_in_an_inline_table_points_at_the_key(
         &[HEAD, "[[user]]", "id = \"a\"", "push = [{ at_ms = 1, txt = \"x\" }]"], 4, 22,
@@ -1529,9 +1701,42 @@ mod tests {
     #[case::an_empty_user_id_is_rejected_at_its_value(
         &[HEAD, "[[user]]", "id = \"\""], 3, 6, "user `id` must not be empty"
     )]
-    #[case::a_duplicate_user_id_points_at_the_second_and_names_the_first_line(
-        &[HEAD, "[[user]]", "id = \"a\"", "[[user]]", "id = \"b\"", "[[user]]", "id = \"a\""],
-        7, 6, "user id `a` is already used by the [[user]] on line 3"
+    // Several connections per user, drops, pipelined chats.
+    #[case::an_id_that_is_another_users_connection_label_names_that_connection(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user]]", "id = \"a\"", "[[user]]", "id = \"a#2\""],
+        7, 6, "user id `a#2` is the label of user `a`'s connection 2 (the [[user]] on line 5); \
+               a repeated id is one more connection of that user"
+    )]
+    #[case::a_connection_label_that_is_an_earlier_users_id_names_that_user(
+        &[HEAD, "[[user]]", "id = \"a#2\"", "[[user]]", "id = \"a\"", "[[user]]", "id = \"a\""],
+        7, 6, "user `a`'s connection 2 would be labelled `a#2`, which the [[user]] on line 3 has \
+               as its id"
+    )]
+    #[case::a_close_and_a_drop_on_one_connection_are_refused_at_the_drop(
+        &[HEAD, "[[user]]", "id = \"a\"", "close_ms = 50", "drop_ms = 60"], 5, 11,
+        "`drop_ms` and `close_ms` both end this connection"
+    )]
+    #[case::a_drop_before_its_close_in_the_file_is_refused_at_the_drop_too(
+        &[HEAD, "[[user]]", "id = \"a\"", "drop_ms = 60", "close_ms = 50"], 4, 11,
+        "give only one"
+    )]
+    #[case::a_negative_drop_time_is_rejected_at_its_value(
+        &[HEAD, "[[user]]", "id = \"a\"", "drop_ms = -5"], 4, 11,
+        "`drop_ms` must be a non-negative integer number of milliseconds, got -5"
+    )]
+    #[case::a_pipelined_chat_must_go_out_at_connect(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at_ms = 5", "text = \"x\"",
+          "pipelined = true"], 5, 9,
+        "its `at_ms` must be 0, got 5"
+    )]
+    #[case::a_pipelined_chat_after_one_sent_after_open_is_refused_at_its_key(
+        &[HEAD, "[[user]]", "id = \"a\"", "send = [{ at_ms = 1, text = \"x\" },",
+          "  { at_ms = 0, text = \"y\", pipelined = true }]"], 5, 40,
+        "list the user's pipelined chats first"
+    )]
+    #[case::pipelined_must_be_a_boolean(
+        &[HEAD, "[[user]]", "id = \"a\"", "[[user.send]]", "at_ms = 0", "text = \"x\"",
+          "pipelined = \"yes\""], 7, 13, "expected a boolean"
     )]
     #[case::a_scenario_without_users_is_rejected_at_the_start_of_the_file(
         &[HEAD, "settle_ms = 5"], 1, 1, "a scenario needs at least one [[user]]"

@@ -54,14 +54,20 @@ pub fn to_toml(scenario: &Scenario, comment: &str) -> String {
         if let Some(ms) = user.close_ms {
             let _ = writeln!(out, "close_ms = {ms}");
         }
+        if let Some(ms) = user.drop_ms {
+            let _ = writeln!(out, "drop_ms = {ms}");
+        }
         for (table, items) in [("send", &user.sends), ("push", &user.pushes)] {
-            for t in items {
+            for (i, t) in items.iter().enumerate() {
                 let _ = write!(
                     out,
                     "[[user.{table}]]\nat_ms = {}\ntext = {}\n",
                     t.at_ms,
                     quote(&t.text)
                 );
+                if table == "send" && i < user.pipelined {
+                    out.push_str("pipelined = true\n");
+                }
             }
         }
     }
@@ -181,10 +187,12 @@ mod tests {
                 connect_ms: 12,
                 fail_at: Some(Phase::Services),
                 close_ms: Some(400),
+                drop_ms: None,
                 sends: vec![Timed {
                     at_ms: 0,
                     text: "héllo # not a comment".into(),
                 }],
+                pipelined: 0,
                 pushes: vec![Timed {
                     at_ms: 9,
                     text: String::new(),
@@ -207,6 +215,27 @@ mod tests {
             !text.contains("[protocol]"),
             "the default protocol is not written"
         );
+    }
+
+    #[test]
+    fn repeated_ids_drops_and_pipelined_chats_are_written_and_parse_back() {
+        let scenario = parse(
+            "name = \"z\"\n[[user]]\nid = \"a\"\ndrop_ms = 60\n\
+             send = [{ at_ms = 0, text = \"early\", pipelined = true }, { at_ms = 0, text = \"x\" }]\n\
+             [[user]]\nid = \"a\"\nconnect_ms = 70\nclose_ms = 5\n",
+            Path::new("z.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (scenario.users[0].drop_ms, scenario.users[0].pipelined),
+            (Some(60), 1)
+        );
+        let text = to_toml(&scenario, "");
+        assert!(
+            text.contains("drop_ms = 60\n[[user.send]]\nat_ms = 0\ntext = \"early\"\npipelined = true\n[[user.send]]\nat_ms = 0\ntext = \"x\"\n\n[[user]]"),
+            "{text}"
+        );
+        assert_eq!(parse(&text, Path::new("z.toml")).unwrap(), scenario);
     }
 
     #[test]

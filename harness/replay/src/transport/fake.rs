@@ -294,6 +294,22 @@ impl FakeClient {
         Ok(())
     }
 
+    /// Writes a chat in the same write as the upgrade request (a pipelining client), and
+    /// returns true; false when the handshake is already over or either side closed, since a
+    /// pipelined frame goes out with the request or not at all.
+    ///
+    /// The server never receives it. uvicorn's HTTP protocol reads the request and hands its
+    /// WebSocket protocol only what the client sends after it: frames that came in the same
+    /// read as the request are lost (the conformance case `pipelined-frames-lost`, which
+    /// Starlette under uvicorn, racegate's real socket and `probe --app`'s driver all agree
+    /// on). So this records nothing on the server's side.
+    pub fn send_pipelined(&self, _id: &str, _text: &str) -> bool {
+        let state = self.socket.lock();
+        !state.peer_closed
+            && state.server_closed.is_none()
+            && state.application == WsState::Connecting
+    }
+
     /// Closes the client's side with 1000. Returns false if it was already closed.
     ///
     /// Before the handshake completes a client has no WebSocket to close: it leaves by closing
@@ -582,6 +598,32 @@ mod tests {
             assert!(client.close());
             socket.app_finished();
             assert_eq!(told(&mut client).await, [ClientEvent::Open]);
+        });
+    }
+
+    #[test]
+    fn a_chat_pipelined_with_the_upgrade_request_never_reaches_the_server() {
+        run(async {
+            let (socket, client) = pair(Duration::ZERO);
+            assert!(client.send_pipelined("early", "x"));
+            socket.accept().await.unwrap();
+            client.send_chat("late", "y").unwrap();
+            assert!(client.close());
+            assert!(
+                matches!(socket.receive().await, Ok(Inbound::Chat { id, .. }) if id == "late"),
+                "only what came after the request is read"
+            );
+            assert_eq!(socket.receive().await, Ok(Inbound::Disconnect(1000)));
+            // Too late once open, or once either side has closed.
+            let (socket, client) = pair(Duration::ZERO);
+            socket.accept().await.unwrap();
+            assert!(!client.send_pipelined("a", "x"));
+            let (_socket, client) = pair(Duration::ZERO);
+            assert!(client.close());
+            assert!(!client.send_pipelined("a", "x"));
+            let (socket, client) = pair(Duration::ZERO);
+            socket.close(1000).await.unwrap();
+            assert!(!client.send_pipelined("a", "x"));
         });
     }
 }
