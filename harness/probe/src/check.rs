@@ -941,4 +941,146 @@ mod tests {
             "leaving during the handshake is neither stuck nor a loss"
         );
     }
+
+    /// `unanswered` over `records` of `s`, judged as probe judges them.
+    fn unanswered_of(s: &Scenario, records: &[Record]) -> Option<String> {
+        let reading = Reading::new(s, records);
+        reading.unanswered(&reading.judge())
+    }
+
+    #[test]
+    fn a_run_whose_chats_got_no_answer_proves_nothing_but_one_answer_or_one_violation_does() {
+        let s = scenario(
+            r#"
+            name = "closes early"
+            [[user]]
+            id = "u"
+            close_ms = 50
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            [[user.send]]
+            at_ms = 6
+            text = "again"
+            "#,
+        );
+        let base = vec![
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            rec(6.0, "u", Seen::Send { id: "u/m2".into() }),
+            rec(50.0, "u", Seen::ClientClose),
+        ];
+        // Both chats indeterminate (the client's own close came first): nothing exercised.
+        assert_eq!(
+            unanswered_of(&s, &base).unwrap(),
+            "no chat was answered: 2 sent, 2 of them indeterminate (the client closed on \
+             schedule before the answer came): nothing says the server took any"
+        );
+        // One ack is an answer.
+        let mut answered = base.clone();
+        answered.insert(
+            3,
+            recv(7.0, "u", r#"{"type":"ack","id":"u/m1","user":"u"}"#),
+        );
+        assert_eq!(unanswered_of(&s, &answered), None);
+        // A violation already fails the run.
+        let mut stray = base.clone();
+        stray.insert(
+            3,
+            recv(7.0, "u", r#"{"type":"ack","id":"nobody/m9","user":"u"}"#),
+        );
+        assert_eq!(unanswered_of(&s, &stray), None);
+        // Nothing sent: nothing to prove here (inconclusive says the rest).
+        assert_eq!(unanswered_of(&s, &base[..1]), None);
+        // Every chat refused visibly.
+        let refused = vec![
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"error","id":"u/m1","message":"no"}"#),
+        ];
+        assert_eq!(
+            unanswered_of(&s, &refused).unwrap(),
+            "no chat was answered: 1 sent, each refused"
+        );
+    }
+
+    #[test]
+    fn only_the_served_users_chats_count_towards_an_answered_run() {
+        let s = scenario(
+            r#"
+            name = "one fails"
+            [[user]]
+            id = "bad"
+            fail_at = "auth"
+            close_ms = 50
+            [[user.send]]
+            at_ms = 5
+            text = "hi"
+            [[user]]
+            id = "u"
+            close_ms = 50
+            "#,
+        );
+        // The failing user's chat, unanswered: not the served users' business.
+        let records = [
+            rec(0.0, "bad", Seen::Open),
+            rec(
+                5.0,
+                "bad",
+                Seen::Send {
+                    id: "bad/m1".into(),
+                },
+            ),
+            rec(50.0, "bad", Seen::ClientClose),
+            rec(0.0, "u", Seen::Open),
+        ];
+        assert_eq!(unanswered_of(&s, &records), None);
+    }
+
+    #[test]
+    fn inconclusive_runs_name_their_likely_cause() {
+        let s = one_chat();
+        let refused = [rec(
+            0.0,
+            "u",
+            Seen::Refused {
+                status: 404,
+                close_code: None,
+            },
+        )];
+        assert!(
+            inconclusive(&s, &refused)
+                .unwrap()
+                .contains("check the path")
+        );
+        let forbidden = [rec(
+            0.0,
+            "u",
+            Seen::Refused {
+                status: 401,
+                close_code: None,
+            },
+        )];
+        assert!(
+            !inconclusive(&s, &forbidden)
+                .unwrap()
+                .contains("check the path")
+        );
+        let left = [rec(0.0, "u", Seen::Open), rec(1.0, "u", Seen::ClientClose)];
+        assert_eq!(
+            inconclusive(&s, &left).unwrap(),
+            "every client closed on its own schedule (`close_ms`) before its first chat was \
+             due: nothing was sent"
+        );
+        let no_id = [
+            rec(0.0, "u", Seen::Open),
+            send(5.0, "u"),
+            recv(6.0, "u", r#"{"type":"ack","msg":"u/m1"}"#),
+        ];
+        let why = inconclusive(&s, &no_id).unwrap();
+        assert!(
+            why.contains("1 frame(s) of type `ack` came without the chat id field `id`"),
+            "{why}"
+        );
+    }
 }
