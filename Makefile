@@ -2,7 +2,7 @@
 CARGO ?= cargo
 LOOM_FLAGS := --cfg racegate_loom
 
-.PHONY: run test py loom mutants mutants-diff mutants-diff-touches lint bench ci conformance wheel
+.PHONY: run test py loom mutants mutants-diff mutants-diff-touches lint bench ci conformance wheel zoo
 
 # The tests' Python (see python/requirements.txt) lives in a venv of its own under target/, so a
 # fresh machine needs only python3 with venv, and nothing is installed globally. The stamp is
@@ -46,6 +46,15 @@ conformance: py
 	  status=$$?; grep -v '^conformance: ' target/conformance.log; \
 	  cat target/conformance-summary.txt 2>/dev/null || echo "conformance: did not run (see above)"; \
 	  exit $$status
+
+## The zoo's table (docs/zoo.md): each reported bug of examples/zoo under `probe --app` (10 runs a
+## route), `explore --app` from its race-free twin (seeds 1-5) and `probe --url` against a real
+## uvicorn (20 runs), measured by examples/zoo/measure.py and printed as the table's Markdown rows
+## (progress on standard error). Builds the release binary first if it is out of date.
+zoo: py
+	$(CARGO) build --release --quiet
+	RACEGATE_PYTHON=$(abspath $(PY_ENV)/bin/python) $(PY_ENV)/bin/python examples/zoo/measure.py \
+		--racegate target/release/racegate
 
 ## The loom models, in release, in their own target dir (a changed RUSTFLAGS rebuilds everything);
 ## then the deliberately broken machine, which ready_handoff must find violated (its own dir too).
