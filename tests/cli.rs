@@ -152,11 +152,11 @@ fn an_ungated_endpoint_is_reported_but_does_not_fail_the_gate() {
     "auth_ms"
 )]
 #[case::empty_user_id("[[user]]\nid = \"\"\n", 2, 6, "empty")]
-#[case::duplicate_user_id(
-    "[[user]]\nid = \"u\"\n[[user]]\nid = \"u\"\n",
-    4,
+#[case::an_id_that_is_another_users_connection_label(
+    "[[user]]\nid = \"u\"\n[[user]]\nid = \"u\"\n[[user]]\nid = \"u#2\"\n",
     6,
-    "already used by the [[user]] on line 3"
+    6,
+    "is the label of user `u`'s connection 2 (the [[user]] on line 5)"
 )]
 #[case::no_users("", 0, 1, "at least one [[user]]")]
 #[case::bad_expectation("[[user]]\nid = \"u\"\n[expect]\nunfixed = \"maybe\"\n", 4, 11, "pass")]

@@ -451,3 +451,52 @@ impl Connector for WsConnector {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_later_connection_names_its_label_and_a_first_one_only_its_token() {
+        assert_eq!(conn_query("u 1", "u 1"), "?token=u%201");
+        assert_eq!(conn_query("u 1", "u 1#2"), "?token=u%201&conn=u%201%232");
+    }
+
+    #[test]
+    fn pipelined_chats_go_out_in_the_upgrade_requests_own_write() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let frames: Vec<u8> =
+                [masked_text("a", mask_for(0)), masked_text("b", mask_for(1))].concat();
+            let client = WsClient::connect_pipelined(
+                addr,
+                format!("/ws{}", conn_query("u", "u#2")),
+                Limits::default(),
+                frames.clone(),
+            );
+            let (mut server, _) = listener.accept().await.unwrap();
+            // The first read holds the whole write: the request head, then both frames.
+            let mut buf = vec![0u8; 4096];
+            let n = server.read(&mut buf).await.unwrap();
+            let got = &buf[..n];
+            let head = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4)
+                .expect("the request head");
+            assert!(
+                got.starts_with(b"GET /ws?token=u&conn=u%232 HTTP/1.1\r\n"),
+                "{}",
+                String::from_utf8_lossy(got)
+            );
+            assert_eq!(&got[head..], &frames[..]);
+            drop(client);
+        });
+    }
+}

@@ -637,9 +637,7 @@ pub(crate) mod tests {
 
     /// `frame` unmasked: its text, if it is one masked text frame of under 126 bytes.
     pub(crate) fn unmasked(frame: &[u8]) -> Option<String> {
-        let (&[op, len], rest) = frame.split_first_chunk::<2>()? else {
-            return None;
-        };
+        let (&[op, len], rest) = frame.split_first_chunk::<2>()?;
         let (mask, payload) = rest.split_first_chunk::<4>()?;
         (op == 0x81 && len & 0x80 != 0 && usize::from(len & 0x7f) == payload.len()).then(|| {
             let bytes: Vec<u8> = payload

@@ -668,6 +668,7 @@ mod tests {
                 },
             ),
             ev(5, "a", EventKind::ClientClose),
+            ev(6, "b", EventKind::ClientDrop),
         ];
         let h = History::from_trace(&trace, &|u| u == "a");
         let acts = |u: &str| -> Vec<(u64, Act<'_>)> {
@@ -702,6 +703,7 @@ mod tests {
                         error: owned("no close frame (1006)")
                     }
                 ),
+                (6, Act::ClientDrop),
             ]
         );
     }

@@ -674,3 +674,174 @@ enum ClientEnd {
     /// The connection vanished without a close the client could see.
     Gone,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario;
+
+    fn run(text: &str, endpoint: EndpointKind) -> RunOutcome {
+        let s = scenario::parse(text, "inline.toml".as_ref()).unwrap();
+        replay(&s, endpoint).unwrap()
+    }
+
+    /// `tab` and its reconnect (or, with `second` another id, another user's connection) on one
+    /// timeline: the first closes at 300 ms, the second connects at 200 ms.
+    fn reconnect(second: &str) -> String {
+        format!(
+            r#"
+            name = "reconnect"
+            [server]
+            auth_ms = 50
+            services_ms = 50
+            register_ms = 20
+            [[user]]
+            id = "tab"
+            close_ms = 300
+            send = [{{ at_ms = 150, text = "first" }}]
+            [[user]]
+            id = "{second}"
+            connect_ms = 200
+            send = [{{ at_ms = 5, text = "again" }}]
+            push = [{{ at_ms = 300, text = "p" }}]
+            [[production]]
+            invariant = "message-lost"
+            user = "tab"
+            at_ms = 500
+            "#
+        )
+    }
+
+    fn found(o: &RunOutcome) -> Vec<(Invariant, &str)> {
+        o.violations
+            .iter()
+            .map(|v| (v.invariant, v.user.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_users_second_connection_is_recorded_under_its_label_with_its_ids_counted_on() {
+        let o = run(&reconnect("tab"), EndpointKind::StateMachine);
+        assert_eq!(o.verdict, Verdict::Pass, "{:?}", o.violations);
+        let of = |label: &str, kind: &EventKind| {
+            o.trace.iter().any(|e| &*e.user == label && &e.kind == kind)
+        };
+        assert!(of(
+            "tab#2",
+            &EventKind::ClientSend {
+                id: "tab/m2".into()
+            }
+        ));
+        assert!(of(
+            "tab#2",
+            &EventKind::PushIssued {
+                id: "tab/p1".into()
+            }
+        ));
+        assert!(of(
+            "tab#2",
+            &EventKind::Terminal {
+                state: racegate_core::ConnectionState::Closed
+            }
+        ));
+    }
+
+    #[test]
+    fn the_legacy_managers_stale_unregister_is_the_users_loss_not_a_cross_user_frame() {
+        // The same user: the first connection's cleanup unregisters the second, whose push is
+        // then refused while it is open; its crossed context is the same user.
+        let same = run(&reconnect("tab"), EndpointKind::Unfixed);
+        assert!(
+            found(&same).contains(&(Invariant::MessageLost, "tab#2")),
+            "{:?}",
+            same.violations
+        );
+        assert!(!found(&same).iter().any(|(i, _)| *i == Invariant::CrossUser));
+        // The symptom for `tab` is reproduced on its second connection.
+        assert_eq!(same.production.len(), 1);
+        assert!(same.production[0].reproduced, "{:?}", same.production);
+        // Another user on the same timeline: crossed, and nothing of it lost.
+        let other = run(&reconnect("other"), EndpointKind::Unfixed);
+        assert!(
+            found(&other).contains(&(Invariant::CrossUser, "tab")),
+            "{:?}",
+            other.violations
+        );
+        assert!(
+            !found(&other)
+                .iter()
+                .any(|(i, _)| *i == Invariant::MessageLost)
+        );
+        assert!(!other.production[0].reproduced);
+    }
+
+    #[test]
+    fn a_pipelined_chat_is_sent_at_connect_and_never_reaches_the_endpoint() {
+        let o = run(
+            r#"
+            name = "p"
+            [[user]]
+            id = "p"
+            connect_ms = 7
+            send = [{ at_ms = 0, text = "early", pipelined = true }, { at_ms = 0, text = "late" }]
+            "#,
+            EndpointKind::StateMachine,
+        );
+        let sent: Vec<(u64, &EventKind)> = o
+            .trace
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::ClientSend { .. } | EventKind::Handled { .. }
+                )
+            })
+            .map(|e| (e.at_ms, &e.kind))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (7, &EventKind::ClientSend { id: "p/m1".into() }),
+                (7, &EventKind::ClientSend { id: "p/m2".into() }),
+                (
+                    7,
+                    &EventKind::Handled {
+                        id: "p/m2".into(),
+                        as_user: "p".into()
+                    }
+                ),
+            ]
+        );
+        assert_eq!(found(&o), [(Invariant::MessageLost, "p")]);
+    }
+
+    #[test]
+    fn a_drop_ends_the_connection_without_a_close_and_before_open_like_a_close() {
+        let text = |leave: &str| {
+            format!(
+                "name = \"d\"\n[server]\naccept_ms = 100\n[[user]]\nid = \"d\"\n{leave}\n\
+                 send = [{{ at_ms = 5, text = \"x\" }}]\n"
+            )
+        };
+        for (leave, at, kind) in [
+            ("drop_ms = 150", 150, EventKind::ClientDrop),
+            ("drop_ms = 50", 50, EventKind::ClientDrop),
+            ("close_ms = 50", 50, EventKind::ClientClose),
+        ] {
+            let o = run(&text(leave), EndpointKind::StateMachine);
+            let client_end: Vec<(u64, &EventKind)> = o
+                .trace
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        EventKind::ClientDrop | EventKind::ClientClose | EventKind::ClientGaveUp
+                    )
+                })
+                .map(|e| (e.at_ms, &e.kind))
+                .collect();
+            assert_eq!(client_end, [(at, &kind)], "{leave}");
+            assert_eq!(o.verdict, Verdict::Pass, "{leave}: {:?}", o.violations);
+        }
+    }
+}
