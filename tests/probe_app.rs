@@ -410,3 +410,83 @@ fn probe_report_draws_a_timeline_per_scenario_the_same_bytes_every_run() {
     }
     assert_eq!(report("two.html"), html);
 }
+
+/// A project whose app speaks a wire format of its own (tests/fixtures/apps/foreign.py), its
+/// `[protocol]` and hooks in `[tool.racegate]`, no scenarios of its own.
+fn foreign_project() -> tempfile::TempDir {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let apps = root.join(APPS);
+    let dir = tempfile::tempdir().unwrap();
+    let protocol = std::fs::read_to_string(apps.join("foreign-protocol.toml")).unwrap();
+    let protocol = protocol.replace("[protocol]", "[tool.racegate.protocol]");
+    std::fs::write(
+        dir.path().join("pyproject.toml"),
+        format!(
+            "[project]\nname = \"foreign\"\n\n[tool.racegate]\napp = \"foreign:app\"\n\
+             app_dir = \"{}\"\npython = \"{}\"\n\n[tool.racegate.hooks]\n\
+             auth = {{ call = \"foreign:auth\", raise = \"foreign:AuthError\" }}\n\
+             services = {{ call = \"foreign:services\", raise = \"foreign:SetupError\" }}\n\
+             register = {{ call = \"foreign:register\", raise = \"foreign:SetupError\" }}\n\n{protocol}",
+            apps.display(),
+            python().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn the_bundled_scenarios_in_a_foreign_protocol_from_the_project_give_no_false_failure() {
+    let dir = foreign_project();
+    // No flags: the project's app, hooks and protocol; the bundled scenarios (no scenarios/).
+    let run = util::racegate_in(dir.path(), &["probe", "--format", "json"]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&run.stdout()).unwrap_or_else(|e| panic!("{e}\n{}", run.context()));
+    let summary = &doc["summary"];
+    assert_eq!(summary["scenarios"], 24, "{}", run.context());
+    assert_eq!(summary["failed"], 0, "{}", run.context());
+    // Each inconclusive one is a scenario whose clients leave before any answer can come.
+    assert!(
+        summary["inconclusive"].as_u64().unwrap() <= 3,
+        "{}",
+        run.context()
+    );
+    assert!(
+        summary["passed"].as_u64().unwrap() >= 21,
+        "{}",
+        run.context()
+    );
+    // racegate config says where the protocol came from.
+    let config = util::racegate_in(dir.path(), &["config"]);
+    config.expect_code(0);
+    assert!(
+        config.stdout().contains("protocol") && config.stdout().contains("pyproject.toml:"),
+        "{}",
+        config.context()
+    );
+}
+
+#[test]
+fn an_import_writes_the_projects_protocol_and_the_file_probes_the_app() {
+    let dir = foreign_project();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let log = root.join("tests/fixtures/import/chat_backend.log");
+    let map = root.join("examples/chat_backend/map.toml");
+    let out = dir.path().join("imported.toml");
+    let run = util::racegate_in(
+        dir.path(),
+        &[
+            "import",
+            &log.display().to_string(),
+            "--map",
+            &map.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+    run.expect_code(0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("[protocol]"), "{text}");
+    assert!(text.contains("ack_type = \"reply\""), "{text}");
+    assert!(text.contains("Its [protocol] is the project's"), "{text}");
+}

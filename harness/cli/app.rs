@@ -10,7 +10,10 @@ use crate::logging::note;
 use clap::{Args, ValueEnum};
 use racegate_probe::app::{AppTarget, Hooks, Load, driver};
 use racegate_probe::config::{Config, Place, Setting};
+use std::sync::Arc;
+
 use racegate_replay::Scenario;
+use racegate_replay::scenario::{ProtocolTable, RawProtocol};
 
 /// The flags that name an ASGI app and how to run it, shared by `probe` and `explore` so they
 /// read the same. Each overrides the project configuration's key of the same name.
@@ -53,6 +56,10 @@ pub(crate) struct AppArgs {
     /// racegate.toml from here upward.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// A TOML file whose `[protocol]` applies to every scenario without one of its own (for a
+    /// one-off; `[tool.racegate.protocol]` in the configuration is the lasting way).
+    #[arg(long, value_name = "FILE")]
+    protocol: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -160,6 +167,8 @@ pub(crate) struct Settings {
     pub(crate) ws: Sourced<String>,
     pub(crate) lifespan: Sourced<String>,
     pub(crate) hooks: Option<Sourced<Hooks>>,
+    /// The `[protocol]` for scenarios without one of their own.
+    pub(crate) protocol: Option<Sourced<Arc<ProtocolTable>>>,
     pub(crate) app_log: Option<PathBuf>,
     /// Scenario files or folders (empty: `scenarios/` here, else the bundled ones).
     pub(crate) scenarios: Sourced<Vec<PathBuf>>,
@@ -225,6 +234,17 @@ impl AppArgs {
             }),
             (None, None) => None,
         };
+        let protocol = match (&self.protocol, &config.protocol) {
+            (Some(path), _) => Some(Sourced {
+                value: Arc::new(protocol_file(path)?),
+                source: Source::Flag("--protocol"),
+            }),
+            (None, Some(p)) => Some(Sourced {
+                value: Arc::clone(&p.value),
+                source: Source::File(p.at.clone()),
+            }),
+            (None, None) => None,
+        };
         let optional = |flag: Option<PathBuf>, name, setting: Option<&Setting<PathBuf>>| {
             flag.map(|v| Sourced {
                 value: v,
@@ -273,6 +293,7 @@ impl AppArgs {
                 "auto".into(),
             ),
             hooks,
+            protocol,
             app_log: self.app_log.clone(),
             scenarios: pick(
                 (!flags.scenarios.is_empty()).then(|| flags.scenarios.to_vec()),
@@ -361,7 +382,8 @@ impl Settings {
     /// The scenarios to run, with the configuration's `token_env` for those whose `[protocol]`
     /// names none.
     pub(crate) fn load_scenarios(&self) -> anyhow::Result<Vec<Scenario>> {
-        let mut scenarios = crate::scenarios::resolve(&self.scenarios.value)?;
+        let fallback = self.protocol.as_ref().map(|p| &*p.value);
+        let mut scenarios = crate::scenarios::resolve_with(&self.scenarios.value, fallback)?;
         if let Some(env) = &self.token_env {
             for s in &mut scenarios {
                 if s.protocol.token_env.is_none() {
@@ -423,6 +445,21 @@ impl Settings {
                 ),
             }
         }
+        match &self.protocol {
+            Some(p) => row(
+                "protocol",
+                format!(
+                    "for scenarios without their own: {}",
+                    p.value.file().display()
+                ),
+                Some(&p.source),
+            ),
+            None => row(
+                "protocol",
+                "each scenario's own, else racegate's wire protocol".into(),
+                Some(&Source::Default),
+            ),
+        }
         let scenarios = if self.scenarios.value.is_empty() {
             "scenarios/ here, else the bundled ones".to_string()
         } else {
@@ -477,6 +514,25 @@ impl Settings {
         }
         out
     }
+}
+
+/// `--protocol FILE`: a TOML file with one `[protocol]` table.
+fn protocol_file(path: &Path) -> anyhow::Result<ProtocolTable> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        protocol: RawProtocol,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--protocol {}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        let (span, message) = racegate_replay::scenario::toml_message(&text, &e);
+        let (line, column) = span.map_or((1, 1), |s| {
+            racegate_replay::scenario::line_col(&text, s.start)
+        });
+        anyhow::anyhow!("{}:{line}:{column}: {message}", path.display())
+    })?;
+    Ok(ProtocolTable::new(file.protocol, text, path.to_path_buf())?)
 }
 
 /// A user's `fail_at` reaches the app through the hook of its phase: a hook without `raise` has

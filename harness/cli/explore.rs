@@ -85,7 +85,7 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
             allow_inconclusive: false,
         })?;
         return match settings.app_target()? {
-            Some(app) => explore_app(&args, &app, settings.timeout_ms.map(|t| t.value)),
+            Some(app) => explore_app(&args, &app, &settings),
             None => anyhow::bail!(
                 "give --endpoint (one of racegate's models) or --app (an ASGI app), or set `app` \
                  in [tool.racegate] of the project's pyproject.toml (or in racegate.toml)"
@@ -172,11 +172,13 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
 fn explore_app(
     args: &ExploreArgs,
     app: &AppTarget,
-    timeout_ms: Option<u64>,
+    settings: &crate::app::Settings,
 ) -> anyhow::Result<Outcome> {
+    let timeout_ms = settings.timeout_ms.as_ref().map(|t| t.value);
+    let table = settings.protocol.as_ref().map(|p| &*p.value);
     let scenario = match &args.scenario {
         Some(path) => {
-            let s = scenario::load(path)?;
+            let s = scenario::load_with(path, table)?;
             crate::app::check_fail_at(app, std::slice::from_ref(&s))?;
             Some(s)
         }
@@ -185,12 +187,21 @@ fn explore_app(
     if timeout_ms == Some(0) {
         anyhow::bail!("--timeout-ms must be at least 1");
     }
+    // Drawn scenarios speak the project's [protocol], when it has one.
+    let protocol = match (&scenario, table) {
+        (None, Some(t)) => {
+            let users: Vec<_> = explore::draw(args.seed, 0, args.users)?.users;
+            Some(t.for_users(&users)?)
+        }
+        _ => None,
+    };
     let search = Search {
         cases: args.cases,
         seed: args.seed,
         shard: args.shard,
         scenario,
         users: args.users,
+        protocol,
     };
     let options = racegate_probe::Options {
         timeout_ms,

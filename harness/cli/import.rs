@@ -69,7 +69,8 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<Outcome> {
         name: args.name.clone(),
         fallback_name,
     };
-    let imported = import::import(&text, &options).with_context(|| format!("importing {shown}"))?;
+    let mut imported =
+        import::import(&text, &options).with_context(|| format!("importing {shown}"))?;
 
     let mut notes = vec![format!(
         "Imported by `racegate import` from {shown}: {}, {} users from {} lifecycle events in \
@@ -98,6 +99,7 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<Outcome> {
         ));
     }
     notes.push("Add an [expect] table to gate it.".to_string());
+    notes.extend(project_protocol(&mut imported.scenario)?);
     for note in &notes {
         eprintln!("racegate import: {note}");
     }
@@ -106,6 +108,21 @@ pub(crate) fn import(args: ImportArgs) -> anyhow::Result<Outcome> {
         &scenario::to_toml(&imported.scenario, &notes.join("\n")),
     )?;
     Ok(Outcome::Pass)
+}
+
+/// The project's `[tool.racegate.protocol]` (pyproject.toml or racegate.toml, from here upward)
+/// as the imported scenario's `[protocol]`, so the file probes the project's server as it is;
+/// the note saying so, if there is one.
+fn project_protocol(s: &mut scenario::Scenario) -> anyhow::Result<Option<String>> {
+    let config = racegate_probe::config::Config::find(&std::env::current_dir()?)?;
+    let Some(table) = config.protocol else {
+        return Ok(None);
+    };
+    s.protocol = table.value.for_users(&s.users)?;
+    Ok(Some(format!(
+        "Its [protocol] is the project's ({}).",
+        table.at
+    )))
 }
 
 /// `import --map`: the application's logs through the mapping. A log is read as bytes and
@@ -138,7 +155,9 @@ fn import_mapped(args: &ImportArgs, map: &Path) -> anyhow::Result<Outcome> {
         fallback_name: fallback_name(&args.logs[0]),
         ..Options::default()
     };
-    let imported = import::import_mapped(&logs, &mapping, &options)?;
+    let mut imported = import::import_mapped(&logs, &mapping, &options)?;
+    let protocol = project_protocol(&mut imported.scenario)?;
+    imported.notes.extend(protocol);
     for note in &imported.notes {
         eprintln!("racegate import: {note}");
     }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use racegate_replay::scenario::ProtocolTable;
 use racegate_replay::scenario::{self, Scenario};
 
 use crate::Outcome;
@@ -36,11 +37,16 @@ enum ScenariosCommand {
 
 /// The bundled scenarios, parsed; their `file` reads `bundled:scenarios/NAME.toml`.
 pub(crate) fn bundled() -> anyhow::Result<Vec<Scenario>> {
+    bundled_with(None)
+}
+
+/// [`bundled`], the scenarios without a `[protocol]` taking `fallback`.
+fn bundled_with(fallback: Option<&ProtocolTable>) -> anyhow::Result<Vec<Scenario>> {
     BUNDLED
         .iter()
         .map(|(name, text)| {
             let path = PathBuf::from(format!("bundled:scenarios/{name}"));
-            scenario::parse(text, &path).map_err(anyhow::Error::from)
+            scenario::parse_with(text, &path, fallback).map_err(anyhow::Error::from)
         })
         .collect()
 }
@@ -48,6 +54,15 @@ pub(crate) fn bundled() -> anyhow::Result<Vec<Scenario>> {
 /// The scenarios a command runs: the given paths, or, with none given, `scenarios/` when it is
 /// here and the bundled set when it is not.
 pub(crate) fn resolve(paths: &[PathBuf]) -> anyhow::Result<Vec<Scenario>> {
+    resolve_with(paths, None)
+}
+
+/// [`resolve`], where a scenario without a `[protocol]` of its own takes `fallback` (the
+/// project configuration's, or `--protocol`'s).
+pub(crate) fn resolve_with(
+    paths: &[PathBuf],
+    fallback: Option<&ProtocolTable>,
+) -> anyhow::Result<Vec<Scenario>> {
     let here = [PathBuf::from("scenarios")];
     let given = match paths {
         [] if Path::new("scenarios").is_dir() => &here[..],
@@ -55,7 +70,7 @@ pub(crate) fn resolve(paths: &[PathBuf]) -> anyhow::Result<Vec<Scenario>> {
         _ => paths,
     };
     if !given.is_empty() {
-        let found = scenario::load_all(given)?;
+        let found = scenario::load_all_with(given, fallback)?;
         if found.is_empty() {
             let shown: Vec<String> = given.iter().map(|p| p.display().to_string()).collect();
             anyhow::bail!(
@@ -66,7 +81,7 @@ pub(crate) fn resolve(paths: &[PathBuf]) -> anyhow::Result<Vec<Scenario>> {
         }
         return Ok(found);
     }
-    let all = bundled()?;
+    let all = bundled_with(fallback)?;
     note!(
         "no scenarios/ folder here; using the {} scenarios built into racegate \
          (`racegate scenarios export DIR` writes them out)",

@@ -25,7 +25,11 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use racegate_replay::scenario::{line_col, toml_message};
+use std::sync::Arc;
+
+use racegate_replay::scenario::{
+    ProtocolTable, RawProtocol, ScenarioError, line_col, toml_message,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -62,6 +66,9 @@ pub enum ConfigError {
     /// The `hooks` table is wrong.
     #[error(transparent)]
     Hooks(#[from] HooksError),
+    /// The `protocol` table is wrong.
+    #[error(transparent)]
+    Protocol(#[from] ScenarioError),
 }
 
 /// Where a setting was written: the file and its 1-based line and column.
@@ -91,7 +98,7 @@ pub struct Setting<T> {
 }
 
 /// A project's racegate settings, as its configuration file writes them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     /// The file they came from.
     pub file: Option<PathBuf>,
@@ -113,8 +120,8 @@ pub struct Config {
     pub lifespan: Option<Setting<String>>,
     /// Scenario files or folders.
     pub scenarios: Option<Setting<Vec<PathBuf>>>,
-    /// The `[protocol]` text of `[tool.racegate.protocol]`, for scenarios without their own.
-    pub protocol: Option<Setting<String>>,
+    /// `[tool.racegate.protocol]`, for every scenario without a `[protocol]` of its own.
+    pub protocol: Option<Setting<Arc<ProtocolTable>>>,
     /// The app's awaitables per phase.
     pub hooks: Option<Setting<Hooks>>,
     /// The per-user tokens file.
@@ -149,7 +156,7 @@ struct Raw {
     ws: Option<Spanned<String>>,
     lifespan: Option<Spanned<String>>,
     scenarios: Option<Spanned<Vec<Spanned<String>>>>,
-    protocol: Option<Spanned<toml::Table>>,
+    protocol: Option<Spanned<RawProtocol>>,
     hooks: Option<RawHooks>,
     tokens: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
@@ -319,15 +326,12 @@ impl Config {
         };
         let protocol = match raw.protocol {
             Some(table) => {
-                let span = table.span();
-                let text = toml::to_string(&toml::Table::from_iter([(
-                    "protocol".to_string(),
-                    toml::Value::Table(table.into_inner()),
-                )]))
-                .map_err(|e| invalid(Some(span.clone()), e.to_string()))?;
+                let place = at(table.span());
+                let table =
+                    ProtocolTable::new(table.into_inner(), text.to_string(), path.to_path_buf())?;
                 Some(Setting {
-                    value: text,
-                    at: at(span),
+                    value: Arc::new(table),
+                    at: place,
                 })
             }
             None => None,
@@ -431,7 +435,7 @@ mod tests {
     #[test]
     fn a_pyproject_without_the_table_configures_nothing() {
         let c = parse("[project]\nname = \"x\"\n", PYPROJECT_TOML).unwrap();
-        assert_eq!(c, Config::default());
+        assert!(c.file.is_none() && c.app.is_none() && c.scenarios.is_none());
     }
 
     #[test]
@@ -490,6 +494,48 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_table_applies_to_scenarios_without_one_and_its_errors_point_into_the_file() {
+        let c = parse(
+            "[tool.racegate]\napp = \"a:b\"\n\n[tool.racegate.protocol]\nuser_query = \"user_id\"\nevents = []\n",
+            PYPROJECT_TOML,
+        )
+        .unwrap();
+        let table = c.protocol.unwrap();
+        assert_eq!((table.at.line, table.at.column), (4, 1));
+        let scenario = "name = \"s\"\n[[user]]\nid = \"u\"\n";
+        let s = racegate_replay::scenario::parse_with(
+            scenario,
+            Path::new("s.toml"),
+            Some(&table.value),
+        )
+        .unwrap();
+        assert_eq!(s.protocol.user_query.as_deref(), Some("user_id"));
+        assert!(s.protocol.events.is_empty());
+        // A scenario with a [protocol] of its own keeps it.
+        let own = format!("{scenario}[protocol]\nuser_query = \"token\"\n");
+        let s =
+            racegate_replay::scenario::parse_with(&own, Path::new("s.toml"), Some(&table.value))
+                .unwrap();
+        assert_eq!(s.protocol.user_query.as_deref(), Some("token"));
+        assert!(s.protocol.events.len() > 1);
+        // A bad table is an error at its place in the configuration.
+        match parse(
+            "[tool.racegate.protocol]\nevents = [\"a\", \"a\"]\n",
+            PYPROJECT_TOML,
+        ) {
+            Err(ConfigError::Protocol(ScenarioError::Invalid {
+                path, line, column, ..
+            })) => {
+                assert_eq!(
+                    (path, line, column),
+                    (PathBuf::from("/project/pyproject.toml"), 2, 16)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn the_nearest_file_wins_and_racegate_toml_before_pyproject() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -513,6 +559,6 @@ mod tests {
         );
         std::fs::write(root.join("a").join(RACEGATE_TOML), "app = \"a:app\"\n").unwrap();
         assert_eq!(Config::find(&sub).unwrap().app.unwrap().value, "a:app");
-        assert_eq!(Config::find(Path::new("/")).unwrap(), Config::default());
+        assert!(Config::find(Path::new("/")).unwrap().file.is_none());
     }
 }

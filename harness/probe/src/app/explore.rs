@@ -12,6 +12,7 @@
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
+use proptest::strategy::Strategy;
 use racegate_replay::Invariant;
 use racegate_replay::explore::{
     ExploreError, Plan, Ran, Searched, Shard, Subject, Summary, UserRange, scenarios, search,
@@ -37,6 +38,8 @@ pub struct Search {
     pub scenario: Option<Scenario>,
     /// Users per drawn scenario (without `scenario`).
     pub users: UserRange,
+    /// The `[protocol]` drawn scenarios speak (the project's), racegate's own by default.
+    pub protocol: Option<racegate_replay::scenario::Protocol>,
 }
 
 /// A failing scenario, shrunk and confirmed.
@@ -148,9 +151,19 @@ pub fn explore_app(
         .unwrap_or_default();
     let base = search_options.scenario.clone();
     let users = search_options.users;
-    let strategy = move || match &base {
-        Some(s) => variations(s.clone(), &hooked),
-        None => scenarios(users),
+    let protocol = search_options.protocol.clone();
+    let strategy = move || match (&base, &protocol) {
+        (Some(s), _) => variations(s.clone(), &hooked),
+        (None, None) => scenarios(users),
+        (None, Some(p)) => {
+            let p = p.clone();
+            scenarios(users)
+                .prop_map(move |mut s| {
+                    s.protocol = p.clone();
+                    s
+                })
+                .boxed()
+        }
     };
     let plan = Plan {
         cases: search_options.cases,

@@ -23,7 +23,7 @@ pub use write::to_toml;
 
 // Every TOML file racegate reads (the mapping of `import --map`, probe's hooks file) reports its
 // errors as scenario files do: `file:line:column: message`.
-pub use raw::{line_col, toml_message};
+pub use raw::{ProtocolTable, RawProtocol, line_col, toml_message};
 
 /// One validated scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,13 +517,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     raw::parse(text, path)
 }
 
+/// [`parse`], where a scenario without a `[protocol]` of its own takes `fallback` (the project
+/// configuration's).
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    fallback: Option<&ProtocolTable>,
+) -> Result<Scenario, ScenarioError> {
+    raw::parse_with(text, path, fallback)
+}
+
 /// Reads and parses one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    load_with(path, None)
+}
+
+/// [`load`] with [`parse_with`]'s fallback `[protocol]`.
+pub fn load_with(path: &Path, fallback: Option<&ProtocolTable>) -> Result<Scenario, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    parse(&text, path)
+    parse_with(&text, path, fallback)
 }
 
 /// Expands files and folders into scenario files: a folder contributes its `*.toml` files
@@ -568,10 +583,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScenarioError> {
 
 /// Loads every scenario under `paths`, refusing duplicate names.
 pub fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, ScenarioError> {
+    load_all_with(paths, None)
+}
+
+/// [`load_all`] with [`parse_with`]'s fallback `[protocol]`.
+pub fn load_all_with(
+    paths: &[PathBuf],
+    fallback: Option<&ProtocolTable>,
+) -> Result<Vec<Scenario>, ScenarioError> {
     let mut seen: IndexMap<String, PathBuf> = IndexMap::new();
     let mut out = Vec::new();
     for file in discover(paths)? {
-        let scenario = load(&file)?;
+        let scenario = load_with(&file, fallback)?;
         if let Some(first) = seen.get(&scenario.name) {
             return Err(ScenarioError::DuplicateName {
                 path: file,

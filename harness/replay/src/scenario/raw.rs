@@ -48,10 +48,12 @@ struct RawProduction {
     at_ms: Spanned<Value>,
 }
 
-/// `[protocol]`: how `racegate probe` speaks to a live server. Every key is optional.
+/// `[protocol]`: how `racegate probe` speaks to a live server. Every key is optional. Public so
+/// another file can carry one (the project configuration's `[tool.racegate.protocol]`, read
+/// into a [`ProtocolTable`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [protocol] table")]
-struct RawProtocol {
+pub struct RawProtocol {
     user_query: Option<Spanned<String>>,
     user_header: Option<Spanned<String>>,
     user_value: Option<Spanned<String>>,
@@ -160,9 +162,57 @@ struct RawTimed {
 
 /// Parses and validates scenario text; `path` is used only in errors and [`Scenario::file`].
 pub(super) fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    parse_with(text, path, None)
+}
+
+/// [`parse`], with the `[protocol]` a scenario without one of its own takes (the project
+/// configuration's).
+pub(super) fn parse_with(
+    text: &str,
+    path: &Path,
+    fallback: Option<&ProtocolTable>,
+) -> Result<Scenario, ScenarioError> {
     let at = Locator { text, path };
     let raw: RawScenario = toml::from_str(text).map_err(|e| at.toml_error(&e))?;
-    validate(raw, &at)
+    validate(raw, &at, fallback)
+}
+
+/// A `[protocol]` table written outside a scenario (the project configuration's
+/// `[tool.racegate.protocol]`), with the text and file its spans point into: checked against
+/// each scenario that takes it, its errors naming its own file, line and column.
+#[derive(Debug)]
+pub struct ProtocolTable {
+    raw: RawProtocol,
+    text: String,
+    path: std::path::PathBuf,
+}
+
+impl ProtocolTable {
+    /// The table `raw`, read from `text` (the whole file its spans point into) at `path`.
+    /// Checked at once for what needs no scenario (a bad template, an empty key).
+    pub fn new(
+        raw: RawProtocol,
+        text: String,
+        path: std::path::PathBuf,
+    ) -> Result<ProtocolTable, ScenarioError> {
+        let table = ProtocolTable { raw, text, path };
+        table.for_users(&[])?;
+        Ok(table)
+    }
+
+    /// The protocol for a scenario with `users`.
+    pub fn for_users(&self, users: &[User]) -> Result<Protocol, ScenarioError> {
+        let at = Locator {
+            text: &self.text,
+            path: &self.path,
+        };
+        protocol(&at, &self.raw, users)
+    }
+
+    /// The file it was read from.
+    pub fn file(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Turns byte spans into [`ScenarioError::Invalid`]s.
@@ -253,7 +303,11 @@ fn single_table_header(text: &str, offset: usize) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioError> {
+fn validate(
+    raw: RawScenario,
+    at: &Locator<'_>,
+    fallback: Option<&ProtocolTable>,
+) -> Result<Scenario, ScenarioError> {
     let name = raw.name.get_ref();
     if name.trim().is_empty() {
         return Err(at.at(
@@ -272,9 +326,10 @@ fn validate(raw: RawScenario, at: &Locator<'_>) -> Result<Scenario, ScenarioErro
         Some(e) => expect(at, e)?,
         None => (IndexMap::new(), IndexMap::new()),
     };
-    let protocol = match &raw.protocol {
-        Some(p) => protocol(at, p, &users)?,
-        None => Protocol::default(),
+    let protocol = match (&raw.protocol, fallback) {
+        (Some(p), _) => protocol(at, p, &users)?,
+        (None, Some(table)) => table.for_users(&users)?,
+        (None, None) => Protocol::default(),
     };
     let production = production(at, raw.production.as_deref().unwrap_or_default(), &users)?;
     Ok(Scenario {
