@@ -270,3 +270,44 @@ fn lines_out_of_order_and_unmatched_lines_are_fine() {
         run.context()
     );
 }
+
+/// A user who connects, chats, leaves at 827 ms and comes back at 36,960 ms to chat again: two
+/// connections of one user, each with its own chats and close, as the log shows them.
+const RECONNECT_LOG: &str = "\
+2026-11-29 23:08:16,000 INFO chat_backend.websocket: WebSocket connection request from user u
+2026-11-29 23:08:16,060 INFO chat_backend.websocket: WebSocket accepted for user u, setup starts
+2026-11-29 23:08:16,100 INFO chat_backend.websocket: Received message u/m1 from user u
+2026-11-29 23:08:16,827 INFO chat_backend.websocket: WebSocket disconnected for user u (code 1000)
+2026-11-29 23:08:52,960 INFO chat_backend.websocket: WebSocket connection request from user u
+2026-11-29 23:08:53,020 INFO chat_backend.websocket: WebSocket accepted for user u, setup starts
+2026-11-29 23:08:53,030 INFO chat_backend.websocket: Received message u/m2 from user u
+2026-11-29 23:08:53,040 INFO chat_backend.websocket: Received message u/m3 from user u
+";
+
+#[test]
+fn a_reconnecting_user_imports_as_two_connections_each_with_its_own_chats_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("reconnect.log");
+    std::fs::write(&log, RECONNECT_LOG).unwrap();
+    let run = import(&[s(&log), "--map", MAP, "--name", "reconnect"]);
+    run.expect_code(0);
+    // Whatever import writes passes the scenario checker.
+    let imported = scenario_of(&run.stdout());
+    let users: Vec<(&str, u64, usize, Option<u64>)> = imported
+        .users
+        .iter()
+        .map(|u| (u.id.as_str(), u.connect_ms, u.sends.len(), u.close_ms))
+        .collect();
+    assert_eq!(
+        users,
+        [("u", 0, 1, Some(827)), ("u", 36_960, 2, None)],
+        "{}",
+        run.context()
+    );
+    // No connection closes before its own chats.
+    for u in &imported.users {
+        if let (Some(close), Some(last)) = (u.close_ms, u.sends.last()) {
+            assert!(close >= last.at_ms, "{u:?}");
+        }
+    }
+}

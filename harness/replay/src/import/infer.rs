@@ -6,9 +6,10 @@
 //!
 //! - [`timeline`]: times are racegate's own `at_ms` when every event has one, else timestamps
 //!   relative to the earliest; events are ordered by time, ties in log order.
-//! - [`connections`]: one user per connection; it connects at its `Connect` (else its
-//!   `connecting` state, else its first event) and its client sees the socket open at its `Open`
-//!   (else its `accepted` state).
+//! - [`connections`]: a user's connection starts at its `Connect` (else its `connecting` state,
+//!   else its first event), and a user's second `Connect` starts a second connection of that
+//!   user (a reconnect: a repeated `[[user]]` id), to which its later events belong; its client
+//!   sees the socket open at its `Open` (else its `accepted` state).
 //! - [`phase_durations`]: each phase lasts the gap between consecutive setup states, the median
 //!   over connections; a failed setup gives `fail_at` and the failing phase's duration.
 //! - [`settings`]: what no event shows comes from racegate's `run_start` line, else a default.
@@ -119,7 +120,7 @@ pub(super) fn infer(run: &Run, name: String, description: String) -> Result<Infe
     );
     let mut users: Vec<(&Conn, User)> = conns
         .iter()
-        .map(|(id, c)| (c, user(id, c, fail_at.get(id).copied())))
+        .map(|(key, c)| (c, user(key.0, c, fail_at.get(key).copied())))
         .collect();
     users.sort_by_key(|(_, u)| u.connect_ms);
     let (production, orphaned) = production(&run.symptoms, origin, &users);
@@ -205,6 +206,47 @@ struct Conn {
     agent: BTreeMap<String, Vec<u64>>,
 }
 
+impl Conn {
+    /// Notes one event of this connection at `t`.
+    fn add(&mut self, t: u64, ev: &Ev) {
+        match ev {
+            Ev::Connect => {
+                self.connect.get_or_insert(t);
+            }
+            Ev::Open => {
+                self.open.get_or_insert(t);
+            }
+            Ev::Send(id) => self.sends.push((t, id.clone())),
+            Ev::Unsent(id) => self.unsent.push((t, id.clone())),
+            Ev::Rejected(id) => self.rejected.push((t, id.clone())),
+            Ev::PushIssued(id) => self.pushes.push((t, id.clone())),
+            Ev::Close => self.closes.push(t),
+            // What the client saw of the end says nothing the scenario needs beyond the
+            // connection being there.
+            Ev::ClientClosed => {}
+            Ev::State(s) => {
+                if s == "failed" {
+                    self.failed.get_or_insert(t);
+                }
+                self.states.push((t, s.clone()));
+            }
+            Ev::Terminal(s) => {
+                if s == "failed" {
+                    self.failed.get_or_insert(t);
+                }
+            }
+            Ev::ServerClose(code) => {
+                self.server_close.get_or_insert((t, *code));
+            }
+            Ev::Agent(run) => self.agent.entry(run.clone()).or_default().push(t),
+            Ev::Failed(phase) => {
+                self.failed.get_or_insert(t);
+                self.failed_in.get_or_insert((t, *phase));
+            }
+        }
+    }
+}
+
 const SETUP: [&str; 5] = [
     "connecting",
     "accepted",
@@ -214,48 +256,39 @@ const SETUP: [&str; 5] = [
 ];
 
 /// Folds the timeline into connections, in order of first appearance.
-fn connections<'a>(events: &[(u64, &'a str, &Ev)]) -> IndexMap<&'a str, Conn> {
-    let mut conns: IndexMap<&str, Conn> = IndexMap::new();
-    for &(t, user, ev) in events {
-        let c = conns.entry(user).or_insert_with(|| Conn {
+fn connections<'a>(events: &[(u64, &'a str, &Ev)]) -> IndexMap<ConnKey<'a>, Conn> {
+    let mut conns: IndexMap<ConnKey<'a>, Conn> = IndexMap::new();
+    // Each user's latest connection, by its number.
+    let mut latest: IndexMap<&str, usize> = IndexMap::new();
+    for &(t, label, ev) in events {
+        // racegate's own logs label a user's later connections `id#2`, `id#3`…
+        if let Some((user, k)) = label.rsplit_once('#')
+            && let Ok(k) = k.parse::<usize>()
+            && k >= 2
+        {
+            let c = conns.entry((user, k)).or_insert_with(|| Conn {
+                first_seen: t,
+                ..Conn::default()
+            });
+            c.add(t, ev);
+            continue;
+        }
+        let user = label;
+        let k = *latest.entry(user).or_insert(1);
+        let k = match (ev, conns.get(&(user, k))) {
+            // Another connect of a user whose connection connected earlier: a reconnect (the
+            // same line twice, from two copies of one log, is the same connect).
+            (Ev::Connect, Some(c)) if c.connect.is_some_and(|first| t > first) => {
+                latest.insert(user, k + 1);
+                k + 1
+            }
+            _ => k,
+        };
+        let c = conns.entry((user, k)).or_insert_with(|| Conn {
             first_seen: t,
             ..Conn::default()
         });
-        match ev {
-            Ev::Connect => {
-                c.connect.get_or_insert(t);
-            }
-            Ev::Open => {
-                c.open.get_or_insert(t);
-            }
-            Ev::Send(id) => c.sends.push((t, id.clone())),
-            Ev::Unsent(id) => c.unsent.push((t, id.clone())),
-            Ev::Rejected(id) => c.rejected.push((t, id.clone())),
-            Ev::PushIssued(id) => c.pushes.push((t, id.clone())),
-            Ev::Close => c.closes.push(t),
-            // What the client saw of the end says nothing the scenario needs beyond the
-            // connection being there.
-            Ev::ClientClosed => {}
-            Ev::State(s) => {
-                if s == "failed" {
-                    c.failed.get_or_insert(t);
-                }
-                c.states.push((t, s.clone()));
-            }
-            Ev::Terminal(s) => {
-                if s == "failed" {
-                    c.failed.get_or_insert(t);
-                }
-            }
-            Ev::ServerClose(code) => {
-                c.server_close.get_or_insert((t, *code));
-            }
-            Ev::Agent(run) => c.agent.entry(run.clone()).or_default().push(t),
-            Ev::Failed(phase) => {
-                c.failed.get_or_insert(t);
-                c.failed_in.get_or_insert((t, *phase));
-            }
-        }
+        c.add(t, ev);
     }
     for c in conns.values_mut() {
         let connecting = c
@@ -277,13 +310,16 @@ fn connections<'a>(events: &[(u64, &'a str, &Ev)]) -> IndexMap<&'a str, Conn> {
 
 /// Each phase's observed durations, `[accept, auth, services, register]`, and the users whose
 /// setup failed, with the phase.
-type Phases<'a> = ([Vec<u64>; 4], BTreeMap<&'a str, Phase>);
+type Phases<'a> = ([Vec<u64>; 4], BTreeMap<ConnKey<'a>, Phase>);
+
+/// A connection: its user, and which of that user's connections it is (from 1).
+type ConnKey<'a> = (&'a str, usize);
 
 /// Phase durations from the gaps between consecutive setup states of each connection, plus the
 /// failing phase of each failed setup.
-fn phase_durations<'a>(conns: &IndexMap<&'a str, Conn>) -> Phases<'a> {
+fn phase_durations<'a>(conns: &IndexMap<ConnKey<'a>, Conn>) -> Phases<'a> {
     let mut observed: [Vec<u64>; 4] = Default::default();
-    let mut fail_at: BTreeMap<&str, Phase> = BTreeMap::new();
+    let mut fail_at: BTreeMap<ConnKey<'a>, Phase> = BTreeMap::new();
     for (user, c) in conns {
         let at = |name: &str| c.states.iter().find(|(_, s)| s == name).map(|(t, _)| *t);
         let mut prev = c.connect;
@@ -305,7 +341,7 @@ fn phase_durations<'a>(conns: &IndexMap<&'a str, Conn>) -> Phases<'a> {
             if let Some(started) = started {
                 observed[slot].push(failed.saturating_sub(started));
             }
-            fail_at.insert(user, phase);
+            fail_at.insert(*user, phase);
         }
     }
     (observed, fail_at)
@@ -355,7 +391,7 @@ fn setup_failure(c: &Conn) -> Option<(Phase, Option<u64>, u64)> {
 }
 
 /// The agent events' spacing: every gap between consecutive events of one run.
-fn agent_gaps(conns: &IndexMap<&str, Conn>) -> Vec<u64> {
+fn agent_gaps(conns: &IndexMap<ConnKey<'_>, Conn>) -> Vec<u64> {
     let mut gaps = Vec::new();
     for c in conns.values() {
         for times in c.agent.values() {
@@ -471,13 +507,16 @@ fn user(id: &str, c: &Conn, fail_at: Option<Phase>) -> User {
 }
 
 /// A client's own close is its `close_ms`, unless it is the replay's end-of-run close, which
-/// happens at the `horizon`. `conns` are in the order of `scenario.users`.
+/// happens at the `horizon`, or it comes before a chat the same connection sent (a close the
+/// log cannot have meant for it: the client then waits for its answers, as it does with no
+/// `close_ms`). `conns` are in the order of `scenario.users`.
 fn client_closes(scenario: &mut Scenario, conns: &[&Conn], horizon: Option<u64>) {
     for (u, c) in scenario.users.iter_mut().zip(conns) {
         let Some(&close) = c.closes.first() else {
             continue;
         };
-        if horizon.is_none_or(|h| close < h) {
+        let last_send = c.sends.iter().map(|(t, _)| *t).max();
+        if horizon.is_none_or(|h| close < h) && last_send.is_none_or(|s| close >= s) {
             u.close_ms = Some(close.saturating_sub(u.connect_ms));
         }
     }

@@ -48,7 +48,8 @@ pub(super) struct Reading {
     pub unattributed: usize,
     /// Chats and pushes numbered because their rule had no `id`.
     pub numbered: usize,
-    /// Connections whose user id another connection already had, renamed `id#2`, `id#3`, ...
+    /// Connections whose user id another connection already had: later connections of that
+    /// user (a repeated `[[user]]` id; labelled `id#2`, `id#3`, ... on the way to the scenario).
     pub renamed: usize,
     /// How each log was read: its name and `text` or `json`.
     pub formats: Vec<(String, &'static str)>,
@@ -624,15 +625,15 @@ pub(super) fn describe(
     ));
     a.push(if m.has_conn() {
         format!(
-            "Connections: a rule's `conn` tells them apart; a user's first connection keeps its \
-             id, later ones are id#2, id#3, ... ({} renamed).",
+            "Connections: a rule's `conn` tells them apart; a user's later connections are more \
+             [[user]] entries with the same id ({} later connections).",
             r.renamed
         )
     } else {
         format!(
             "Connections: one per user (no rule reads a `conn`){}.",
             if r.renamed > 0 {
-                format!(", {} renamed id#2, ... by their conn key", r.renamed)
+                format!(", {} later connections of a user by their conn key", r.renamed)
             } else {
                 String::new()
             }
