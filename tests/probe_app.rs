@@ -490,3 +490,33 @@ fn an_import_writes_the_projects_protocol_and_the_file_probes_the_app() {
     assert!(text.contains("ack_type = \"reply\""), "{text}");
     assert!(text.contains("Its [protocol] is the project's"), "{text}");
 }
+
+#[test]
+fn an_import_of_the_buggy_apps_log_probed_against_that_app_fails_and_the_fix_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported.toml").display().to_string();
+    let run = util::racegate(&[
+        "import",
+        "tests/fixtures/import/chat_backend.log",
+        "--map",
+        "examples/chat_backend/map.toml",
+        "--out",
+        &imported,
+    ]);
+    run.expect_code(0);
+    let app = [
+        "--app",
+        "examples.chat_backend.app:app",
+        "--scenario",
+        &imported,
+        "--path",
+    ];
+    let buggy = probe(&[&app[..], &["/ws"]].concat());
+    buggy.expect_code(1);
+    assert!(
+        buggy.stdout().contains("✗ accept-first"),
+        "{}",
+        buggy.context()
+    );
+    probe(&[&app[..], &["/ws/fixed"]].concat()).expect_code(0);
+}
