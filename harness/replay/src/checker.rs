@@ -1660,6 +1660,62 @@ mod tests {
     }
 
     #[test]
+    fn what_only_the_apps_side_shows_breaks_its_own_invariant_and_settles_no_chat() {
+        let h = one(vec![
+            Act::Open,
+            send("u/m1"),
+            Act::Raised {
+                op: "close",
+                error: b("the app closed after the client's disconnect reached it"),
+            },
+            Act::AppRaised {
+                error: b("ValueError: boom"),
+            },
+            Act::HandlerPending {
+                name: b("chat (app.py)"),
+            },
+            Act::TaskPending {
+                name: b("heartbeat (app.py)"),
+            },
+        ]);
+        assert_eq!(
+            details(&h, Invariant::AcceptFirst),
+            [(
+                20,
+                "close: the app closed after the client's disconnect reached it".into()
+            )]
+        );
+        assert_eq!(
+            details(&h, Invariant::AbnormalClose),
+            [(30, "an exception escaped the app: ValueError: boom".into())]
+        );
+        assert_eq!(
+            details(&h, Invariant::Stuck),
+            [(
+                40,
+                "the app's handler chat (app.py) had not returned at the end of the run, after \
+                 its client left"
+                    .into()
+            )]
+        );
+        assert_eq!(
+            details(&h, Invariant::Leak),
+            [(
+                50,
+                "task heartbeat (app.py), spawned while serving this connection, was still \
+                 pending at the end of the run, after the connection ended"
+                    .into()
+            )]
+        );
+        // The chat's fate is the client's business: unanswered and not cut off, it is lost.
+        assert_eq!(details(&h, Invariant::MessageLost).len(), 1);
+        // Without them, only the loss.
+        let plain = one(vec![Act::Open, send("u/m1")]);
+        let j = check(&plain);
+        assert_eq!(j.violations.len(), 1, "{j:?}");
+    }
+
+    #[test]
     fn a_chat_refused_by_an_error_frame_is_counted_as_refused() {
         let h = one(vec![
             Act::Open,
