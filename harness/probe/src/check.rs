@@ -108,7 +108,47 @@ impl<'a> Reading<'a> {
 
     /// Every client-observable invariant over the history.
     pub fn judge(&self) -> Judgement {
-        checker::check(&self.history())
+        let history = self.history();
+        let mut j = checker::check(&history);
+        // An ack without the chat id field answers nothing; it is listed with the frames that
+        // match no chat, so a wrong `id_field` shows as what it is.
+        let protocol = &self.scenario.protocol;
+        let mut steps: IndexMap<&str, usize> = IndexMap::new();
+        for (r, frame) in self.records.iter().zip(&self.frames) {
+            let step = steps.entry(r.user.as_str()).or_default();
+            let pos = *step;
+            *step += 1;
+            if let Some(Frame {
+                kind: Some(kind),
+                got: Got::Other,
+            }) = frame
+                && *kind == protocol.ack_type
+            {
+                j.unmatched.push(Unmatched {
+                    user: r.user.clone(),
+                    at_ms: millis(r.at_ms),
+                    op: pos,
+                    frame: kind.clone(),
+                    id: None,
+                    reason: format!(
+                        "an ack without the chat id field `{}`: check the [protocol]'s `id_field`",
+                        protocol.id_field
+                    ),
+                });
+            }
+        }
+        // By connection (in the history's order), then in history order.
+        let order: Vec<&str> = history.conns.keys().map(|k| k.as_ref()).collect();
+        j.unmatched.sort_by_key(|u| {
+            (
+                order
+                    .iter()
+                    .position(|c| *c == u.user)
+                    .unwrap_or(usize::MAX),
+                u.op,
+            )
+        });
+        j
     }
 
     /// The client history: each record one step of its connection.
@@ -1082,5 +1122,10 @@ mod tests {
             why.contains("1 frame(s) of type `ack` came without the chat id field `id`"),
             "{why}"
         );
+        // And the frame is listed with those that match no chat, marked at its record.
+        let unmatched = judge(&s, &no_id).unmatched;
+        assert_eq!(unmatched.len(), 1, "{unmatched:?}");
+        assert_eq!((unmatched[0].op, unmatched[0].id.as_deref()), (2, None));
+        assert!(unmatched[0].reason.contains("`id_field`"));
     }
 }
