@@ -31,7 +31,8 @@ pub struct Indeterminate {
 /// An ack or run event that matches no chat of the run: for a chat no client sent, of a run no
 /// ack announced, or naming no run at all. Each is also a violation (`out-of-order` for an ack,
 /// `event-order` for an event's run), unless its user field names another user, which makes it
-/// `cross-user`'s instead.
+/// `cross-user`'s instead. (`probe` also lists here an ack that lacks the chat id field: it
+/// answers no chat and breaks no rule by itself, but a wrong `id_field` looks exactly like it.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unmatched {
     /// The connection that received it.
