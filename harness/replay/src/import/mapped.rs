@@ -633,7 +633,10 @@ pub(super) fn describe(
         format!(
             "Connections: one per user (no rule reads a `conn`){}.",
             if r.renamed > 0 {
-                format!(", {} later connections of a user by their conn key", r.renamed)
+                format!(
+                    ", {} later connections of a user by their conn key",
+                    r.renamed
+                )
             } else {
                 String::new()
             }

@@ -618,7 +618,9 @@ mod tests {
         assert_eq!(texts, ["chat 1", "chat 2"]);
         assert_eq!(got.scenario.users[1].sends[0].at_ms, 5);
         assert!(
-            got.assumptions.iter().any(|a| a.contains("(1 later connections)")),
+            got.assumptions
+                .iter()
+                .any(|a| a.contains("(1 later connections)")),
             "{:?}",
             got.assumptions
         );
