@@ -19,8 +19,10 @@ client has gone, the accept raises and the heartbeat task is left running.
 `/ws/fixed`: authenticates, accepts (a client that has gone makes the accept raise, and the
 endpoint returns), and only then registers, with the cleanup in a `finally`.
 
-Reproducing it needs a client that gives up during the handshake, which racegate's scenario
-language cannot say yet: see NEEDS.md and proposed/uvicorn-late-accept.toml.
+Reproducing it needs a client that gives up during the handshake: a `close_ms` that falls
+before the 101 (scenarios/uvicorn-late-accept.toml). The late accept's ClientDisconnected is
+swallowed by uvicorn now; what the app's side still shows is its heartbeat sending on the socket
+whose accept failed.
 """
 
 from __future__ import annotations
