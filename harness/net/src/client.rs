@@ -11,21 +11,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use racegate_probe::session::{Pipelined, mask_for, masked_text};
 use racegate_replay::EndpointKind;
 use racegate_replay::backend::Backend;
 use racegate_replay::runner::{Connector, Opening, ReplayClient};
 use racegate_replay::scenario::User;
 use racegate_replay::trace::Frame;
 use racegate_replay::transport::fake::{ClientEvent, ClientSendError};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame as WireFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::server::serve_stream;
@@ -88,97 +85,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// One client text frame, masked with `mask` (RFC 6455 §5.3), as it goes on the wire: what a
-/// pipelining client writes after its upgrade request.
-pub fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
-    let mut frame = WireFrame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
-    frame.header_mut().mask = Some(mask);
-    let mut out = Vec::with_capacity(frame.len() + 4);
-    // Writing into a Vec cannot fail.
-    let _ = frame.format(&mut out);
-    out
-}
-
-/// A mask for the `n`-th pipelined frame: the protocol asks for one per frame, and nothing
-/// here is a secret worth an unpredictable one.
-fn mask_for(n: usize) -> [u8; 4] {
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
-    (0x9e37_79b9_u32.wrapping_mul(n.wrapping_add(1))).to_be_bytes()
-}
-
-/// A stream whose first write carries `extra` bytes after what it was asked to write: the
-/// upgrade request and a pipelining client's first frames go out in one write (one segment on
-/// loopback), before the `101` is read. tungstenite hands its whole request to one write, and
-/// after a `Pending` writes the same bytes again, which this answers by finishing its own.
-pub struct Pipelined<S> {
-    inner: S,
-    /// The frames, until the first write takes them.
-    extra: Option<Vec<u8>>,
-    /// The first write's bytes not yet written, and how many of them the caller gave.
-    pending: Vec<u8>,
-    claimed: usize,
-}
-
-impl<S> Pipelined<S> {
-    /// `inner`, whose first write will carry `extra` after it (nothing when it is empty).
-    pub fn new(inner: S, extra: Vec<u8>) -> Self {
-        Pipelined {
-            inner,
-            extra: (!extra.is_empty()).then_some(extra),
-            pending: Vec::new(),
-            claimed: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Pipelined<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Pipelined<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(extra) = this.extra.take() {
-            this.pending = [buf, &extra].concat();
-            this.claimed = buf.len();
-        }
-        if this.claimed == 0 {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
-        }
-        while !this.pending.is_empty() {
-            match Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => {
-                    this.pending.drain(..n);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(std::mem::take(&mut this.claimed)))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 impl WsClient {

@@ -539,7 +539,7 @@ impl Log {
 
 /// One client text frame, masked with `mask` (RFC 6455 §5.3), as it goes on the wire: what a
 /// pipelining client writes after its upgrade request.
-pub(crate) fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
+pub fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
     let mut frame = Frame::message(text.as_bytes().to_vec(), OpCode::Data(Data::Text), true);
     frame.header_mut().mask = Some(mask);
     let mut out = Vec::with_capacity(frame.len() + 4);
@@ -550,7 +550,7 @@ pub(crate) fn masked_text(text: &str, mask: [u8; 4]) -> Vec<u8> {
 
 /// A mask for a connection's `k`-th pipelined frame: the protocol asks for one per frame, and
 /// nothing here is a secret worth an unpredictable one.
-pub(crate) fn mask_for(k: usize) -> [u8; 4] {
+pub fn mask_for(k: usize) -> [u8; 4] {
     let k = u32::try_from(k).unwrap_or(u32::MAX);
     (0x9e37_79b9_u32.wrapping_mul(k.wrapping_add(1))).to_be_bytes()
 }
