@@ -599,6 +599,9 @@ mod tests {
         let records = [
             rec(0.0, "u", Seen::Open),
             recv(6.0, "u", r#"{"type":"welcome"}"#),
+            // An ack without an id, with no chat sent: nothing was unanswered, so no
+            // `id_field` hint either.
+            recv(7.0, "u", r#"{"type":"ack","user":"u"}"#),
         ];
         assert_eq!(inconclusive(&s, &records), None);
     }
