@@ -202,6 +202,11 @@ fn fail_at_makes_the_hooked_awaitable_raise_the_exception_the_hooks_file_names()
     "leak",
     "task presence_heartbeat (task_leak.py)"
 )]
+#[case::a_task_whose_exception_no_one_retrieves(
+    "task_raise:app",
+    "abnormal-close",
+    "(in task read_receipt (task_raise.py), never retrieved)"
+)]
 fn a_bug_no_client_sees_fails_under_app_and_its_fixed_twin_passes(
     #[case] app: &str,
     #[case] invariant: &str,
@@ -220,19 +225,19 @@ fn a_bug_no_client_sees_fails_under_app_and_its_fixed_twin_passes(
     buggy.expect_code(1);
     let doc = json(&buggy);
     let violations = doc["scenarios"][0]["violations"].as_array().unwrap();
+    // Each user's connection shows the bug (other findings may come with it: the late close's
+    // exception, say, is never retrieved from its task either).
     let users: BTreeSet<&str> = violations
         .iter()
-        .map(|v| {
-            assert_eq!(v["invariant"], invariant, "{}", buggy.context());
-            assert!(
-                v["detail"].as_str().unwrap().contains(detail),
-                "{}",
-                buggy.context()
-            );
-            v["user"].as_str().unwrap()
-        })
+        .filter(|v| v["invariant"] == invariant && v["detail"].as_str().unwrap().contains(detail))
+        .map(|v| v["user"].as_str().unwrap())
         .collect();
-    assert_eq!(users, BTreeSet::from(["alice", "bob"]));
+    assert_eq!(
+        users,
+        BTreeSet::from(["alice", "bob"]),
+        "{}",
+        buggy.context()
+    );
     let path = ["--path", "/ws/fixed"];
     let fixed = probe(
         &[
@@ -247,6 +252,7 @@ fn a_bug_no_client_sees_fails_under_app_and_its_fixed_twin_passes(
 #[rstest]
 #[case::a_timer_that_closes_after_the_client_left("late_close:app")]
 #[case::a_per_connection_task_that_outlives_its_connection("task_leak:app")]
+#[case::a_task_whose_exception_no_one_retrieves("task_raise:app")]
 fn the_same_bugs_pass_probe_url_against_a_real_uvicorn(#[case] app: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = Uvicorn::start(&format!("{APPS}={app}"), dir.path(), None);

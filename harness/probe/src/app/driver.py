@@ -336,6 +336,9 @@ class Connection:
         self.app_closed = False
         self.disconnect_received = False
         self.tasks = []
+        # When each of `tasks` ended, in virtual microseconds: an exception it raised that nobody
+        # retrieves is reported at that time.
+        self.ended_at = {}
 
     def fact(self, kind, **fields):
         self.case.fact(self.index, kind, **fields)
@@ -452,7 +455,12 @@ def task_factory(loop, coro, **kwargs):
     conn = current.get()
     if conn is not None and conn.case is loop.driver.case:
         conn.tasks.append(task)
-        task.add_done_callback(lambda _t: conn.case.settled())
+
+        def ended(t):
+            conn.ended_at[t] = conn.case.now_us()
+            conn.case.settled()
+
+        task.add_done_callback(ended)
     return task
 
 
@@ -638,7 +646,29 @@ class Case:
             for t in c.tasks:
                 if not t.done():
                     c.fact("task_pending", name=coro_name(t))
+                elif unretrieved(t):
+                    # What asyncio would log as "Task exception was never retrieved" once the
+                    # task is collected: an exception that escaped the app, through a task.
+                    # Reading it here marks it retrieved, so asyncio does not log it too.
+                    exc = t.exception()
+                    text = str(exc)
+                    where = f"in task {coro_name(t)}, never retrieved"
+                    self.facts.append(
+                        {
+                            "conn": c.index,
+                            "at_us": c.ended_at.get(t, self.now_us()),
+                            "kind": "raised",
+                            "type": type(exc).__name__,
+                            "message": f"{text} ({where})" if text else f"({where})",
+                        }
+                    )
         send({"ev": "finished", "now_us": self.now_us(), "out": [], "facts": self.facts})
+
+
+def unretrieved(task):
+    """Whether `task` ended with an exception that no one has read (not a cancellation): the
+    flag asyncio's own "never retrieved" report reads, on CPython's tasks and futures alike."""
+    return not task.cancelled() and getattr(task, "_log_traceback", False)
 
 
 def coro_name(task):
