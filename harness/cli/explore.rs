@@ -114,14 +114,13 @@ pub(crate) fn explore(args: ExploreArgs) -> anyhow::Result<Outcome> {
     );
     match result? {
         Searched::Held(s) => {
-            let text = format!(
-                "{what}: no violation in {} cases; {:.0} cases/s, {} replays, {} distinct \
-                 interleavings, {:.2} s\n",
+            let text = held(
+                &what,
                 s.cases,
-                rate(s.cases, elapsed),
                 s.replays,
+                "replays",
                 s.interleavings,
-                elapsed.as_secs_f64()
+                elapsed,
             );
             emit(None, &text)?;
             Ok(Outcome::Pass)
@@ -239,15 +238,7 @@ fn explore_app(
     );
     match result? {
         AppOutcome::Held(s) => {
-            let text = format!(
-                "{what}: no violation in {} cases; {:.0} cases/s, {} runs, {} distinct \
-                 interleavings, {:.2} s\n",
-                s.cases,
-                rate(s.cases, elapsed),
-                s.replays,
-                s.interleavings,
-                elapsed.as_secs_f64()
-            );
+            let text = held(&what, s.cases, s.replays, "runs", s.interleavings, elapsed);
             emit(None, &text)?;
             Ok(Outcome::Pass)
         }
@@ -285,6 +276,23 @@ fn explore_app(
             Ok(Outcome::Fail)
         }
     }
+}
+
+/// The line a search that found nothing ends with: what was searched, and how fast.
+fn held(
+    what: &str,
+    cases: u64,
+    runs: u64,
+    runs_are: &str,
+    interleavings: u64,
+    elapsed: Duration,
+) -> String {
+    format!(
+        "{what}: no violation in {cases} cases; {:.0} cases/s, {runs} {runs_are}, {interleavings} \
+         distinct interleavings, {:.2} s\n",
+        rate(cases, elapsed),
+        elapsed.as_secs_f64()
+    )
 }
 
 fn rate(n: u64, elapsed: Duration) -> f64 {
